@@ -1,0 +1,501 @@
+"""Wire models for Capillary's coupon APIs.
+
+Responses are tolerant: unknown fields are ignored and every field we read has a default, because Capillary adds
+fields and omits others between clusters and versions. They declare only what the gateway reads. They are decoded
+in msgspec's lax mode, so ``"700"`` reads as ``700`` and ``"true"`` as ``True`` (a v1.1 sample sends both).
+Money is ``Decimal``: never float.
+
+Requests are encoded with ``omit_defaults`` so optional fields we were not given are not sent.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+from service.capillary.errors import SIBLING_FAILURE_CODE, SUCCESS_CODES
+
+M = TypeVar("M")
+
+DiscountType = Literal["ABS", "PERC"]
+IdentifierType = Literal["MOBILE", "EXTERNAL_ID", "EMAIL", "USER_ID", "NOT_TAGGED"]
+CouponIdentifierType = Literal["COUPON_ID", "COUPON_CODE"]
+
+
+class Upstream(msgspec.Struct, rename="camel", kw_only=True):
+    """Base of every upstream response model."""
+
+
+class Outbound(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
+    """Base of every request body we send."""
+
+
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+
+
+def decode(model: type[M], raw: bytes) -> M:
+    """Decode an upstream body into ``model`` in lax mode (decoders are built once per model)."""
+    decoder = _decoders.get(model)
+    if decoder is None:
+        decoder = _decoders[model] = msgspec.json.Decoder(model, strict=False)
+    result: M = decoder.decode(raw)
+    return result
+
+
+# --------------------------------------------------------------------------------------------------- shared
+
+
+class Status(Upstream):
+    """``{status, code, message}``: Capillary's status triple, used in many places."""
+
+    status: bool | None = None
+    code: int | None = None
+    message: str | None = None
+
+
+class Identifier(Upstream):
+    type: str | None = None
+    value: str | None = None
+
+
+class Profile(Upstream):
+    first_name: str | None = None
+    last_name: str | None = None
+    identifiers: list[Identifier] = []
+    user_id: int | None = None
+
+
+class CustomerInfo(Upstream):
+    id: int | None = None
+    profiles: list[Profile] = []
+
+
+class Customer(Outbound):
+    """Exactly one identifier of a customer, as Capillary accepts it in bodies and query strings."""
+
+    id: int | None = None
+    mobile: str | None = None
+    email: str | None = None
+    external_id: str | None = None
+
+    def __post_init__(self) -> None:
+        given = [v for v in (self.id, self.mobile, self.email, self.external_id) if v not in (None, "")]
+        if len(given) != 1:
+            raise ValueError("a customer needs exactly one of id, mobile, email, externalId")
+
+    def query(self) -> dict[str, str]:
+        """The identifier as a query parameter (``mobile=...``)."""
+        if self.id is not None:
+            return {"id": str(self.id)}
+        if self.mobile:
+            return {"mobile": self.mobile}
+        if self.email:
+            return {"email": self.email}
+        return {"externalId": self.external_id or ""}
+
+
+def _item_code(status: Any, warnings: list[Status]) -> tuple[int | None, str | None]:
+    if isinstance(status, ItemRedemptionStatus):
+        if status.status_code is not None and status.status_code.code is not None:
+            return status.status_code.code, status.status_code.message
+        if status.code is not None:
+            return status.code, status.message
+    if warnings:
+        return warnings[0].code, warnings[0].message
+    return None, None
+
+
+# --------------------------------------------------------------------------------------------- is_redeemable
+
+
+class IsRedeemableItem(Upstream):
+    code: str
+    is_redeemable: bool = False
+    appended_error_message: str | None = None
+    warnings: list[Status] = []
+    number_of_redemptions_by_user: int | None = None
+    redemptions_left: int | None = None
+    is_absolute: bool | None = None
+    # Only present with ``details=true``, which is undocumented: read opportunistically, never relied on.
+    series_id: int | None = None
+
+    @property
+    def status_code(self) -> int | None:
+        return _item_code(None, self.warnings)[0]
+
+    @property
+    def status_message(self) -> str | None:
+        return _item_code(None, self.warnings)[1] or self.appended_error_message or None
+
+
+class IsRedeemableResponse(Upstream):
+    redemption: list[IsRedeemableItem] = []
+    redemption_status: Status | None = None
+    customer: CustomerInfo | None = None
+    warnings: list[Any] = []
+
+
+# ----------------------------------------------------------------------------------------------------- redeem
+
+
+class RedeemCode(Outbound):
+    code: str
+
+
+class RedeemRequest(Outbound):
+    """Body of ``/v2/coupon/redeem`` and ``/v2/coupon/bulk/redeem``.
+
+    ``billAmount`` goes as a decimal string, as in Capillary's samples: exact, no float rounding.
+    """
+
+    bill_amount: Decimal
+    transaction_number: str
+    user: Customer
+    redemption_request_list: list[RedeemCode]
+    redemption_time: str | None = None
+
+
+class ItemRedemptionStatus(Upstream):
+    status_code: Status | None = None
+    code: int | None = None
+    success: bool | None = None
+    message: str | None = None
+
+
+class RedeemItem(Upstream):
+    code: str | None = None
+    id: int | None = None
+    # Newer clusters name the redemption id explicitly; older ones only send ``id``.
+    redemption_id: int | None = None
+    series_code: int | str | None = None
+    is_absolute: bool | None = None
+    coupon_value: Decimal | None = None
+    discount_type: str | None = None
+    discount_value: Decimal | None = None
+    discount_upto: Decimal | None = None
+    discount_code: str | None = None
+    appended_error_message: str | None = None
+    warnings: list[Status] = []
+    redemption_status: ItemRedemptionStatus | None = None
+
+    @property
+    def status_code(self) -> int | None:
+        return _item_code(self.redemption_status, self.warnings)[0]
+
+    @property
+    def status_message(self) -> str | None:
+        return _item_code(self.redemption_status, self.warnings)[1] or self.appended_error_message or None
+
+    @property
+    def succeeded(self) -> bool:
+        if self.redemption_status is not None and self.redemption_status.success is not None:
+            return self.redemption_status.success
+        code = self.status_code
+        return code is None or code in SUCCESS_CODES
+
+    @property
+    def capillary_redemption_id(self) -> int | None:
+        """The redemption's id, from whichever field this cluster sends (0 and negatives mean none)."""
+        for value in (self.redemption_id, self.id):
+            if value is not None and value > 0:
+                return value
+        return None
+
+    @property
+    def series_id(self) -> int | None:
+        value = self.series_code
+        if isinstance(value, int):
+            return value
+        return int(value) if isinstance(value, str) and value.isdigit() else None
+
+
+class RedeemResponse(Upstream):
+    redemption: list[RedeemItem] = []
+    redemption_status: Status | None = None
+    customer: CustomerInfo | None = None
+    warnings: list[Any] = []
+
+
+class BulkRedeemEntry(Upstream):
+    entity_id: int | None = None
+    result: RedeemItem | None = None
+    errors: list[Status] = []
+
+    @property
+    def status_code(self) -> int | None:
+        if self.errors and self.errors[0].code is not None:
+            return self.errors[0].code
+        return self.result.status_code if self.result else None
+
+    @property
+    def status_message(self) -> str | None:
+        if self.errors and self.errors[0].code is not None:
+            return self.errors[0].message
+        return self.result.status_message if self.result else None
+
+    @property
+    def succeeded(self) -> bool:
+        if self.errors:
+            return False
+        return self.result is not None and self.result.succeeded
+
+    @property
+    def sibling_failure(self) -> bool:
+        return self.status_code == SIBLING_FAILURE_CODE
+
+
+class BulkRedeemResponse(Upstream):
+    response: list[BulkRedeemEntry] = []
+    total_count: int | None = None
+    failure_count: int | None = None
+
+
+# ----------------------------------------------------------------------------------------------------- series
+
+
+class Series(Upstream):
+    """A coupon series (offer): the fields the gateway reads for local checks and discounts."""
+
+    id: int
+    org_id: int | None = None
+    description: str | None = None
+    discount_code: str | None = None
+    series_code: str | int | None = None
+    discount_type: str | None = None
+    discount_value: Decimal | None = None
+    discount_upto: Decimal | None = None
+    discount_on: str | None = None
+    min_bill_amount: Decimal | None = None
+    max_bill_amount: Decimal | None = None
+    valid_till_date: str | None = None
+    redemption_valid_from: str | None = None
+    redemption_valid_after_days: int | None = None
+    redemption_range: str | None = None
+    redeem_at_store: str | None = None
+    store_ids_json: str | None = None
+    max_redeem: int | None = None
+    max_create: int | None = None
+    is_multiple_use_allowed: bool | None = None
+    same_user_multiple_redeem: bool | None = None
+    any_user: bool | None = None
+    max_redemptions_in_series_per_user: int | None = None
+    min_days_between_redemption: int | None = None
+    expiry_strategy_type: str | None = None
+    expiry_strategy_value: int | None = None
+    fixed_expiry_date: int | None = None
+    num_issued: int | None = None
+    num_redeemed: int | None = None
+    warnings: list[Any] = []
+
+
+class SeriesListResponse(Upstream):
+    entity: list[Series] = []
+    warnings: list[Status] = []
+
+
+class TargetUserDetails(Outbound):
+    valid_max_user_transaction_limit: int | None = None
+    valid_user_registration_start_time: int | None = None
+    valid_user_registration_end_time: int | None = None
+
+
+class SeriesSpec(Outbound):
+    """The fields of ``CouponSeriesV2`` when creating a series (all of the documented sample)."""
+
+    description: str
+    discount_type: DiscountType
+    discount_value: Decimal
+    discount_code: str | None = None
+    valid_till_date: str | None = None
+    expiry_strategy_type: str | None = None
+    expiry_strategy_value: int | None = None
+    max_create: int | None = None
+    max_redeem: int | None = None
+    any_user: bool | None = None
+    same_user_multiple_redeem: bool | None = None
+    is_referral_existing_users_allowed: bool | None = None
+    is_multiple_use_allowed: bool | None = None
+    is_valid_with_discounted_item: bool | None = None
+    sms_template: str | None = msgspec.field(default=None, name="smsTemplate")
+    is_sms_disabled: bool | None = msgspec.field(default=None, name="isSMSDisabled")
+    info: str | None = None
+    is_multiple_vouchers_per_user_allowed: bool | None = None
+    do_not_resend_existing_voucher: bool | None = None
+    mutual_exclusive_series_ids: str | None = None
+    max_vouchers_per_user: int | None = None
+    min_days_between_vouchers: int | None = None
+    discount_upto: Decimal | None = None
+    redemption_range: str | None = None
+    min_bill_amount: Decimal | None = None
+    max_bill_amount: Decimal | None = None
+    max_redemptions_in_series_per_user: int | None = None
+    min_days_between_redemption: int | None = None
+    redemption_valid_from: str | None = None
+    redemption_valid_after_days: int | None = None
+    product_info: list[Any] | None = None
+    redemption_org_entity_details: list[Any] | None = None
+    target_user_details: TargetUserDetails | None = None
+    alpha_numeric: bool | None = None
+    random_code_length: int | None = None
+    resend_message_enabled: bool | None = None
+    client_handling_type: str | None = None
+    custom_property_map: dict[str, str] | None = None
+
+
+class CreateSeriesRequest(Outbound):
+    series: SeriesSpec = msgspec.field(name="CouponSeriesV2")
+
+
+# ------------------------------------------------------------------------------------------- issue / details
+
+
+class IssueRequest(Outbound):
+    series_id: int
+    customer: Customer
+
+
+class BulkIssueRequest(Outbound):
+    series_ids: list[int]
+    customer: Customer
+
+
+class Coupon(Upstream):
+    """An issued coupon, as returned by issue, bulk issue and coupon details."""
+
+    code: str | None = None
+    id: int | None = None
+    series_id: int | None = None
+    description: str | None = None
+    discount_code: str | None = None
+    valid_till: str | None = None
+    discount_type: str | None = None
+    discount_value: Decimal | None = None
+    discount_upto: Decimal | None = None
+    discount_on: str | None = None
+    detailed_info: str | None = None
+    redemption_count: int | None = None
+    customer: CustomerInfo | None = None
+    warnings: list[Any] = []
+
+
+class BulkIssueEntry(Upstream):
+    entity_id: int | None = None
+    result: Coupon | None = None
+    errors: list[Status] = []
+    warnings: list[Any] = []
+
+
+class BulkIssueResponse(Upstream):
+    response: list[BulkIssueEntry] = []
+    total_count: int | None = None
+    failure_count: int | None = None
+
+
+class CouponDetailsResponse(Upstream):
+    data: list[Coupon] = []
+    warnings: list[Any] = []
+    errors: list[Status] = []
+
+
+class CouponRedemption(Upstream):
+    id: int | None = None
+    date: str | None = None
+    transaction_number: str | None = None
+    redeemed_at: Any = None
+
+
+class CustomerCoupon(Upstream):
+    """A customer's coupon with its redemptions (``/v2/customers/coupons``): how reconciliation finds a
+    transaction's redemption."""
+
+    code: str | None = None
+    id: int | None = None
+    series_id: int | None = None
+    discount_type: str | None = None
+    discount_value: Decimal | None = None
+    valid_till: str | None = None
+    redemption_count: int | None = None
+    redemptions: list[CouponRedemption] = []
+
+
+class CustomerCouponsResponse(Upstream):
+    data: list[CustomerCoupon] = []
+    warnings: list[Any] = []
+    errors: list[Status] = []
+
+
+# ------------------------------------------------------------------------------------------------ reactivate
+
+
+class ReactivateRequest(Outbound):
+    redemption_ids: list[int]
+
+
+class ReactivateResponse(Upstream):
+    success: bool = False
+    warnings: list[Any] = []
+    errors: list[Status] = []
+
+
+# ----------------------------------------------------------------------------------------------------- oauth
+
+
+class TokenRequest(Outbound):
+    key: str
+    secret: str
+
+
+class TokenData(Upstream):
+    access_token: str
+    ttl_seconds: int
+
+
+class TokenResponse(Upstream):
+    data: TokenData | None = None
+    errors: list[Status] | None = None
+
+
+# ---------------------------------------------------------------------------------------------- v1 uploads
+
+
+class UploadJob(Upstream):
+    """One upload job. Coupon uploads report ``uploadStatus``; redeemed-coupon uploads
+    ``uploadRedeemedCouponStatus``; ``status`` gives whichever is present."""
+
+    job_id: int
+    upload_status: str | None = None
+    upload_redeemed_coupon_status: str | None = None
+    created_on: str | int | None = None
+    updated_on: str | int | None = None
+    error_file_url: str | None = None
+    success_file_url: str | None = None
+    uploaded_file_url: str | None = None
+    uploaded_file_name: str | None = None
+    total_uploaded_count: int | None = None
+    actual_row_count: int | None = None
+    error_count: int | None = None
+
+    @property
+    def status(self) -> str | None:
+        return self.upload_status or self.upload_redeemed_coupon_status
+
+
+class UploadResult(Upstream):
+    org_id: int | None = None
+    coupon_series_id: int | None = None
+    upload_job_statuses: list[UploadJob] = []
+    redeem_upload_job_statuses: list[UploadJob] = []
+    file_name: str | None = None
+
+    @property
+    def jobs(self) -> list[UploadJob]:
+        return self.upload_job_statuses or self.redeem_upload_job_statuses
+
+
+class UploadResponse(Upstream):
+    success: bool = False
+    status: int | None = None
+    result: UploadResult | None = None
+    message: str | None = None

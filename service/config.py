@@ -1,0 +1,158 @@
+"""Settings: one frozen object built once from the environment, passed explicitly.
+
+Every problem names the variable at fault, so a bad deployment stops with one clear line.
+Secrets are kept out of ``repr`` so the settings can be logged safely.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import urlsplit
+
+AuthScheme = Literal["oauth", "basic"]
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; ``str()`` is a one-line message naming the variable."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+@dataclass(frozen=True, slots=True)
+class CapillarySettings:
+    """How to reach and authenticate against Capillary."""
+
+    api_url: str
+    upload_url: str
+    auth: AuthScheme
+    client_key: str = ""
+    client_secret: str = field(default="", repr=False)
+    till_username: str = ""
+    till_password: str = field(default="", repr=False)
+    connect_timeout: float = 2.0
+    timeout: float = 8.0
+    source: str = "INSTORE"
+    account_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    capillary: CapillarySettings
+    host: str = "0.0.0.0"
+    port: int = 8080
+    log_level: str = "info"
+    shutdown_timeout: float = 20.0
+
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class _Env:
+    """Typed reads of environment variables; every failure names the variable."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def text(self, name: str, default: str | None = None) -> str:
+        value = self._env.get(name, "").strip()
+        if value:
+            return value
+        if default is None:
+            raise ConfigError(name, "is required")
+        return default
+
+    def optional(self, name: str) -> str | None:
+        return self._env.get(name, "").strip() or None
+
+    def url(self, name: str) -> str:
+        value = self.text(name)
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(name, f"must be an http(s) URL like https://eu.api.capillarytech.com, got {value!r}")
+        if parts.query or parts.fragment:
+            raise ConfigError(name, "must not carry a query string or fragment")
+        return value.rstrip("/")
+
+    def number(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
+        raw = self.optional(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(name, f"must be a number, got {raw!r}") from None
+        if not minimum <= value <= maximum:
+            raise ConfigError(name, f"must be between {minimum:g} and {maximum:g}, got {raw}")
+        return value
+
+    def port(self, name: str, default: int) -> int:
+        raw = self.optional(name)
+        if raw is None:
+            return default
+        if not raw.isdigit() or not 0 <= int(raw) <= 65535:
+            raise ConfigError(name, f"must be a TCP port number (0-65535), got {raw!r}")
+        return int(raw)
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str | None = None) -> str:
+        value = self.text(name, default).lower()
+        if value not in choices:
+            raise ConfigError(name, f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+
+def capillary_from_env(env: Mapping[str, str]) -> CapillarySettings:
+    read = _Env(env)
+    auth: AuthScheme = "oauth" if read.choice("CAPILLARY_AUTH", ("oauth", "basic")) == "oauth" else "basic"
+    api_url = read.url("CAPILLARY_API_URL")
+    upload_url = read.url("CAPILLARY_UPLOAD_URL")
+    key = secret = username = password = ""
+    if auth == "oauth":
+        key = read.text("CAPILLARY_CLIENT_KEY")
+        secret = read.text("CAPILLARY_CLIENT_SECRET")
+    else:
+        username = read.text("CAPILLARY_TILL_USERNAME")
+        password = read.text("CAPILLARY_TILL_PASSWORD")
+    connect_timeout = read.number("CAPILLARY_CONNECT_TIMEOUT_SECONDS", 2.0, minimum=0.05, maximum=60)
+    timeout = read.number("CAPILLARY_TIMEOUT_SECONDS", 8.0, minimum=0.1, maximum=300)
+    if connect_timeout > timeout:
+        raise ConfigError(
+            "CAPILLARY_CONNECT_TIMEOUT_SECONDS", f"must not exceed CAPILLARY_TIMEOUT_SECONDS ({timeout:g})"
+        )
+    source = read.text("CAPILLARY_SOURCE", "INSTORE").upper()
+    if not source.replace("_", "").isalnum():
+        raise ConfigError("CAPILLARY_SOURCE", f"must be a Capillary source name like INSTORE, got {source!r}")
+    return CapillarySettings(
+        api_url=api_url,
+        upload_url=upload_url,
+        auth=auth,
+        client_key=key,
+        client_secret=secret,
+        till_username=username,
+        till_password=password,
+        connect_timeout=connect_timeout,
+        timeout=timeout,
+        source=source,
+        account_id=read.optional("CAPILLARY_ACCOUNT_ID"),
+    )
+
+
+def gateway_from_env(env: Mapping[str, str], capillary: CapillarySettings) -> Settings:
+    read = _Env(env)
+    return Settings(
+        capillary=capillary,
+        host=read.text("GATEWAY_HOST", "0.0.0.0"),
+        port=read.port("GATEWAY_PORT", 8080),
+        log_level=read.choice("LOG_LEVEL", _LOG_LEVELS, "info"),
+        shutdown_timeout=read.number("GATEWAY_SHUTDOWN_TIMEOUT_SECONDS", 20.0, minimum=0, maximum=600),
+    )
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read every setting from ``env`` (default: the process environment)."""
+    env = os.environ if env is None else env
+    return gateway_from_env(env, capillary_from_env(env))

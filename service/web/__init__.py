@@ -1,0 +1,1 @@
+"""HTTP layer: thin handlers, middlewares and the error envelope."""
