@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import pytest
+
+from service.config import ConfigError, load_settings
+
+OAUTH = {
+    "CAPILLARY_API_URL": "https://eu.api.capillarytech.com/",
+    "CAPILLARY_UPLOAD_URL": "https://eu.intouch.capillarytech.com",
+    "CAPILLARY_AUTH": "oauth",
+    "CAPILLARY_CLIENT_KEY": "key",
+    "CAPILLARY_CLIENT_SECRET": "very-secret",
+}
+BASIC = {
+    "CAPILLARY_API_URL": "https://eu.api.capillarytech.com",
+    "CAPILLARY_UPLOAD_URL": "https://eu.intouch.capillarytech.com",
+    "CAPILLARY_AUTH": "basic",
+    "CAPILLARY_TILL_USERNAME": "store.till",
+    "CAPILLARY_TILL_PASSWORD": "till-password",
+}
+
+
+def test_oauth_settings_with_defaults() -> None:
+    settings = load_settings(OAUTH)
+    assert settings.capillary.api_url == "https://eu.api.capillarytech.com"  # trailing slash dropped
+    assert (settings.capillary.auth, settings.capillary.client_key) == ("oauth", "key")
+    assert (settings.host, settings.port) == ("0.0.0.0", 8080)
+    assert settings.capillary.timeout > settings.capillary.connect_timeout > 0
+
+
+def test_basic_settings_do_not_need_oauth_credentials() -> None:
+    settings = load_settings({**BASIC, "GATEWAY_PORT": "9000", "GATEWAY_HOST": "127.0.0.1"})
+    assert (settings.capillary.till_username, settings.port, settings.host) == ("store.till", 9000, "127.0.0.1")
+
+
+def test_secrets_never_appear_in_repr() -> None:
+    assert "very-secret" not in repr(load_settings(OAUTH))
+    assert "till-password" not in repr(load_settings(BASIC))
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({k: v for k, v in OAUTH.items() if k != "CAPILLARY_API_URL"}, "CAPILLARY_API_URL"),
+        ({**OAUTH, "CAPILLARY_API_URL": "eu.api.capillarytech.com"}, "CAPILLARY_API_URL"),
+        ({**OAUTH, "CAPILLARY_UPLOAD_URL": "ftp://x"}, "CAPILLARY_UPLOAD_URL"),
+        ({**OAUTH, "CAPILLARY_AUTH": "token"}, "CAPILLARY_AUTH"),
+        ({k: v for k, v in OAUTH.items() if k != "CAPILLARY_AUTH"}, "CAPILLARY_AUTH"),
+        ({**OAUTH, "CAPILLARY_CLIENT_SECRET": "  "}, "CAPILLARY_CLIENT_SECRET"),
+        ({k: v for k, v in BASIC.items() if k != "CAPILLARY_TILL_PASSWORD"}, "CAPILLARY_TILL_PASSWORD"),
+        ({**OAUTH, "GATEWAY_PORT": "80a"}, "GATEWAY_PORT"),
+        ({**OAUTH, "GATEWAY_PORT": "70000"}, "GATEWAY_PORT"),
+        ({**OAUTH, "CAPILLARY_TIMEOUT_SECONDS": "fast"}, "CAPILLARY_TIMEOUT_SECONDS"),
+        ({**OAUTH, "CAPILLARY_TIMEOUT_SECONDS": "0"}, "CAPILLARY_TIMEOUT_SECONDS"),
+        ({**OAUTH, "CAPILLARY_CONNECT_TIMEOUT_SECONDS": "9"}, "CAPILLARY_CONNECT_TIMEOUT_SECONDS"),
+        ({**OAUTH, "CAPILLARY_SOURCE": "in store"}, "CAPILLARY_SOURCE"),
+        ({**OAUTH, "LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+    ],
+)
+def test_bad_settings_name_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+    assert caught.value.variable == variable
+    assert str(caught.value).startswith(f"{variable}: ")
+    assert "\n" not in str(caught.value)
