@@ -8,6 +8,7 @@ transport failures, error statuses and undecodable bodies become typed :mod:`~se
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Final, Generic, TypeVar
@@ -103,15 +104,16 @@ def _check_codes(codes: Sequence[str]) -> list[str]:
 class CapillaryClient:
     """Async client for Capillary's coupon APIs. Create with :meth:`open` inside a running event loop."""
 
-    def __init__(self, settings: CapillarySettings) -> None:
-        """Build the client and its sessions; call inside a running event loop, and :meth:`close` after."""
+    def __init__(self, settings: CapillarySettings, *, clock: Callable[[], float] = time.monotonic) -> None:
+        """Build the client and its sessions; call inside a running event loop, and :meth:`close` after.
+        ``clock`` times token lifetimes (monotonic seconds)."""
         self.settings = settings
         self._api_url = URL(settings.api_url)
         self._upload_url = URL(settings.upload_url)
         self.tokens: OAuthTokens | None = None
         auth: BasicAuth | OAuthTokens
         if settings.auth == "oauth":
-            auth = self.tokens = OAuthTokens(self._fetch_token)
+            auth = self.tokens = OAuthTokens(self._fetch_token, clock=clock)
         else:
             auth = BasicAuth(settings.till_username, settings.till_password)
         timeout = aiohttp.ClientTimeout(total=settings.timeout, connect=settings.connect_timeout)

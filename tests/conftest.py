@@ -1,0 +1,91 @@
+"""Shared fixtures: the embedded Capillary sandbox on a real loopback server, a Capillary client pointed at it,
+and the gateway app over real HTTP with the sandbox as its upstream."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from service.app import create_app
+from service.capillary.client import CapillaryClient
+from service.config import AuthScheme, CacheSettings, CapillarySettings, Settings
+from service.sandbox import DEMO, SANDBOX_KEY, Sandbox, SandboxConfig, create_sandbox_app
+
+#: A Tuesday, 10:00 UTC: the sandbox's clock in tests (its "range_restricted" series only allows 22:00).
+SANDBOX_NOW = datetime(2030, 1, 15, 10, 0, tzinfo=UTC)
+
+
+@dataclass
+class Upstream:
+    """A running sandbox: its state for assertions, and its base URL."""
+
+    sandbox: Sandbox
+    url: str
+
+    def settings(self, auth: AuthScheme = "oauth", *, timeout: float = 5.0, store: str = "S001") -> CapillarySettings:
+        till = DEMO.till(store)
+        return CapillarySettings(
+            api_url=self.url,
+            upload_url=self.url,
+            auth=auth,
+            client_key=DEMO.client_key,
+            client_secret=DEMO.client_secret,
+            till_username=till.username,
+            till_password=till.password,
+            connect_timeout=min(1.0, timeout),
+            timeout=timeout,
+        )
+
+
+StartUpstream = Callable[..., Awaitable[Upstream]]
+
+
+@pytest.fixture
+async def start_upstream(aiohttp_server: Any) -> StartUpstream:
+    """Start a sandbox server: ``await start_upstream(token_ttl_seconds=5, ...)`` (SandboxConfig fields)."""
+
+    async def start(**config: Any) -> Upstream:
+        config.setdefault("clock", lambda: SANDBOX_NOW)
+        config.setdefault("upload_job_seconds", 0.5)
+        app = create_sandbox_app(SandboxConfig(**config))
+        server: TestServer = await aiohttp_server(app)
+        return Upstream(app[SANDBOX_KEY], str(server.make_url("")).rstrip("/"))
+
+    return start
+
+
+@pytest.fixture
+async def upstream(start_upstream: StartUpstream) -> Upstream:
+    return await start_upstream()
+
+
+@pytest.fixture(params=["oauth", "basic"])
+async def capillary(request: pytest.FixtureRequest, upstream: Upstream) -> AsyncIterator[CapillaryClient]:
+    """A client of the sandbox, once per auth scheme."""
+    client = CapillaryClient(upstream.settings(request.param))
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def oauth_client(upstream: Upstream) -> AsyncIterator[CapillaryClient]:
+    client = CapillaryClient(upstream.settings("oauth"))
+    yield client
+    await client.close()
+
+
+GatewayClient = TestClient[web.Request, web.Application]
+
+
+@pytest.fixture
+async def gateway(aiohttp_client: Any, upstream: Upstream) -> GatewayClient:
+    """The gateway over real HTTP, with the sandbox as its upstream."""
+    settings = Settings(capillary=upstream.settings("oauth"), cache=CacheSettings())
+    client: GatewayClient = await aiohttp_client(create_app(settings))
+    return client
