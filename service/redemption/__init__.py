@@ -1,0 +1,1 @@
+"""The redemption domain: pure decisions (discounts, eligibility, outcomes); no I/O."""

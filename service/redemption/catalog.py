@@ -1,0 +1,69 @@
+"""The local error catalog: stable codes a till and a cashier understand, each with its HTTP status, whether a
+retry may help, and a message fit for a cashier's screen. Documented in openapi.yaml; tests keep the two equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+
+@dataclass(frozen=True, slots=True)
+class LocalError:
+    code: str
+    http_status: int
+    retryable: bool
+    message: str
+
+
+def _catalog(*entries: LocalError) -> dict[str, LocalError]:
+    return {e.code: e for e in entries}
+
+
+CATALOG: Final = _catalog(
+    # the request itself
+    LocalError("INVALID_REQUEST", 400, False, "The request is not valid."),
+    LocalError("NOT_FOUND", 404, False, "No such resource."),
+    LocalError("METHOD_NOT_ALLOWED", 405, False, "This method is not allowed here."),
+    LocalError("PAYLOAD_TOO_LARGE", 413, False, "The request body is too large."),
+    LocalError("UNSUPPORTED_MEDIA_TYPE", 415, False, "Send the body as application/json."),
+    LocalError("HTTP_ERROR", 400, False, "The request could not be handled."),
+    # the coupon
+    LocalError("COUPON_NOT_FOUND", 404, False, "This coupon code does not exist."),
+    LocalError("COUPON_EXPIRED", 422, False, "This coupon has expired."),
+    LocalError("CAMPAIGN_EXPIRED", 422, False, "The offer behind this coupon has ended."),
+    LocalError("COUPON_NOT_YET_VALID", 422, False, "This coupon cannot be used yet."),
+    LocalError("COUPON_ALREADY_REDEEMED", 409, False, "This coupon has already been used."),
+    LocalError("COUPON_REVOKED", 422, False, "This coupon has been cancelled."),
+    LocalError("COUPON_NOT_FOR_CUSTOMER", 422, False, "This coupon belongs to another customer."),
+    LocalError("COUPON_NOT_ISSUED", 422, False, "This coupon was not given to this customer."),
+    LocalError("COUPON_TEST_ONLY", 422, False, "This is a test coupon and cannot be used."),
+    LocalError("COUPON_VALIDATION_REQUIRED", 422, False, "This coupon needs a validation code."),
+    LocalError("COUPON_NOT_REDEEMABLE", 422, False, "This coupon cannot be used."),
+    LocalError("BILL_AMOUNT_NOT_ELIGIBLE", 422, False, "The bill amount is outside this coupon's limits."),
+    LocalError("STORE_NOT_ALLOWED", 422, False, "This coupon cannot be used in this store."),
+    LocalError("OUTSIDE_REDEMPTION_WINDOW", 422, False, "This coupon cannot be used at this day or time."),
+    LocalError("REDEMPTION_LIMIT_REACHED", 422, False, "This offer has been used the maximum number of times."),
+    LocalError("CUSTOMER_LIMIT_REACHED", 422, False, "This customer has used this offer the maximum number of times."),
+    LocalError("REDEMPTION_TOO_SOON", 422, False, "This customer used this offer too recently."),
+    LocalError("SIBLING_COUPON_FAILED", 422, False, "Not used because another coupon on this bill was refused."),
+    # the customer
+    LocalError("CUSTOMER_NOT_FOUND", 404, False, "No customer found with this identifier."),
+    LocalError("CUSTOMER_INVALID", 422, False, "This customer cannot use coupons."),
+    LocalError("CUSTOMER_BLOCKED", 422, False, "Coupons are blocked for this customer."),
+    # back office
+    LocalError("SERIES_NOT_FOUND", 404, False, "No such coupon series."),
+    LocalError("SERIES_ALREADY_EXISTS", 409, False, "A coupon series with this code already exists."),
+    LocalError("COUPON_ISSUE_FAILED", 422, False, "The coupon could not be issued."),
+    LocalError("REDEMPTION_NOT_FOUND", 404, False, "No such redemption."),
+    # the upstream
+    LocalError("UPSTREAM_UNAVAILABLE", 503, True, "The coupon service is unavailable; try again shortly."),
+    LocalError("UPSTREAM_TIMEOUT", 504, True, "The coupon service did not answer in time; try again."),
+    LocalError("UPSTREAM_ERROR", 502, False, "The coupon service refused the request."),
+    LocalError("UPSTREAM_MISCONFIGURED", 502, False, "The coupon service is misconfigured; call support."),
+    LocalError("INTERNAL_ERROR", 500, False, "Internal error; quote the request id to support."),
+)
+
+
+def local_error(code: str) -> LocalError:
+    return CATALOG[code]
