@@ -41,8 +41,19 @@ class CapillarySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """The series cache: in-memory without ``url``, Redis with one."""
+
+    url: str | None = field(default=None, repr=False)  # may carry a password
+    series_ttl: float = 300.0
+    timeout: float = 0.1
+    lookup_timeout: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     capillary: CapillarySettings
+    cache: CacheSettings = CacheSettings()
     host: str = "0.0.0.0"
     port: int = 8080
     log_level: str = "info"
@@ -141,10 +152,24 @@ def capillary_from_env(env: Mapping[str, str]) -> CapillarySettings:
     )
 
 
+def cache_from_env(env: Mapping[str, str]) -> CacheSettings:
+    read = _Env(env)
+    url = read.optional("CACHE_URL")
+    if url is not None and urlsplit(url).scheme not in ("redis", "rediss"):
+        raise ConfigError("CACHE_URL", "must be a redis:// or rediss:// URL")
+    return CacheSettings(
+        url=url,
+        series_ttl=read.number("SERIES_CACHE_TTL_SECONDS", 300.0, minimum=1, maximum=7 * 24 * 3600),
+        timeout=read.number("CACHE_TIMEOUT_SECONDS", 0.1, minimum=0.005, maximum=5),
+        lookup_timeout=read.number("SERIES_LOOKUP_TIMEOUT_SECONDS", 2.0, minimum=0.05, maximum=60),
+    )
+
+
 def gateway_from_env(env: Mapping[str, str], capillary: CapillarySettings) -> Settings:
     read = _Env(env)
     return Settings(
         capillary=capillary,
+        cache=cache_from_env(env),
         host=read.text("GATEWAY_HOST", "0.0.0.0"),
         port=read.port("GATEWAY_PORT", 8080),
         log_level=read.choice("LOG_LEVEL", _LOG_LEVELS, "info"),
@@ -156,3 +181,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read every setting from ``env`` (default: the process environment)."""
     env = os.environ if env is None else env
     return gateway_from_env(env, capillary_from_env(env))
+
+
+def sandbox_address(env: Mapping[str, str]) -> tuple[str, int]:
+    """Where the embedded sandbox listens: ``SANDBOX_HOST`` (default 127.0.0.1), ``SANDBOX_PORT`` (8081)."""
+    read = _Env(env)
+    return read.text("SANDBOX_HOST", "127.0.0.1"), read.port("SANDBOX_PORT", 8081)
