@@ -1,0 +1,146 @@
+"""The redemption flow as a functional core: fake ports that record what they were asked, plain data out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import Decimal as D
+
+import pytest
+
+from service.redemption.catalog import CATALOG
+from service.redemption.flow import Redeemed, RedemptionFlow, UpstreamFailure, Verdict
+from service.redemption.models import CustomerRef, Failure, Mode, RedemptionCommand, SeriesSummary
+
+NOW = datetime(2030, 1, 15, 10, tzinfo=UTC)
+USED = Failure(CATALOG["COUPON_ALREADY_REDEEMED"], 711, "Coupon is already used")
+SIBLING = Failure(CATALOG["SIBLING_COUPON_FAILED"], 749, "failure on other coupons")
+SERIES = {
+    "A": SeriesSummary(id=1, discount_type="ABS", discount_value=D(100)),
+    "B": SeriesSummary(id=2, discount_type="PERC", discount_value=D(10)),
+    "C": SeriesSummary(id=3, discount_type="ABS", discount_value=D(50), min_bill_amount=D(5000)),
+}
+
+
+class FakeUpstream:
+    """Answers from scripted verdicts; a redeem of a batch holding a bad code fails all-or-nothing."""
+
+    def __init__(self, bad_at_redeem: dict[str, Failure] | None = None) -> None:
+        self.bad_at_redeem = bad_at_redeem or {}
+        self.checked: list[tuple[str, ...]] = []
+        self.redeemed: list[tuple[str, ...]] = []
+
+    async def check(self, customer: CustomerRef, codes: Sequence[str], *, store: str | None) -> dict[str, Verdict]:
+        self.checked.append(tuple(codes))
+        return {c: Verdict(False, USED) if c.startswith("USED") else Verdict(True) for c in codes}
+
+    async def redeem(self, command: RedemptionCommand, codes: Sequence[str]) -> dict[str, Redeemed]:
+        self.redeemed.append(tuple(codes))
+        if any(c in self.bad_at_redeem for c in codes):
+            return {c: Redeemed(False, self.bad_at_redeem.get(c, SIBLING)) for c in codes}
+        return {c: Redeemed(True, redemption_id=100 + i) for i, c in enumerate(codes)}
+
+
+class FakeSeries:
+    def __init__(self) -> None:
+        self.learnt: dict[str, int] = {}
+
+    async def for_codes(self, codes: Sequence[str]) -> dict[str, SeriesSummary]:
+        return {c: SERIES[c] for c in codes if c in SERIES}
+
+    async def remember(self, code_series: dict[str, int]) -> None:
+        self.learnt.update(code_series)
+
+
+def _command(*codes: str, mode: Mode = "all", bill: str = "1000") -> RedemptionCommand:
+    return RedemptionCommand(CustomerRef("mobile", "919900000001"), codes, D(bill), "T-1", mode=mode)
+
+
+def _flow(upstream: FakeUpstream) -> RedemptionFlow:
+    return RedemptionFlow(upstream, FakeSeries(), clock=lambda: NOW)
+
+
+async def test_validate_prices_each_code_and_caps_the_total_at_the_bill() -> None:
+    outcome = await _flow(FakeUpstream()).validate(_command("A", "B", bill="105"))
+    assert [(o.code, o.ok, o.amount) for o in outcome.codes] == [("A", True, D("100.00")), ("B", True, D("5.00"))]
+    assert outcome.total_discount == D("105.00")
+
+
+async def test_mode_all_makes_no_redeem_call_when_a_code_fails() -> None:
+    upstream = FakeUpstream()
+    outcome = await _flow(upstream).redeem(_command("A", "USED-1", "C"))
+    assert upstream.redeemed == []
+    failures = {o.code: o.failure.error.code if o.failure else None for o in outcome.codes}
+    assert failures == {
+        "A": "SIBLING_COUPON_FAILED",
+        "USED-1": "COUPON_ALREADY_REDEEMED",
+        "C": "BILL_AMOUNT_NOT_ELIGIBLE",
+    }
+    assert outcome.failure == USED  # the first own reason, not a sibling's
+    assert outcome.total_discount == D("0.00")
+
+
+async def test_mode_partial_redeems_what_passes() -> None:
+    upstream = FakeUpstream()
+    outcome = await _flow(upstream).redeem(_command("A", "USED-1", "B", mode="partial"))
+    assert upstream.redeemed == [("A", "B")]
+    assert [(o.code, o.ok, o.redemption_id) for o in outcome.codes] == [
+        ("A", True, 100),
+        ("USED-1", False, None),
+        ("B", True, 101),
+    ]
+    assert outcome.failure is None
+    assert outcome.total_discount == D("200.00")
+
+
+async def test_partial_resends_the_siblings_once_after_an_all_or_nothing_refusal() -> None:
+    """is_redeemable passed B, but by redeem time another till used it: the batch was refused whole."""
+    upstream = FakeUpstream(bad_at_redeem={"B": USED})
+    outcome = await _flow(upstream).redeem(_command("A", "B", mode="partial"))
+    assert upstream.redeemed == [("A", "B"), ("A",)]
+    by_code = {o.code: o for o in outcome.codes}
+    assert by_code["A"].ok
+    assert by_code["B"].failure == USED
+    assert outcome.failure is None
+
+
+async def test_mode_all_never_resends() -> None:
+    upstream = FakeUpstream(bad_at_redeem={"B": USED})
+    outcome = await _flow(upstream).redeem(_command("A", "B"))
+    assert upstream.redeemed == [("A", "B")]
+    assert outcome.failure == USED
+    assert {o.code: o.failure.error.code for o in outcome.codes if o.failure} == {
+        "A": "SIBLING_COUPON_FAILED",
+        "B": "COUPON_ALREADY_REDEEMED",
+    }
+
+
+async def test_a_business_refusal_of_the_whole_request_names_every_code() -> None:
+    class UnknownCustomer(FakeUpstream):
+        async def check(self, customer: CustomerRef, codes: Sequence[str], *, store: str | None) -> dict[str, Verdict]:
+            raise UpstreamFailure(Failure(CATALOG["CUSTOMER_NOT_FOUND"], 701, "not found"))
+
+    outcome = await _flow(UnknownCustomer()).redeem(_command("A", "B"))
+    assert outcome.failure is not None
+    assert outcome.failure.error.code == "CUSTOMER_NOT_FOUND"
+    assert all(o.failure == outcome.failure for o in outcome.codes)
+
+
+async def test_an_upstream_outage_is_raised_not_hidden() -> None:
+    class Down(FakeUpstream):
+        async def check(self, customer: CustomerRef, codes: Sequence[str], *, store: str | None) -> dict[str, Verdict]:
+            raise UpstreamFailure(Failure(CATALOG["UPSTREAM_UNAVAILABLE"]))
+
+    with pytest.raises(UpstreamFailure):
+        await _flow(Down()).validate(_command("A"))
+
+
+async def test_series_learnt_from_the_redeem_answer_is_remembered() -> None:
+    class WithSeries(FakeUpstream):
+        async def redeem(self, command: RedemptionCommand, codes: Sequence[str]) -> dict[str, Redeemed]:
+            return {c: Redeemed(True, redemption_id=7, series_id=42) for c in codes}
+
+    series = FakeSeries()
+    outcome = await RedemptionFlow(WithSeries(), series, clock=lambda: NOW).redeem(_command("NEW-1"))
+    assert outcome.codes[0].series_id == 42
+    assert series.learnt == {"NEW-1": 42}
