@@ -1,0 +1,310 @@
+"""Coupon-series data for discounts and local pre-checks, read through a cache.
+
+Two caches (aiocache: in-memory by default, Redis when ``CACHE_URL`` is set), one explicit msgspec serializer for
+both backends so each behaves alike (the memory backend would otherwise hand out the stored object itself):
+
+- ``code -> series id``: learnt from coupon details or a redeem answer; it never changes, so kept long.
+- ``series id -> SeriesSummary``: kept ``SERIES_CACHE_TTL_SECONDS``.
+
+A cache error counts as a miss and never fails the till. Concurrent misses for the same series share one upstream
+call, and the misses of one request are fetched in one ``series?ids=..&ids=..`` call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+import msgspec
+from aiocache import Cache
+from aiocache.base import BaseCache
+from aiocache.serializers import BaseSerializer
+
+from service.capillary.client import CapillaryClient
+from service.capillary.coupons import upstream_failure
+from service.capillary.errors import CapillaryError
+from service.capillary.models import Series
+from service.redemption.models import RedemptionRange, SeriesSummary
+
+log = logging.getLogger("service.series")
+
+V = TypeVar("V")
+
+NO_LIMIT_BILL = 9007199254740991  # Capillary's "no maximum" (2^53 - 1)
+
+
+class MsgspecSerializer(BaseSerializer, Generic[V]):  # type: ignore[misc]
+    """aiocache serializer: msgspec JSON bytes of one declared type, the same for every backend."""
+
+    DEFAULT_ENCODING = None
+
+    def __init__(self, kind: type[V]) -> None:
+        super().__init__()
+        self._encoder = msgspec.json.Encoder()
+        self._decoder = msgspec.json.Decoder(kind)
+
+    def dumps(self, value: V) -> bytes:
+        return self._encoder.encode(value)
+
+    def loads(self, value: bytes | None) -> V | None:
+        return None if value is None else self._decoder.decode(value)
+
+
+def open_cache(url: str | None, namespace: str, kind: type[Any], timeout: float) -> BaseCache:
+    """A cache for values of ``kind``: Redis at ``url`` (``redis://host:port/db``), in-memory without one."""
+    serializer = MsgspecSerializer(kind)
+    if url:
+        cache: BaseCache = Cache.from_url(url)
+        cache.serializer = serializer
+        cache.namespace = namespace
+        cache.timeout = timeout
+        return cache
+    return Cache(Cache.MEMORY, serializer=serializer, namespace=namespace, timeout=timeout)
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _json_list(value: str | None) -> list[Any] | None:
+    if not value:
+        return None
+    try:
+        parsed = msgspec.json.decode(value)
+    except msgspec.DecodeError:
+        return None
+    return parsed if isinstance(parsed, list) else None
+
+
+def _stores(series: Series) -> tuple[str, ...] | None:
+    """Stores the series may be redeemed at; None for all (``[-1]``, or nothing we can read)."""
+    stores = _json_list(series.redeem_at_store)
+    if not stores or any(str(s) == "-1" for s in stores):
+        return None
+    return tuple(str(s) for s in stores)
+
+
+def _range_part(value: Any) -> tuple[int, ...] | None:
+    if not isinstance(value, list):
+        return None
+    numbers = []
+    for item in value:
+        try:
+            number = int(item)
+        except (TypeError, ValueError):
+            return None
+        if number == -1:
+            return None
+        numbers.append(number)
+    return tuple(numbers) or None
+
+
+def _range(value: str | None) -> RedemptionRange | None:
+    if not value:
+        return None
+    try:
+        parsed = msgspec.json.decode(value)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    found = RedemptionRange(
+        days_of_month=_range_part(parsed.get("dom")),
+        days_of_week=_range_part(parsed.get("dow")),
+        hours=_range_part(parsed.get("hours")),
+    )
+    return None if found == RedemptionRange() else found
+
+
+def summarize(series: Series) -> SeriesSummary:
+    """The gateway's summary of an upstream series; values meaning "no limit" become None."""
+    max_bill = series.max_bill_amount
+    min_bill = series.min_bill_amount
+    valid_from = _parse_time(series.redemption_valid_from)
+    return SeriesSummary(
+        id=series.id,
+        description=series.description,
+        discount_type=series.discount_type,
+        discount_value=series.discount_value,
+        discount_upto=series.discount_upto if series.discount_upto and series.discount_upto > 0 else None,
+        min_bill_amount=min_bill if min_bill is not None and min_bill > 0 else None,
+        max_bill_amount=max_bill if max_bill is not None and 0 <= max_bill < NO_LIMIT_BILL else None,
+        valid_till=_parse_time(series.valid_till_date),
+        redemption_valid_from=valid_from if valid_from and valid_from.year > 1970 else None,
+        redemption_range=_range(series.redemption_range),
+        stores=_stores(series),
+        multiple_use=bool(series.is_multiple_use_allowed),
+    )
+
+
+class CacheStats:
+    def __init__(self) -> None:
+        self.hits = self.misses = self.errors = 0
+        self.fetches: list[int] = []  # batch size of each upstream series fetch
+
+
+class SeriesCatalog:
+    """Series summaries by id and by coupon code, through the caches, fetched from Capillary on a miss."""
+
+    def __init__(
+        self,
+        client: CapillaryClient,
+        *,
+        series_cache: BaseCache,
+        code_cache: BaseCache,
+        ttl: float,
+        code_ttl: float,
+        lookup_timeout: float,
+    ) -> None:
+        self._client = client
+        self._series = series_cache
+        self._codes = code_cache
+        self._ttl = ttl
+        self._code_ttl = code_ttl
+        self._timeout = lookup_timeout
+        self._inflight: dict[int, asyncio.Future[SeriesSummary | None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.stats = CacheStats()
+
+    # ------------------------------------------------------------------------------------------- cache I/O
+
+    async def _cache_get(self, cache: BaseCache, keys: Sequence[str]) -> list[Any]:
+        if not keys:
+            return []
+        try:
+            values: list[Any] = await cache.multi_get(list(keys))
+        except Exception as exc:  # a cache failure is a miss, never the till's problem
+            self.stats.errors += 1
+            log.warning("cache read failed: %s: %s", type(exc).__name__, exc)
+            return [None] * len(keys)
+        found = sum(v is not None for v in values)
+        self.stats.hits += found
+        self.stats.misses += len(keys) - found
+        return values
+
+    async def _cache_set(self, cache: BaseCache, pairs: list[tuple[str, Any]], ttl: float) -> None:
+        if not pairs:
+            return
+        try:
+            await cache.multi_set(pairs, ttl=ttl)
+        except Exception as exc:
+            self.stats.errors += 1
+            log.warning("cache write failed: %s: %s", type(exc).__name__, exc)
+
+    # --------------------------------------------------------------------------------------------- series
+
+    async def get_many(self, ids: Iterable[int]) -> dict[int, SeriesSummary]:
+        """Summaries of the series that exist among ``ids``; upstream failures leave them out."""
+        wanted = sorted(set(ids))
+        cached = await self._cache_get(self._series, [str(i) for i in wanted])
+        result = {i: v for i, v in zip(wanted, cached, strict=True) if v is not None}
+        missing = [i for i in wanted if i not in result]
+        waits = {i: self._inflight[i] for i in missing if i in self._inflight}
+        to_fetch = [i for i in missing if i not in waits]
+        if to_fetch:
+            waits.update(self._start_fetch(to_fetch))
+        for series_id, future in waits.items():
+            with contextlib.suppress(CapillaryError):
+                if (summary := await asyncio.shield(future)) is not None:
+                    result[series_id] = summary
+        return result
+
+    def _start_fetch(self, ids: list[int]) -> dict[int, asyncio.Future[SeriesSummary | None]]:
+        loop = asyncio.get_running_loop()
+        futures = {i: loop.create_future() for i in ids}
+        self._inflight.update(futures)
+
+        async def fetch() -> None:
+            try:
+                self.stats.fetches.append(len(ids))
+                reply = await self._client.series(ids, timeout=self._timeout)
+                found = {s.id: summarize(s) for s in reply.entity}
+                await self._cache_set(self._series, [(str(k), v) for k, v in found.items()], self._ttl)
+                for series_id, future in futures.items():
+                    future.set_result(found.get(series_id))
+            except CapillaryError as exc:
+                found_nothing = exc.code in (755, 707)
+                for future in futures.values():
+                    if found_nothing:
+                        future.set_result(None)
+                    else:
+                        future.set_exception(exc)
+            finally:
+                for series_id, future in futures.items():
+                    self._inflight.pop(series_id, None)
+                    if not future.done():
+                        future.cancel()
+                    elif not future.cancelled():
+                        future.exception()  # mark retrieved: a waiter may have given up
+
+        task = loop.create_task(fetch())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return futures
+
+    async def get(self, series_id: int) -> SeriesSummary | None:
+        """One series: None when Capillary does not know it. Raises UpstreamFailure when it cannot say."""
+        cached = await self._cache_get(self._series, [str(series_id)])
+        if cached[0] is not None:
+            return cached[0]  # type: ignore[no-any-return]
+        future = self._inflight.get(series_id) or self._start_fetch([series_id])[series_id]
+        try:
+            return await asyncio.shield(future)
+        except CapillaryError as exc:
+            raise upstream_failure(exc) from exc
+
+    # ---------------------------------------------------------------------------------------------- codes
+
+    async def remember(self, code_series: dict[str, int]) -> None:
+        """Record code -> series pairs learnt elsewhere (a redeem answer's ``seriesCode``)."""
+        await self._cache_set(self._codes, list(code_series.items()), self._code_ttl)
+
+    async def series_ids(self, codes: Sequence[str]) -> dict[str, int]:
+        cached = await self._cache_get(self._codes, codes)
+        known = {c: v for c, v in zip(codes, cached, strict=True) if v is not None}
+        missing = [c for c in codes if c not in known]
+        if missing:
+            try:
+                reply = await self._client.coupon_details(codes=missing, timeout=self._timeout)
+            except CapillaryError as exc:
+                log.warning("coupon details failed: %s", exc)
+                return known
+            learnt = {c.code: c.series_id for c in reply.data if c.code in missing and c.series_id is not None}
+            known.update(learnt)
+            await self.remember(learnt)
+        return known
+
+    async def for_codes(self, codes: Sequence[str]) -> dict[str, SeriesSummary]:
+        """The series of each code where it can be learnt; never raises for an upstream or cache failure."""
+        ids = await self.series_ids(codes)
+        summaries = await self.get_many(ids.values())
+        return {code: summaries[sid] for code, sid in ids.items() if sid in summaries}
+
+
+@contextlib.asynccontextmanager
+async def open_catalog(
+    client: CapillaryClient, *, cache_url: str | None, ttl: float, timeout: float, lookup_timeout: float
+) -> AsyncIterator[SeriesCatalog]:
+    series_cache = open_cache(cache_url, "pos_coupon:series:", SeriesSummary, timeout)
+    code_cache = open_cache(cache_url, "pos_coupon:code:", int, timeout)
+    try:
+        yield SeriesCatalog(
+            client,
+            series_cache=series_cache,
+            code_cache=code_cache,
+            ttl=ttl,
+            code_ttl=30 * 24 * 3600,
+            lookup_timeout=lookup_timeout,
+        )
+    finally:
+        await asyncio.gather(series_cache.close(), code_cache.close(), return_exceptions=True)
