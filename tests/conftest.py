@@ -83,9 +83,25 @@ async def oauth_client(upstream: Upstream) -> AsyncIterator[CapillaryClient]:
 GatewayClient = TestClient[web.Request, web.Application]
 
 
+StartGateway = Callable[..., Awaitable[GatewayClient]]
+
+
 @pytest.fixture
-async def gateway(aiohttp_client: Any, upstream: Upstream) -> GatewayClient:
+async def start_gateway(aiohttp_client: Any) -> StartGateway:
+    """Start a gateway in front of a sandbox: ``await start_gateway(upstream, timeout=0.5, cache=...)``."""
+
+    async def start(
+        upstream: Upstream, *, auth: AuthScheme = "oauth", timeout: float = 5.0, cache: CacheSettings | None = None
+    ) -> GatewayClient:
+        settings = Settings(capillary=upstream.settings(auth, timeout=timeout), cache=cache or CacheSettings())
+        app = create_app(settings, clock=upstream.sandbox.now)  # the sandbox's "now" for the series checks
+        client: GatewayClient = await aiohttp_client(app)
+        return client
+
+    return start
+
+
+@pytest.fixture
+async def gateway(start_gateway: StartGateway, upstream: Upstream) -> GatewayClient:
     """The gateway over real HTTP, with the sandbox as its upstream."""
-    settings = Settings(capillary=upstream.settings("oauth"), cache=CacheSettings())
-    client: GatewayClient = await aiohttp_client(create_app(settings))
-    return client
+    return await start_gateway(upstream)

@@ -13,6 +13,9 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from service.redemption.catalog import CATALOG, LocalError
+from service.redemption.models import Failure
+
 REQUEST_ID_HEADER: Final = "X-Request-ID"
 REQUEST_ID = web.RequestKey("request_id", str)
 
@@ -36,10 +39,10 @@ class ErrorBody(msgspec.Struct, frozen=True):
     error: ErrorDetail
 
 
-_encoder = msgspec.json.Encoder()
+encoder: Final = msgspec.json.Encoder()
 
-# Local codes for failures of HTTP itself (the redemption catalog adds the business ones).
-_HTTP_CODES: Final = {
+# Local codes for failures of HTTP itself.
+HTTP_CODES: Final = {
     400: "INVALID_REQUEST",
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
@@ -48,18 +51,57 @@ _HTTP_CODES: Final = {
 }
 
 
+class ApiError(Exception):
+    """A whole request refused with one catalog entry; the middleware writes the envelope."""
+
+    def __init__(
+        self,
+        error: LocalError,
+        message: str | None = None,
+        *,
+        upstream: UpstreamDetail | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message or error.message)
+        self.error = error
+        self.message = message or error.message
+        self.upstream = upstream
+        self.headers = headers or {}
+
+    @classmethod
+    def invalid(cls, message: str) -> ApiError:
+        return cls(CATALOG["INVALID_REQUEST"], message)
+
+
+def detail(failure: Failure, request_id: str) -> ErrorDetail:
+    """The envelope's inner object for a failure (of a whole request or of one coupon)."""
+    upstream = None
+    if failure.upstream_code is not None or failure.upstream_message is not None:
+        upstream = UpstreamDetail(failure.upstream_code, failure.upstream_message)
+    error = failure.error
+    return ErrorDetail(error.code, error.message, error.retryable, upstream, request_id)
+
+
+def retry_headers(error: LocalError) -> dict[str, str]:
+    return {"Retry-After": "1"} if error.http_status in (429, 503) else {}
+
+
 def error_response(
-    status: int,
-    code: str,
+    error: LocalError,
     message: str,
     *,
     request_id: str,
-    retryable: bool = False,
+    status: int | None = None,
     upstream: UpstreamDetail | None = None,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
-    body = ErrorBody(ErrorDetail(code, message, retryable, upstream, request_id))
-    return web.Response(status=status, body=_encoder.encode(body), content_type="application/json", headers=headers)
+    body = ErrorBody(ErrorDetail(error.code, message, error.retryable, upstream, request_id))
+    return web.Response(
+        status=status or error.http_status,
+        body=encoder.encode(body),
+        content_type="application/json",
+        headers={**retry_headers(error), **(headers or {})},
+    )
 
 
 def _request_id(request: web.Request) -> str:
@@ -76,17 +118,20 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     request_id = request[REQUEST_ID] = _request_id(request)
     try:
         response = await handler(request)
+    except ApiError as exc:
+        response = error_response(
+            exc.error, exc.message, request_id=request_id, upstream=exc.upstream, headers=exc.headers
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = _HTTP_CODES.get(exc.status, "HTTP_ERROR")
+        error = CATALOG[HTTP_CODES.get(exc.status, "HTTP_ERROR")]
         message = exc.reason if exc.text is None or exc.text.startswith(f"{exc.status}:") else exc.text
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        response = error_response(exc.status, code, message, request_id=request_id, headers=allow)
+        response = error_response(error, message, request_id=request_id, status=exc.status, headers=allow)
     except Exception:
         log.exception("unhandled error", extra={"request_id": request_id})
-        response = error_response(
-            500, "INTERNAL_ERROR", "Internal error; quote the request id to support", request_id=request_id
-        )
+        error = CATALOG["INTERNAL_ERROR"]
+        response = error_response(error, error.message, request_id=request_id)
     response.headers[REQUEST_ID_HEADER] = request_id
     return response

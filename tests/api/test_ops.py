@@ -95,4 +95,4 @@ def test_openapi_error_codes_include_every_code_the_http_layer_uses() -> None:
     from service.web import errors
 
     enum = set(_spec()["components"]["schemas"]["Error"]["properties"]["code"]["enum"])
-    assert set(errors._HTTP_CODES.values()) | {"HTTP_ERROR", "INTERNAL_ERROR"} <= enum
+    assert set(errors.HTTP_CODES.values()) | {"HTTP_ERROR", "INTERNAL_ERROR"} <= enum

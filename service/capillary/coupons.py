@@ -1,0 +1,106 @@
+"""The redemption flow's upstream port, implemented over the Capillary client.
+
+This is where Capillary's envelopes become domain verdicts: each code's status code mapped onto the local catalog,
+749 kept as a sibling failure, the redemption id and series read from whichever field the cluster sends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from service.capillary import codes
+from service.capillary.client import CapillaryClient
+from service.capillary.errors import SUCCESS_CODES, CapillaryError
+from service.capillary.models import BulkRedeemResponse, Customer, RedeemItem, RedeemResponse
+from service.redemption.catalog import CATALOG
+from service.redemption.discount import DiscountRule
+from service.redemption.flow import Redeemed, UpstreamFailure, Verdict
+from service.redemption.models import CustomerRef, Failure, RedemptionCommand
+
+
+def customer_of(ref: CustomerRef) -> Customer:
+    if ref.kind == "id":
+        return Customer(id=int(ref.value))
+    if ref.kind == "mobile":
+        return Customer(mobile=ref.value)
+    if ref.kind == "email":
+        return Customer(email=ref.value)
+    return Customer(external_id=ref.value)
+
+
+def failure_of(code: int | None, message: str | None) -> Failure:
+    local = codes.for_code(code)
+    if code is None or code in SUCCESS_CODES:  # refused without saying why
+        local = CATALOG["COUPON_NOT_REDEEMABLE"]
+    return Failure(local, code, message)
+
+
+def upstream_failure(error: CapillaryError) -> UpstreamFailure:
+    failure = Failure(codes.for_failure(error), error.code, error.upstream_message)
+    return UpstreamFailure(failure, maybe_applied=error.maybe_applied)
+
+
+def _redeemed(item: RedeemItem, entry_failure: Failure | None = None) -> Redeemed:
+    rule = DiscountRule.parse(item.discount_type, item.discount_value, item.discount_upto)
+    if entry_failure is None and item.succeeded:
+        return Redeemed(True, redemption_id=item.capillary_redemption_id, series_id=item.series_id, rule=rule)
+    failure = entry_failure or failure_of(item.status_code, item.status_message)
+    return Redeemed(False, failure=failure, series_id=item.series_id, rule=rule)
+
+
+def _single(reply: RedeemResponse) -> dict[str, Redeemed]:
+    return {item.code: _redeemed(item) for item in reply.redemption if item.code}
+
+
+def _bulk(reply: BulkRedeemResponse, sent: Sequence[str]) -> dict[str, Redeemed]:
+    results: dict[str, Redeemed] = {}
+    for position, entry in enumerate(reply.response):
+        code = entry.result.code if entry.result and entry.result.code else None
+        if code is None and len(reply.response) == len(sent):
+            code = sent[position]  # an entry without its code: Capillary answers in request order
+        if code is None:
+            continue
+        failure = failure_of(entry.status_code, entry.status_message) if entry.errors else None
+        if entry.result is not None:
+            results[code] = _redeemed(entry.result, failure)
+        else:
+            results[code] = Redeemed(False, failure=failure or failure_of(None, None))
+    return results
+
+
+class CapillaryCoupons:
+    def __init__(self, client: CapillaryClient) -> None:
+        self._client = client
+
+    async def check(self, customer: CustomerRef, codes: Sequence[str], *, store: str | None) -> dict[str, Verdict]:
+        try:
+            reply = await self._client.is_redeemable(customer_of(customer), codes, store=store)
+        except CapillaryError as exc:
+            raise upstream_failure(exc) from exc
+        verdicts = {}
+        for item in reply.redemption:
+            if item.is_redeemable:
+                verdicts[item.code] = Verdict(True)
+            else:
+                code, message = item.status_code, item.status_message
+                if code is None and reply.redemption_status is not None:
+                    code, message = reply.redemption_status.code, reply.redemption_status.message
+                verdicts[item.code] = Verdict(False, failure_of(code, message))
+        return verdicts
+
+    async def redeem(self, command: RedemptionCommand, codes: Sequence[str]) -> dict[str, Redeemed]:
+        customer = customer_of(command.customer)
+        bill, number = command.bill_amount, command.transaction_number or ""
+        time, store = command.redemption_time, command.store
+        try:
+            if len(codes) == 1:
+                single = await self._client.redeem(
+                    customer, codes[0], bill_amount=bill, transaction_number=number, redemption_time=time, store=store
+                )
+                return _single(single)
+            bulk = await self._client.bulk_redeem(
+                customer, codes, bill_amount=bill, transaction_number=number, redemption_time=time, store=store
+            )
+            return _bulk(bulk, codes)
+        except CapillaryError as exc:
+            raise upstream_failure(exc) from exc
