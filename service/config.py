@@ -51,9 +51,22 @@ class CacheSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class StateSettings:
+    """The exactly-once ledger and locks: in memory without ``redis_url``, Redis with one."""
+
+    redis_url: str | None = field(default=None, repr=False)
+    redeem_deadline: float = 10.0
+    ttl: float = 72 * 3600.0
+    reconcile_interval: float = 5.0
+    timeout: float = 0.5
+    lease_margin: float = 5.0  # slack on top of the deadline and an upstream call before presuming a gateway gone
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     capillary: CapillarySettings
     cache: CacheSettings = CacheSettings()
+    state: StateSettings = StateSettings()
     host: str = "0.0.0.0"
     port: int = 8080
     log_level: str = "info"
@@ -165,11 +178,26 @@ def cache_from_env(env: Mapping[str, str]) -> CacheSettings:
     )
 
 
+def state_from_env(env: Mapping[str, str]) -> StateSettings:
+    read = _Env(env)
+    url = read.optional("REDIS_URL")
+    if url is not None and urlsplit(url).scheme not in ("redis", "rediss"):
+        raise ConfigError("REDIS_URL", "must be a redis:// or rediss:// URL")
+    return StateSettings(
+        redis_url=url,
+        redeem_deadline=read.number("REDEEM_DEADLINE_SECONDS", 10.0, minimum=0.5, maximum=120),
+        ttl=read.number("IDEMPOTENCY_TTL_SECONDS", 72 * 3600.0, minimum=60, maximum=30 * 24 * 3600),
+        reconcile_interval=read.number("RECONCILE_INTERVAL_SECONDS", 5.0, minimum=0.05, maximum=3600),
+        timeout=read.number("REDIS_TIMEOUT_SECONDS", 0.5, minimum=0.01, maximum=10),
+    )
+
+
 def gateway_from_env(env: Mapping[str, str], capillary: CapillarySettings) -> Settings:
     read = _Env(env)
     return Settings(
         capillary=capillary,
         cache=cache_from_env(env),
+        state=state_from_env(env),
         host=read.text("GATEWAY_HOST", "0.0.0.0"),
         port=read.port("GATEWAY_PORT", 8080),
         log_level=read.choice("LOG_LEVEL", _LOG_LEVELS, "info"),

@@ -263,6 +263,14 @@ class SeriesCatalog:
         except CapillaryError as exc:
             raise upstream_failure(exc) from exc
 
+    async def healthy(self) -> bool:
+        """Whether the cache backend answers (always, in memory)."""
+        try:
+            await self._series.exists("__health__")
+        except Exception:
+            return False
+        return True
+
     # ---------------------------------------------------------------------------------------------- codes
 
     async def remember(self, code_series: dict[str, int]) -> None:

@@ -3,18 +3,22 @@ and the gateway app over real HTTP with the sandbox as its upstream."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import redis.asyncio as redis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from service.app import create_app
 from service.capillary.client import CapillaryClient
-from service.config import AuthScheme, CacheSettings, CapillarySettings, Settings
+from service.config import AuthScheme, CacheSettings, CapillarySettings, Settings, StateSettings
 from service.sandbox import DEMO, SANDBOX_KEY, Sandbox, SandboxConfig, create_sandbox_app
 
 #: A Tuesday, 10:00 UTC: the sandbox's clock in tests (its "range_restricted" series only allows 22:00).
@@ -88,12 +92,21 @@ StartGateway = Callable[..., Awaitable[GatewayClient]]
 
 @pytest.fixture
 async def start_gateway(aiohttp_client: Any) -> StartGateway:
-    """Start a gateway in front of a sandbox: ``await start_gateway(upstream, timeout=0.5, cache=...)``."""
+    """Start a gateway in front of a sandbox: ``await start_gateway(upstream, timeout=0.5, state=...)``."""
 
     async def start(
-        upstream: Upstream, *, auth: AuthScheme = "oauth", timeout: float = 5.0, cache: CacheSettings | None = None
+        upstream: Upstream,
+        *,
+        auth: AuthScheme = "oauth",
+        timeout: float = 5.0,
+        cache: CacheSettings | None = None,
+        state: StateSettings | None = None,
     ) -> GatewayClient:
-        settings = Settings(capillary=upstream.settings(auth, timeout=timeout), cache=cache or CacheSettings())
+        settings = Settings(
+            capillary=upstream.settings(auth, timeout=timeout),
+            cache=cache or CacheSettings(),
+            state=state or StateSettings(),
+        )
         app = create_app(settings, clock=upstream.sandbox.now)  # the sandbox's "now" for the series checks
         client: GatewayClient = await aiohttp_client(app)
         return client
@@ -105,3 +118,43 @@ async def start_gateway(aiohttp_client: Any) -> StartGateway:
 async def gateway(start_gateway: StartGateway, upstream: Upstream) -> GatewayClient:
     """The gateway over real HTTP, with the sandbox as its upstream."""
     return await start_gateway(upstream)
+
+
+REDIS_TEST_DB = "redis://127.0.0.1:6379/15"  # the tests' own database; our keys are removed after each test
+
+
+def redis_up() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.asynccontextmanager
+async def clean_redis() -> AsyncIterator[str]:
+    """The tests' Redis database, emptied of the gateway's keys before and after. Skips without Redis, except
+    under CI, where Redis is required."""
+    if not redis_up():
+        if os.environ.get("CI") == "true":
+            pytest.fail("Redis must answer at 127.0.0.1:6379 under CI")
+        pytest.skip("no Redis at 127.0.0.1:6379")
+    client = redis.Redis.from_url(REDIS_TEST_DB)
+
+    async def clean() -> None:
+        keys = [k async for k in client.scan_iter(match="pos_coupon:*")]
+        if keys:
+            await client.delete(*keys)
+
+    await clean()
+    try:
+        yield REDIS_TEST_DB
+    finally:
+        await clean()
+        await client.aclose()
+
+
+@pytest.fixture
+async def redis_db() -> AsyncIterator[str]:
+    async with clean_redis() as url:
+        yield url

@@ -48,8 +48,19 @@ def _redeemed(item: RedeemItem, entry_failure: Failure | None = None) -> Redeeme
     return Redeemed(False, failure=failure, series_id=item.series_id, rule=rule)
 
 
+UNKNOWN_OUTCOME_CODE = 748  # "Coupon service timed out": Capillary itself does not know
+
+
+def _check_known(results: dict[str, Redeemed]) -> dict[str, Redeemed]:
+    """A 748 on any code leaves the whole call's outcome unknown: never report it as a refusal."""
+    for result in results.values():
+        if result.failure is not None and result.failure.upstream_code == UNKNOWN_OUTCOME_CODE:
+            raise UpstreamFailure(result.failure, maybe_applied=True)
+    return results
+
+
 def _single(reply: RedeemResponse) -> dict[str, Redeemed]:
-    return {item.code: _redeemed(item) for item in reply.redemption if item.code}
+    return _check_known({item.code: _redeemed(item) for item in reply.redemption if item.code})
 
 
 def _bulk(reply: BulkRedeemResponse, sent: Sequence[str]) -> dict[str, Redeemed]:
@@ -65,7 +76,7 @@ def _bulk(reply: BulkRedeemResponse, sent: Sequence[str]) -> dict[str, Redeemed]
             results[code] = _redeemed(entry.result, failure)
         else:
             results[code] = Redeemed(False, failure=failure or failure_of(None, None))
-    return results
+    return _check_known(results)
 
 
 class CapillaryCoupons:
@@ -104,3 +115,41 @@ class CapillaryCoupons:
             return _bulk(bulk, codes)
         except CapillaryError as exc:
             raise upstream_failure(exc) from exc
+
+    async def find_redemptions(
+        self, customer: CustomerRef, codes: Sequence[str], transaction_number: str
+    ) -> dict[str, int]:
+        """Which of ``codes`` Capillary shows redeemed in this transaction, with their redemption ids.
+
+        Reads the customer's coupons with their redemptions' transaction numbers; where that lookup is refused
+        outright, falls back to ``is_redeemable``: a single-use code we hold the lock on that now says
+        "already used" (711/716/747) went through with us (its redemption id then unknown: 0).
+        """
+        try:
+            reply = await self._client.customer_coupons(customer_of(customer))
+        except CapillaryError as exc:
+            if exc.maybe_applied or (exc.http_status or 0) >= 500 or exc.http_status in (None, 429):
+                raise upstream_failure(exc) from exc
+            return await self._find_by_verdicts(customer, codes)
+        found: dict[str, int] = {}
+        for coupon in reply.data:
+            if coupon.code is not None and coupon.code in codes:
+                for redemption in coupon.redemptions:
+                    if redemption.transaction_number == transaction_number:
+                        found[coupon.code] = redemption.id or 0
+        return found
+
+    async def reactivate(self, redemption_ids: list[int]) -> None:
+        """Undo redemptions; a refusal (510 unknown ids, 661 none) or an unanswered call raises UpstreamFailure."""
+        try:
+            reply = await self._client.reactivate(redemption_ids)
+        except CapillaryError as exc:
+            raise upstream_failure(exc) from exc
+        if not reply.success:
+            first = reply.errors[0] if reply.errors else None
+            raise UpstreamFailure(failure_of(first.code if first else None, first.message if first else None))
+
+    async def _find_by_verdicts(self, customer: CustomerRef, codes: Sequence[str]) -> dict[str, int]:
+        verdicts = await self.check(customer, codes, store=None)
+        used = {"COUPON_ALREADY_REDEEMED"}
+        return {c: 0 for c, v in verdicts.items() if v.failure is not None and v.failure.error.code in used}

@@ -56,6 +56,15 @@ CATALOG: Final = _catalog(
     LocalError("SERIES_ALREADY_EXISTS", 409, False, "A coupon series with this code already exists."),
     LocalError("COUPON_ISSUE_FAILED", 422, False, "The coupon could not be issued."),
     LocalError("REDEMPTION_NOT_FOUND", 404, False, "No such redemption."),
+    # exactly once
+    LocalError("REQUEST_IN_PROGRESS", 409, True, "This request is still being processed; try again shortly."),
+    LocalError("COUPON_IN_USE", 409, True, "This coupon is being redeemed in another transaction right now."),
+    LocalError("IDEMPOTENCY_KEY_REUSED", 422, False, "This Idempotency-Key was used for a different request."),
+    LocalError("REDEMPTION_PENDING", 409, True, "The outcome of this redemption is still being confirmed."),
+    LocalError("REDEMPTION_NOT_APPLIED", 503, True, "The redemption did not go through; it can be sent again."),
+    LocalError("NOTHING_TO_REVERSE", 409, False, "Nothing was redeemed in this redemption."),
+    LocalError("ALREADY_REVERSED", 409, False, "This redemption has already been reversed."),
+    LocalError("STATE_STORE_UNAVAILABLE", 503, True, "Redemptions are paused: the gateway cannot record them."),
     # the upstream
     LocalError("UPSTREAM_UNAVAILABLE", 503, True, "The coupon service is unavailable; try again shortly."),
     LocalError("UPSTREAM_TIMEOUT", 504, True, "The coupon service did not answer in time; try again."),

@@ -62,7 +62,9 @@ class UpstreamFailure(Exception):
 class CouponUpstream(Protocol):
     async def check(self, customer: CustomerRef, codes: Sequence[str], *, store: str | None) -> dict[str, Verdict]: ...
 
-    async def redeem(self, command: RedemptionCommand, codes: Sequence[str]) -> dict[str, Redeemed]: ...
+    async def redeem(self, command: RedemptionCommand, codes: Sequence[str]) -> dict[str, Redeemed]:
+        """Raises UpstreamFailure with ``maybe_applied`` when the answer never came (or said 748)."""
+        ...
 
 
 class SeriesLookup(Protocol):
@@ -75,7 +77,7 @@ def new_ref() -> str:
     return "rdm_" + uuid.uuid4().hex
 
 
-def _price(outcomes: Sequence[CodeOutcome], bill: Decimal, counted: Callable[[CodeOutcome], bool]) -> Decimal:
+def price(outcomes: Sequence[CodeOutcome], bill: Decimal, counted: Callable[[CodeOutcome], bool]) -> Decimal:
     """Set each counted code's discount on this bill (together capped at the bill), zero for the others;
     return the total."""
     counted_codes = [o for o in outcomes if counted(o)]
@@ -144,11 +146,15 @@ class RedemptionFlow:
             if exc.failure.error.retryable or exc.failure.error.http_status >= 500:
                 raise
             return self._refused(exc.failure, command)
-        total = _price(outcomes, command.bill_amount, lambda o: o.ok)
+        total = price(outcomes, command.bill_amount, lambda o: o.ok)
         return Outcome(outcomes, total_discount=total)
 
-    async def redeem(self, command: RedemptionCommand) -> Outcome:
-        ref = new_ref()
+    async def redeem(
+        self, command: RedemptionCommand, *, ref: str | None = None, on_send: Callable[[], None] | None = None
+    ) -> Outcome:
+        """``on_send`` is called just before each upstream redeem call: from then on, a failure without an
+        answer leaves the outcome unknown."""
+        ref = ref or new_ref()
         try:
             outcomes = await self._assess(command)
         except UpstreamFailure as exc:
@@ -167,6 +173,8 @@ class RedemptionFlow:
         for attempt in range(2):
             if not passing:
                 break
+            if on_send is not None:
+                on_send()
             results = await self._upstream.redeem(command, passing)
             retry = []
             for code in passing:
@@ -189,6 +197,6 @@ class RedemptionFlow:
             passing = retry if command.mode == "partial" and own_failures and attempt == 0 else []
         if learnt:
             await self._series.remember(learnt)
-        total = _price(outcomes, command.bill_amount, lambda o: o.ok)
+        total = price(outcomes, command.bill_amount, lambda o: o.ok)
         failure = None if any(o.ok for o in outcomes) else _first_failure(outcomes)
         return Outcome(outcomes, failure=failure, total_discount=total, ref=ref)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Awaitable
 from typing import Final, TypeVar
 
 import msgspec
 from aiohttp import web
 
+from service.idempotency.models import StoredResponse, natural_key
+from service.idempotency.service import ExactlyOnce, Refused, Reply
+from service.idempotency.store import StoreUnavailable
 from service.redemption.catalog import CATALOG
+from service.redemption.discount import ZERO
 from service.redemption.flow import RedemptionFlow, UpstreamFailure
-from service.redemption.models import CodeOutcome, Outcome, RedemptionCommand
+from service.redemption.models import CodeOutcome, Failure, Outcome, RedemptionCommand
 from service.series import SeriesCatalog
 from service.web.errors import REQUEST_ID, ApiError, UpstreamDetail, detail, encoder, retry_headers
 from service.web.schemas import (
@@ -19,6 +25,8 @@ from service.web.schemas import (
     RedeemIn,
     RedeemOut,
     RedeemStatus,
+    ReversalOut,
+    ReversedCoupon,
     ValidatedCoupon,
     ValidateIn,
     ValidateOut,
@@ -64,6 +72,45 @@ def _upstream_error(exc: UpstreamFailure) -> ApiError:
     return ApiError(failure.error, upstream=upstream, headers=retry_headers(failure.error))
 
 
+IDEMPOTENCY_KEY_HEADER: Final = "Idempotency-Key"
+_REF = re.compile(r"^rdm_[0-9a-f]{32}$")
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    if IDEMPOTENCY_KEY_HEADER not in request.headers:
+        return None
+    key = request.headers[IDEMPOTENCY_KEY_HEADER]
+    if not 1 <= len(key) <= 255 or not key.isprintable() or not key.isascii():
+        raise ApiError.invalid(f"{IDEMPOTENCY_KEY_HEADER}: 1 to 255 printable ASCII characters")
+    return f"key:{key}"
+
+
+def _ref(request: web.Request) -> str:
+    ref = request.match_info["ref"]
+    if not _REF.match(ref):
+        raise ApiError(CATALOG["REDEMPTION_NOT_FOUND"])
+    return ref
+
+
+def _reply(reply: Reply) -> web.Response:
+    headers = {"Idempotent-Replayed": "true"} if reply.replayed else None
+    return web.Response(status=reply.status, body=reply.body, content_type="application/json", headers=headers)
+
+
+async def _exactly_once(call: Awaitable[Reply]) -> Reply:
+    """Await an exactly-once operation, turning its refusals into the error envelope."""
+    try:
+        return await call
+    except Refused as exc:
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        raise ApiError(exc.error, exc.message, headers=headers) from None
+    except StoreUnavailable:
+        error = CATALOG["STATE_STORE_UNAVAILABLE"]
+        raise ApiError(error, headers=retry_headers(error)) from None
+    except UpstreamFailure as exc:
+        raise _upstream_error(exc) from None
+
+
 def _refusal_status(outcome: Outcome) -> int:
     """409 when a coupon was already used, 404 for an unknown customer, else the first reason's own status."""
     assert outcome.failure is not None
@@ -77,9 +124,10 @@ def _refusal_status(outcome: Outcome) -> int:
 
 
 class RedemptionHandlers:
-    def __init__(self, flow: RedemptionFlow, series: SeriesCatalog) -> None:
+    def __init__(self, flow: RedemptionFlow, series: SeriesCatalog, ledger: ExactlyOnce) -> None:
         self._flow = flow
         self._series = series
+        self._ledger = ledger
 
     async def validate(self, request: web.Request) -> web.Response:
         command = await _command(request, _VALIDATE)
@@ -104,35 +152,21 @@ class RedemptionHandlers:
 
     async def redeem(self, request: web.Request) -> web.Response:
         command = await _command(request, _REDEEM)
-        try:
-            outcome = await self._flow.redeem(command)
-        except UpstreamFailure as exc:
-            raise _upstream_error(exc) from None
-        request_id = request[REQUEST_ID]
-        coupons = [
-            RedeemedCoupon(
-                code=o.code,
-                series_id=o.series_id,
-                discount=_discount(o),
-                redeemed=o.ok,
-                redemption_id=o.redemption_id,
-                error=detail(o.failure, request_id) if o.failure else None,
-            )
-            for o in outcome.codes
-        ]
-        redeemed = sum(o.ok for o in outcome.codes)
-        status: RedeemStatus = "rejected"
-        if redeemed:
-            status = "redeemed" if redeemed == len(coupons) else "partially_redeemed"
-        body = RedeemOut(
-            ref=outcome.ref or "",
-            status=status,
-            transaction_number=command.transaction_number or "",
-            coupons=coupons,
-            total_discount=outcome.total_discount,
-            error=detail(outcome.failure, request_id) if outcome.failure else None,
-        )
-        return _json(200 if redeemed else _refusal_status(outcome), body)
+        key = _idempotency_key(request) or natural_key(command)
+        reply = await _exactly_once(self._ledger.redeem(command, key, request[REQUEST_ID]))
+        return _reply(reply)
+
+    async def status(self, request: web.Request) -> web.Response:
+        ref = _ref(request)
+        return _reply(await _exactly_once(self._ledger.status(ref)))
+
+    async def reverse(self, request: web.Request) -> web.Response:
+        ref = _ref(request)
+        raw = (await request.read()).strip()
+        if raw and raw != b"{}":
+            raise ApiError.invalid("body: send no body, or {}")
+        key = _idempotency_key(request)
+        return _reply(await _exactly_once(self._ledger.reverse(ref, key, request[REQUEST_ID])))
 
     async def series(self, request: web.Request) -> web.Response:
         raw = request.match_info["seriesId"]
@@ -145,3 +179,69 @@ class RedemptionHandlers:
         if summary is None:
             raise ApiError(CATALOG["SERIES_NOT_FOUND"])
         return _json(200, summary)
+
+
+def _redeemed_coupons(outcome: Outcome, request_id: str) -> list[RedeemedCoupon]:
+    return [
+        RedeemedCoupon(
+            code=o.code,
+            series_id=o.series_id,
+            discount=_discount(o),
+            redeemed=o.ok,
+            redemption_id=o.redemption_id,
+            error=detail(o.failure, request_id) if o.failure else None,
+        )
+        for o in outcome.codes
+    ]
+
+
+def _waiting_coupons(command: RedemptionCommand) -> list[RedeemedCoupon]:
+    return [
+        RedeemedCoupon(code=c, series_id=None, discount=None, redeemed=False, redemption_id=None, error=None)
+        for c in command.codes
+    ]
+
+
+class JsonRenderer:
+    """The bytes of every redemption answer: what the till gets, and what replays get again."""
+
+    def outcome(self, outcome: Outcome, command: RedemptionCommand, request_id: str) -> StoredResponse:
+        redeemed = sum(o.ok for o in outcome.codes)
+        status: RedeemStatus = "rejected"
+        if redeemed:
+            status = "redeemed" if redeemed == len(outcome.codes) else "partially_redeemed"
+        body = RedeemOut(
+            ref=outcome.ref or "",
+            status=status,
+            transaction_number=command.transaction_number or "",
+            coupons=_redeemed_coupons(outcome, request_id),
+            total_discount=outcome.total_discount,
+            error=detail(outcome.failure, request_id) if outcome.failure else None,
+        )
+        return StoredResponse(200 if redeemed else _refusal_status(outcome), encoder.encode(body))
+
+    def pending(self, ref: str, command: RedemptionCommand, request_id: str) -> StoredResponse:
+        body = RedeemOut(
+            ref=ref,
+            status="pending",
+            transaction_number=command.transaction_number or "",
+            coupons=_waiting_coupons(command),
+            total_discount=ZERO,
+        )
+        return StoredResponse(202, encoder.encode(body))
+
+    def not_applied(self, ref: str, command: RedemptionCommand, request_id: str) -> StoredResponse:
+        error = CATALOG["REDEMPTION_NOT_APPLIED"]
+        body = RedeemOut(
+            ref=ref,
+            status="failed",
+            transaction_number=command.transaction_number or "",
+            coupons=_waiting_coupons(command),
+            total_discount=ZERO,
+            error=detail(Failure(error), request_id),
+        )
+        return StoredResponse(error.http_status, encoder.encode(body))
+
+    def reversed(self, ref: str, redemption_ids: dict[str, int], request_id: str) -> StoredResponse:
+        coupons = [ReversedCoupon(code=c, redemption_id=i or None, reversed=True) for c, i in redemption_ids.items()]
+        return StoredResponse(200, encoder.encode(ReversalOut(ref=ref, status="reversed", coupons=coupons)))

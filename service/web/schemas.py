@@ -171,7 +171,7 @@ class ValidateOut(Outbound):
     error: ErrorDetail | None = None
 
 
-RedeemStatus = Literal["redeemed", "partially_redeemed", "rejected"]
+RedeemStatus = Literal["redeemed", "partially_redeemed", "rejected", "pending", "failed"]
 
 
 class RedeemOut(Outbound):
@@ -181,3 +181,15 @@ class RedeemOut(Outbound):
     coupons: list[RedeemedCoupon]
     total_discount: Decimal
     error: ErrorDetail | None = None
+
+
+class ReversedCoupon(Outbound):
+    code: str
+    redemption_id: int | None
+    reversed: bool
+
+
+class ReversalOut(Outbound):
+    ref: str
+    status: Literal["reversed"]
+    coupons: list[ReversedCoupon]

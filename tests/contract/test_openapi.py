@@ -30,6 +30,8 @@ def test_the_error_catalog_is_documented_exactly() -> None:
         (schemas.ValidatedCoupon, "ValidatedCoupon"),
         (schemas.RedeemedCoupon, "RedeemedCoupon"),
         (schemas.DiscountOut, "Discount"),
+        (schemas.ReversalOut, "ReversalResponse"),
+        (schemas.ReversedCoupon, "ReversedCoupon"),
         (SeriesSummary, "SeriesSummary"),
         (RedemptionRange, "RedemptionRange"),
         (ErrorDetail, "Error"),

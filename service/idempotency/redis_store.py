@@ -1,0 +1,146 @@
+"""The ledger in Redis, shared by every replica and surviving restarts.
+
+Keys (all under ``pos_coupon:``, all with TTLs):
+- ``idem:<sha256 of the idempotency key>`` -> ref
+- ``rdm:<ref>``                            -> the entry (msgspec JSON)
+- ``lock:<coupon code>``                   -> the ref holding it
+- ``unresolved``                           -> set of refs in flight or pending, for the sweeper
+
+Every multi-key change is one Lua script or one MULTI, so a crash never leaves half of it. (Scripts touch keys
+they compute; that is fine on one Redis, not on Redis Cluster.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from service.idempotency.models import Entry, entry_decoder, entry_encoder
+from service.idempotency.store import UNRESOLVED_STATES, StoreUnavailable
+
+_CLAIM = """
+local existing = redis.call('GET', KEYS[1])
+if existing then
+  local record = redis.call('GET', ARGV[4] .. existing)
+  if record then return record end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[1])
+return false
+"""
+
+_RELEASE_KEY = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_LOCK = """
+local busy = {}
+for i, key in ipairs(KEYS) do
+  local holder = redis.call('GET', key)
+  if holder and holder ~= ARGV[1] then table.insert(busy, i) end
+end
+if #busy > 0 then return busy end
+for _, key in ipairs(KEYS) do redis.call('SET', key, ARGV[1], 'PX', ARGV[2]) end
+return busy
+"""
+
+_UNLOCK = """
+for _, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
+end
+return 1
+"""
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+class RedisStore:
+    backend = "redis"
+
+    def __init__(self, url: str, *, prefix: str = "pos_coupon:", timeout: float = 0.5) -> None:
+        self._redis: redis.Redis = redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30
+        )
+        self._prefix = prefix
+        self._claim = self._redis.register_script(_CLAIM)
+        self._release = self._redis.register_script(_RELEASE_KEY)
+        self._lock = self._redis.register_script(_LOCK)
+        self._unlock = self._redis.register_script(_UNLOCK)
+
+    def _key(self, key: str) -> str:
+        return f"{self._prefix}idem:{hashlib.sha256(key.encode()).hexdigest()}"
+
+    def _record(self, ref: str = "") -> str:
+        return f"{self._prefix}rdm:{ref}"
+
+    def _code(self, code: str) -> str:
+        return f"{self._prefix}lock:{code}"
+
+    @property
+    def _unresolved_set(self) -> str:
+        return f"{self._prefix}unresolved"
+
+    async def _run(self, call: Any) -> Any:
+        try:
+            return await call
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+
+    async def claim(self, entry: Entry, ttl: float) -> Entry | None:
+        found = await self._run(
+            self._claim(
+                keys=[self._key(entry.key), self._record(entry.ref), self._unresolved_set],
+                args=[entry.ref, entry_encoder.encode(entry), _ms(ttl), self._record()],
+            )
+        )
+        return None if found is None else entry_decoder.decode(found)
+
+    async def save(self, entry: Entry, ttl: float) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._record(entry.ref), entry_encoder.encode(entry), px=_ms(ttl))
+            if entry.state in UNRESOLVED_STATES:
+                pipe.sadd(self._unresolved_set, entry.ref)
+            else:
+                pipe.srem(self._unresolved_set, entry.ref)
+            await self._run(pipe.execute())
+
+    async def load(self, ref: str) -> Entry | None:
+        raw = await self._run(self._redis.get(self._record(ref)))
+        return None if raw is None else entry_decoder.decode(raw)
+
+    async def release_key(self, key: str, ref: str) -> None:
+        await self._run(self._release(keys=[self._key(key)], args=[ref]))
+
+    async def unresolved(self) -> list[str]:
+        refs = sorted(r.decode() for r in await self._run(self._redis.smembers(self._unresolved_set)))
+        if not refs:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for ref in refs:
+                pipe.exists(self._record(ref))
+            alive = await self._run(pipe.execute())
+        gone = [ref for ref, exists in zip(refs, alive, strict=True) if not exists]
+        if gone:  # expired entries leave the set too
+            await self._run(self._redis.srem(self._unresolved_set, *gone))
+        return [ref for ref in refs if ref not in gone]
+
+    async def lock(self, codes: Sequence[str], owner: str, ttl: float) -> list[str]:
+        busy = await self._run(self._lock(keys=[self._code(c) for c in codes], args=[owner, _ms(ttl)]))
+        return [codes[int(i) - 1] for i in busy]
+
+    async def unlock(self, codes: Sequence[str], owner: str) -> None:
+        await self._run(self._unlock(keys=[self._code(c) for c in codes], args=[owner]))
+
+    async def ping(self) -> None:
+        await self._run(self._redis.ping())
+
+    async def close(self) -> None:
+        await self._redis.aclose()
