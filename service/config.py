@@ -189,6 +189,7 @@ def state_from_env(env: Mapping[str, str]) -> StateSettings:
         ttl=read.number("IDEMPOTENCY_TTL_SECONDS", 72 * 3600.0, minimum=60, maximum=30 * 24 * 3600),
         reconcile_interval=read.number("RECONCILE_INTERVAL_SECONDS", 5.0, minimum=0.05, maximum=3600),
         timeout=read.number("REDIS_TIMEOUT_SECONDS", 0.5, minimum=0.01, maximum=10),
+        lease_margin=read.number("LEASE_MARGIN_SECONDS", 5.0, minimum=0.05, maximum=600),
     )
 
 

@@ -120,6 +120,13 @@ async def gateway(start_gateway: StartGateway, upstream: Upstream) -> GatewayCli
     return await start_gateway(upstream)
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 REDIS_TEST_DB = "redis://127.0.0.1:6379/15"  # the tests' own database; our keys are removed after each test
 
 
