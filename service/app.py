@@ -150,7 +150,13 @@ def create_app(
         app[LEDGER_STORE] = store
         coupons = CapillaryCoupons(app[CAPILLARY])
         flow = RedemptionFlow(coupons, app[SERIES], clock=clock)
-        timing = Timing(deadline=state.redeem_deadline, upstream_timeout=settings.capillary.timeout, ttl=state.ttl)
+        timing = Timing(
+            deadline=state.redeem_deadline,
+            upstream_timeout=settings.capillary.timeout,
+            ttl=state.ttl,
+            lease_margin=state.lease_margin,
+            reconcile_gap=state.reconcile_interval,
+        )
         ledger = ExactlyOnce(flow, store, coupons, app[SERIES], JsonRenderer(), timing)
         app[LEDGER] = ledger
         app[HANDLERS] = RedemptionHandlers(flow, app[SERIES], ledger)

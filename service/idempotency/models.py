@@ -86,6 +86,7 @@ class Entry(msgspec.Struct, kw_only=True):
     redemption_ids: dict[str, int] = {}  # done: Capillary's redemption id of each redeemed code
     reversal: Reversal | None = None
     attempts: int = 0  # reconciliation attempts
+    checked_at: float = 0.0  # when Capillary was last asked about it
 
 
 def natural_key(command: RedemptionCommand) -> str:

@@ -82,6 +82,7 @@ class Timing:
     upstream_timeout: float = 8.0  # one Capillary call at most
     ttl: float = 72 * 3600.0  # how long records are kept
     lease_margin: float = 5.0
+    reconcile_gap: float = 5.0  # the least time between two upstream checks of one pending redemption
 
     @property
     def hard_limit(self) -> float:
@@ -144,7 +145,7 @@ class ExactlyOnce:
             raise Refused(CATALOG["COUPON_IN_USE"], message, retry_after=1)
         task = asyncio.create_task(self._run(entry, command))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._settled)
         remaining = entry.created_at + self.timing.deadline - self.clock()
         try:
             return await asyncio.wait_for(asyncio.shield(task), max(0.0, remaining))
@@ -181,6 +182,12 @@ class ExactlyOnce:
             await self._finish(entry, outcome, response)
         return Reply(response.status, response.body, ref=entry.ref)
 
+    def _settled(self, task: asyncio.Task[Reply]) -> None:
+        """A redeem that outlived its till's deadline ends with nobody awaiting it: its error is logged here."""
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None and not isinstance(error, Refused):
+            log.info("redeem finished after its deadline with %s", type(error).__name__)
+
     # ------------------------------------------------------------------------------------ transitions
 
     @contextlib.asynccontextmanager
@@ -193,8 +200,9 @@ class ExactlyOnce:
             self._guards.pop(ref, None)
 
     async def _drop(self, entry: Entry, *, locked: bool = True) -> None:
-        """Forget an attempt that applied nothing: free its key and codes."""
+        """Forget an attempt that applied nothing: free its key and codes. Its record says so."""
         entry.state = "failed"
+        entry.response = self.render.not_applied(entry.ref, entry.command.command(), entry.request_id)
         await self.store.save(entry, self.timing.ttl)
         await self.store.release_key(entry.key, entry.ref)
         if locked:
@@ -251,8 +259,11 @@ class ExactlyOnce:
             entry.response = self.render.pending(entry.ref, entry.command.command(), entry.request_id)
         if entry.state != "pending":
             return entry
+        if now - entry.checked_at < self.timing.reconcile_gap:
+            return entry  # asked very recently: spare Capillary's rate budget
         command = entry.command.command()
         entry.attempts += 1
+        entry.checked_at = now
         try:
             found = await self.upstream.find_redemptions(
                 command.customer, command.codes, command.transaction_number or ""
@@ -267,7 +278,6 @@ class ExactlyOnce:
             await self._finish(entry, outcome, response)
             log.info("redemption %s resolved: redeemed", entry.ref)
         elif now >= entry.settle_after:
-            entry.response = self.render.not_applied(entry.ref, command, entry.request_id)
             await self._drop(entry)
             log.info("redemption %s resolved: not applied", entry.ref)
         else:

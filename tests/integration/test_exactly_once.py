@@ -131,6 +131,25 @@ async def test_slow_upstream_past_the_deadline(make_gateway: Gateway, upstream: 
     assert _redeemed(upstream, "ABS-ALICE-1") == 1
 
 
+async def test_a_check_failing_after_the_deadline_frees_the_request(make_gateway: Gateway, upstream: Upstream) -> None:
+    """Answered 202 at the deadline, then the check failed before any redeem was sent: the record says
+    ``failed`` (not applied) and the till's next try redeems normally."""
+    gateway = await make_gateway(timeout=3.0, redeem_deadline=0.5)
+    upstream.sandbox.add_fault(Fault(FaultKind.LATENCY, "is_redeemable", delay_seconds=0.8))
+    upstream.sandbox.add_fault(Fault(FaultKind.HTTP_ERROR, "is_redeemable", status=503))
+    first = await gateway.post(REDEEM, json=_body("ABS-ALICE-1"))
+    assert first.status == 202
+    ref = (await first.json())["ref"]
+    await asyncio.sleep(0.6)
+    record = await (await gateway.get(f"{REDEEM}/{ref}")).json()
+    assert record["status"] == "failed"
+    assert record["error"]["code"] == "REDEMPTION_NOT_APPLIED"
+    assert upstream.sandbox.call_count("redeem") == 0
+    status, payload, _ = await till([gateway], _body("ABS-ALICE-1"))
+    assert (status, payload["status"]) == (200, "redeemed")
+    assert _redeemed(upstream, "ABS-ALICE-1") == 1
+
+
 async def test_pending_codes_stay_locked_until_resolved(make_gateway: Gateway, upstream: Upstream) -> None:
     gateway = await make_gateway()
     upstream.sandbox.add_fault(Fault(FaultKind.HTTP_ERROR, "redeem", status=503))
