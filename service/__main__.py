@@ -26,6 +26,7 @@ from service.config import (
     gateway_from_env,
     sandbox_address,
 )
+from service.observability.logging import configure_logging
 from service.sandbox import DEMO, SandboxConfig, create_sandbox_app
 
 
@@ -129,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sandbox = SandboxPlan(SandboxConfig.from_env(env), *sandbox_address(env))
         if args.command == "sandbox":
             assert sandbox is not None
+            configure_logging("info")
             job = _sandbox_only(sandbox)
         else:
             if sandbox is not None:
@@ -136,7 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 capillary = _sandbox_capillary(env, sandbox.config, url)
             else:
                 capillary = capillary_from_env(env)
-            job = _serve(gateway_from_env(env, capillary), sandbox)
+            settings = gateway_from_env(env, capillary)
+            console = {"json": False, "console": True}.get(settings.log_format)
+            configure_logging(settings.log_level, console=console)
+            job = _serve(settings, sandbox)
     except ValueError as exc:  # ConfigError, or the sandbox's own settings
         print(f"coupon-gateway: configuration error: {exc}", file=sys.stderr)
         return 2

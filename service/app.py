@@ -24,6 +24,8 @@ from service.config import Settings
 from service.idempotency.redis_store import RedisStore
 from service.idempotency.service import ExactlyOnce, Timing
 from service.idempotency.store import LedgerStore, MemoryStore, StoreUnavailable
+from service.observability.metrics import CacheView, Metrics, StateCollector
+from service.observability.requests import UpstreamObserver, observe_middleware
 from service.redemption.flow import RedemptionFlow
 from service.series import SeriesCatalog, open_catalog
 from service.web.errors import error_middleware
@@ -38,6 +40,9 @@ LEDGER_STORE: Final = web.AppKey("ledger_store", LedgerStore)
 LEDGER: Final = web.AppKey("ledger", ExactlyOnce)
 HANDLERS: Final = web.AppKey("handlers", RedemptionHandlers)
 OPENAPI: Final = web.AppKey("openapi", bytes)
+METRICS: Final = web.AppKey("metrics", Metrics)
+# The classic text format, which every Prometheus 2.x reads (prometheus-client's default now says 1.0.0).
+METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def openapi_document() -> bytes:
@@ -77,6 +82,12 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": status, "checks": checks, "ledger": app[LEDGER_STORE].backend})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    response = web.Response(body=request.app[METRICS].render())
+    response.headers["Content-Type"] = METRICS_CONTENT_TYPE
+    return response
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=request.app[OPENAPI], content_type="application/yaml")
 
@@ -110,16 +121,18 @@ def create_app(
 ) -> web.Application:
     """Build the gateway. ``capillary`` may be given (tests); otherwise one is opened from ``settings``.
     ``clock`` is "now" for the series pre-checks."""
-    app = web.Application(middlewares=[error_middleware])
+    instruments = Metrics()
+    app = web.Application(middlewares=[observe_middleware(instruments), error_middleware])
     app[SETTINGS] = settings
     app[OPENAPI] = openapi_document()
+    app[METRICS] = instruments
 
     async def capillary_ctx(app: web.Application) -> AsyncIterator[None]:
         if capillary is not None:
             app[CAPILLARY] = capillary
             yield
             return
-        client = CapillaryClient(settings.capillary)
+        client = CapillaryClient(settings.capillary, observer=UpstreamObserver(instruments))
         app[CAPILLARY] = client
         try:
             yield
@@ -159,7 +172,9 @@ def create_app(
         )
         ledger = ExactlyOnce(flow, store, coupons, app[SERIES], JsonRenderer(), timing)
         app[LEDGER] = ledger
-        app[HANDLERS] = RedemptionHandlers(flow, app[SERIES], ledger)
+        app[HANDLERS] = RedemptionHandlers(flow, app[SERIES], ledger, instruments)
+        collector = _state_collector(app, ledger, store.backend)
+        instruments.registry.register(collector)
         sweeper = asyncio.create_task(ledger.run_sweeper(state.reconcile_interval))
         try:
             yield
@@ -169,14 +184,32 @@ def create_app(
                 await sweeper
             await ledger.close()
             await store.close()
+            instruments.registry.unregister(collector)
 
     app.cleanup_ctx.extend([capillary_ctx, series_ctx, ledger_ctx])
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/readyz", readyz, allow_head=False)
+    app.router.add_get("/metrics", metrics, allow_head=False)
     app.router.add_get("/openapi.yaml", openapi, allow_head=False)
     app.router.add_post("/v1/redemptions/validate", validate)
     app.router.add_post("/v1/redemptions", redeem)
     app.router.add_get("/v1/redemptions/{ref}", redemption, allow_head=False)
     app.router.add_post("/v1/redemptions/{ref}/reversal", reversal)
     app.router.add_get("/v1/series/{seriesId}", series, allow_head=False)
+    instruments.initialise_routes(
+        [(r.resource.canonical, r.method) for r in app.router.routes() if r.resource is not None]
+    )
     return app
+
+
+def _state_collector(app: web.Application, ledger: ExactlyOnce, ledger_backend: str) -> StateCollector:
+    catalog, client = app[SERIES], app[CAPILLARY]
+    backend = "redis" if app[SETTINGS].cache.url else "memory"
+    caches = [CacheView("series", backend, catalog.stats.series), CacheView("code", backend, catalog.stats.code)]
+    return StateCollector(
+        caches=caches,
+        fetch_sizes=lambda: dict(catalog.stats.fetch_sizes),
+        token_refreshes=lambda: client.tokens.refreshes if client.tokens else 0,
+        pending=lambda: ledger.pending_count,
+        reconciliations=lambda: dict(ledger.reconciliations),
+    )

@@ -70,6 +70,7 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 8080
     log_level: str = "info"
+    log_format: str = "auto"  # json | console | auto (console on a terminal)
     shutdown_timeout: float = 20.0
 
 
@@ -202,6 +203,7 @@ def gateway_from_env(env: Mapping[str, str], capillary: CapillarySettings) -> Se
         host=read.text("GATEWAY_HOST", "0.0.0.0"),
         port=read.port("GATEWAY_PORT", 8080),
         log_level=read.choice("LOG_LEVEL", _LOG_LEVELS, "info"),
+        log_format=read.choice("LOG_FORMAT", ("auto", "json", "console"), "auto"),
         shutdown_timeout=read.number("GATEWAY_SHUTDOWN_TIMEOUT_SECONDS", 20.0, minimum=0, maximum=600),
     )
 

@@ -13,6 +13,7 @@ call, and the misses of one request are fetched in one ``series?ids=..&ids=..`` 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -148,9 +149,17 @@ def summarize(series: Series) -> SeriesSummary:
 
 
 class CacheStats:
+    """Plain counters, read by the metrics collector at scrape time (nothing on the hot path but ``+=``)."""
+
     def __init__(self) -> None:
         self.hits = self.misses = self.errors = 0
-        self.fetches: list[int] = []  # batch size of each upstream series fetch
+
+
+class CatalogStats:
+    def __init__(self) -> None:
+        self.series = CacheStats()
+        self.code = CacheStats()
+        self.fetch_sizes: collections.Counter[int] = collections.Counter()  # series per upstream fetch
 
 
 class SeriesCatalog:
@@ -174,31 +183,32 @@ class SeriesCatalog:
         self._timeout = lookup_timeout
         self._inflight: dict[int, asyncio.Future[SeriesSummary | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self.stats = CacheStats()
+        self.stats = CatalogStats()
 
     # ------------------------------------------------------------------------------------------- cache I/O
 
-    async def _cache_get(self, cache: BaseCache, keys: Sequence[str]) -> list[Any]:
+    async def _cache_get(self, cache: BaseCache, stats: CacheStats, keys: Sequence[str]) -> list[Any]:
         if not keys:
             return []
         try:
             values: list[Any] = await cache.multi_get(list(keys))
         except Exception as exc:  # a cache failure is a miss, never the till's problem
-            self.stats.errors += 1
+            stats.errors += 1
+            stats.misses += len(keys)
             log.warning("cache read failed: %s: %s", type(exc).__name__, exc)
             return [None] * len(keys)
         found = sum(v is not None for v in values)
-        self.stats.hits += found
-        self.stats.misses += len(keys) - found
+        stats.hits += found
+        stats.misses += len(keys) - found
         return values
 
-    async def _cache_set(self, cache: BaseCache, pairs: list[tuple[str, Any]], ttl: float) -> None:
+    async def _cache_set(self, cache: BaseCache, stats: CacheStats, pairs: list[tuple[str, Any]], ttl: float) -> None:
         if not pairs:
             return
         try:
             await cache.multi_set(pairs, ttl=ttl)
         except Exception as exc:
-            self.stats.errors += 1
+            stats.errors += 1
             log.warning("cache write failed: %s: %s", type(exc).__name__, exc)
 
     # --------------------------------------------------------------------------------------------- series
@@ -206,7 +216,7 @@ class SeriesCatalog:
     async def get_many(self, ids: Iterable[int]) -> dict[int, SeriesSummary]:
         """Summaries of the series that exist among ``ids``; upstream failures leave them out."""
         wanted = sorted(set(ids))
-        cached = await self._cache_get(self._series, [str(i) for i in wanted])
+        cached = await self._cache_get(self._series, self.stats.series, [str(i) for i in wanted])
         result = {i: v for i, v in zip(wanted, cached, strict=True) if v is not None}
         missing = [i for i in wanted if i not in result]
         waits = {i: self._inflight[i] for i in missing if i in self._inflight}
@@ -226,10 +236,12 @@ class SeriesCatalog:
 
         async def fetch() -> None:
             try:
-                self.stats.fetches.append(len(ids))
+                self.stats.fetch_sizes[len(ids)] += 1
                 reply = await self._client.series(ids, timeout=self._timeout)
                 found = {s.id: summarize(s) for s in reply.entity}
-                await self._cache_set(self._series, [(str(k), v) for k, v in found.items()], self._ttl)
+                await self._cache_set(
+                    self._series, self.stats.series, [(str(k), v) for k, v in found.items()], self._ttl
+                )
                 for series_id, future in futures.items():
                     future.set_result(found.get(series_id))
             except CapillaryError as exc:
@@ -254,7 +266,7 @@ class SeriesCatalog:
 
     async def get(self, series_id: int) -> SeriesSummary | None:
         """One series: None when Capillary does not know it. Raises UpstreamFailure when it cannot say."""
-        cached = await self._cache_get(self._series, [str(series_id)])
+        cached = await self._cache_get(self._series, self.stats.series, [str(series_id)])
         if cached[0] is not None:
             return cached[0]  # type: ignore[no-any-return]
         future = self._inflight.get(series_id) or self._start_fetch([series_id])[series_id]
@@ -275,10 +287,10 @@ class SeriesCatalog:
 
     async def remember(self, code_series: dict[str, int]) -> None:
         """Record code -> series pairs learnt elsewhere (a redeem answer's ``seriesCode``)."""
-        await self._cache_set(self._codes, list(code_series.items()), self._code_ttl)
+        await self._cache_set(self._codes, self.stats.code, list(code_series.items()), self._code_ttl)
 
     async def series_ids(self, codes: Sequence[str]) -> dict[str, int]:
-        cached = await self._cache_get(self._codes, codes)
+        cached = await self._cache_get(self._codes, self.stats.code, codes)
         known = {c: v for c, v in zip(codes, cached, strict=True) if v is not None}
         missing = [c for c in codes if c not in known]
         if missing:

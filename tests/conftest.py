@@ -4,21 +4,26 @@ and the gateway app over real HTTP with the sandbox as its upstream."""
 from __future__ import annotations
 
 import contextlib
+import io
+import json
+import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import redis.asyncio as redis
+import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from service.app import create_app
 from service.capillary.client import CapillaryClient
 from service.config import AuthScheme, CacheSettings, CapillarySettings, Settings, StateSettings
+from service.observability.logging import configure_logging
 from service.sandbox import DEMO, SANDBOX_KEY, Sandbox, SandboxConfig, create_sandbox_app
 
 #: A Tuesday, 10:00 UTC: the sandbox's clock in tests (its "range_restricted" series only allows 22:00).
@@ -165,3 +170,40 @@ async def clean_redis() -> AsyncIterator[str]:
 async def redis_db() -> AsyncIterator[str]:
     async with clean_redis() as url:
         yield url
+
+
+class LogCapture:
+    """The JSON log lines written while it is active (the production logging configuration, into a buffer)."""
+
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+
+    @property
+    def text(self) -> str:
+        return self.stream.getvalue()
+
+    def lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.text.splitlines() if line.strip()]
+
+
+# What must never reach a log line: every demo identifier unmasked, and every secret.
+FORBIDDEN_IN_LOGS = (
+    *(value for c in DEMO.customers for value in (c.mobile, c.email, c.external_id) if value),
+    DEMO.client_secret,
+    *(t.password for t in DEMO.tills),
+    "eyJ",  # the start of every JWT (OAuth tokens)
+)
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[LogCapture]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    capture = LogCapture()
+    configure_logging("debug", console=False, stream=capture.stream)
+    try:
+        yield capture
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        structlog.reset_defaults()

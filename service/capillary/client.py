@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 import aiohttp
 import msgspec
@@ -101,13 +101,46 @@ def _check_codes(codes: Sequence[str]) -> list[str]:
     return list(codes)
 
 
+class CallObserver(Protocol):
+    """Told of every upstream call: for metrics and logs, kept out of the client."""
+
+    def on_call(
+        self,
+        operation: str,
+        seconds: float,
+        outcome: str,
+        http_status: int | None,
+        code: int | None,
+        request_id: str | None,
+    ) -> None: ...
+
+
+def _outcome_of(error: CapillaryError) -> str:
+    if isinstance(error, CapillaryTimeoutError):
+        return "timeout"
+    if isinstance(error, CapillaryConnectionError):
+        return "connection_error"
+    if isinstance(error, CapillaryBadResponse):
+        return "bad_response"
+    if (error.http_status or 0) >= 500:
+        return "http_5xx"
+    return "business_error" if error.code is not None else "http_4xx"
+
+
 class CapillaryClient:
     """Async client for Capillary's coupon APIs. Create with :meth:`open` inside a running event loop."""
 
-    def __init__(self, settings: CapillarySettings, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        settings: CapillarySettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        observer: CallObserver | None = None,
+    ) -> None:
         """Build the client and its sessions; call inside a running event loop, and :meth:`close` after.
         ``clock`` times token lifetimes (monotonic seconds)."""
         self.settings = settings
+        self.observer = observer
         self._api_url = URL(settings.api_url)
         self._upload_url = URL(settings.upload_url)
         self.tokens: OAuthTokens | None = None
@@ -137,7 +170,22 @@ class CapillaryClient:
 
     # ------------------------------------------------------------------------------------------ plumbing
 
-    async def _call(
+    async def _call(self, operation: str, method: str, url: URL, reader: _Reader[M], **options: Any) -> M:
+        """Send one request through :meth:`_send`, telling the observer how it went."""
+        started = time.perf_counter()
+        try:
+            value, status, request_id = await self._send(operation, method, url, reader, **options)
+        except CapillaryError as exc:
+            if self.observer is not None and exc.operation == operation:  # not a token call made on its behalf
+                seconds = time.perf_counter() - started
+                self.observer.on_call(operation, seconds, _outcome_of(exc), exc.http_status, exc.code, exc.request_id)
+            raise
+        if self.observer is not None:
+            outcome = "business_error" if status >= 400 else "ok"
+            self.observer.on_call(operation, time.perf_counter() - started, outcome, status, None, request_id)
+        return value
+
+    async def _send(
         self,
         operation: str,
         method: str,
@@ -152,7 +200,7 @@ class CapillaryClient:
         per_item_errors: bool = False,
         timeout: float | None = None,
         authenticate: bool = True,
-    ) -> M:
+    ) -> tuple[M, int, str | None]:
         """Send one request and return its decoded, usable body, or raise a typed CapillaryError.
 
         ``per_item_errors``: a 4xx whose body carries per-coupon results (redeem, is_redeemable) is returned
@@ -191,7 +239,7 @@ class CapillaryClient:
         except aiohttp.ClientError as exc:
             message = f"connection failed: {type(exc).__name__}: {exc}".rstrip(": ")
             raise CapillaryConnectionError(operation, message, maybe_applied=True) from exc
-        return self._interpret(operation, reader, status, raw, request_id, per_item_errors)
+        return self._interpret(operation, reader, status, raw, request_id, per_item_errors), status, request_id
 
     @staticmethod
     def _interpret(

@@ -16,12 +16,14 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from decimal import Decimal
+from typing import Any, Protocol
 
 from service.idempotency.models import Entry, Reversal, StoredCommand, StoredResponse
 from service.idempotency.store import LedgerStore, StoreUnavailable
@@ -74,6 +76,22 @@ class Reply:
     body: bytes
     replayed: bool = False
     ref: str | None = None
+    # what it says, for metrics and the log line (not for replays)
+    outcome: str = "unknown"
+    error_code: str | None = None
+    redeemed: int = 0
+    discount: Decimal = Decimal(0)
+
+
+def _summary(outcome: Outcome) -> dict[str, Any]:
+    redeemed = sum(o.ok for o in outcome.codes)
+    state = "rejected" if not redeemed else "redeemed" if redeemed == len(outcome.codes) else "partially_redeemed"
+    return {
+        "outcome": state,
+        "error_code": outcome.failure.error.code if outcome.failure else None,
+        "redeemed": redeemed,
+        "discount": outcome.total_discount,
+    }
 
 
 @dataclass(frozen=True)
@@ -106,6 +124,9 @@ class ExactlyOnce:
     clock: Callable[[], float] = time.time
     _guards: dict[str, asyncio.Lock] = field(default_factory=dict)
     _tasks: set[asyncio.Task[Reply]] = field(default_factory=set)
+    # read by the metrics collector
+    pending_count: int = 0
+    reconciliations: collections.Counter[str] = field(default_factory=collections.Counter)
 
     # ------------------------------------------------------------------------------------------ redeem
 
@@ -180,7 +201,7 @@ class ExactlyOnce:
         response = self.render.outcome(outcome, command, entry.request_id)
         async with self._guard(entry.ref):
             await self._finish(entry, outcome, response)
-        return Reply(response.status, response.body, ref=entry.ref)
+        return Reply(response.status, response.body, ref=entry.ref, **_summary(outcome))
 
     def _settled(self, task: asyncio.Task[Reply]) -> None:
         """A redeem that outlived its till's deadline ends with nobody awaiting it: its error is logged here."""
@@ -218,7 +239,7 @@ class ExactlyOnce:
         await self.store.save(entry, self.timing.ttl)
         await self.store.lock(entry.command.codes, entry.ref, self.timing.ttl)  # held until resolved
         log.warning("redemption %s pending: outcome unknown, reconciling", entry.ref)
-        return Reply(response.status, response.body, ref=entry.ref)
+        return Reply(response.status, response.body, ref=entry.ref, outcome="pending")
 
     async def _finish(self, entry: Entry, outcome: Outcome, response: StoredResponse) -> None:
         entry.state, entry.response = "done", response
@@ -270,17 +291,21 @@ class ExactlyOnce:
             )
         except UpstreamFailure as exc:
             log.warning("reconciling %s: upstream unavailable (%s)", entry.ref, exc.failure.error.code)
+            self.reconciliations["upstream_unavailable"] += 1
             await self.store.save(entry, self.timing.ttl)
             return entry
         if found:
             outcome = await self._found_outcome(entry, command, found)
             response = self.render.outcome(outcome, command, entry.request_id)
             await self._finish(entry, outcome, response)
+            self.reconciliations["redeemed"] += 1
             log.info("redemption %s resolved: redeemed", entry.ref)
         elif now >= entry.settle_after:
             await self._drop(entry)
+            self.reconciliations["not_applied"] += 1
             log.info("redemption %s resolved: not applied", entry.ref)
         else:
+            self.reconciliations["still_pending"] += 1
             await self.store.save(entry, self.timing.ttl)
         return entry
 
@@ -316,7 +341,9 @@ class ExactlyOnce:
     async def sweep(self) -> int:
         """Reconcile every unresolved entry whose owner is done with it; returns how many were looked at."""
         looked = 0
-        for ref in await self.store.unresolved():
+        unresolved = await self.store.unresolved()
+        self.pending_count = len(unresolved)
+        for ref in unresolved:
             entry = await self.store.load(ref)
             if entry is None or ref in self._guards:
                 continue

@@ -115,7 +115,8 @@ def _request_id(request: web.Request) -> str:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give every request an id (echoed back) and turn every failure into the error envelope: no HTML
     error pages, no internals in a 500."""
-    request_id = request[REQUEST_ID] = _request_id(request)
+    request_id = request.get(REQUEST_ID) or _request_id(request)
+    request[REQUEST_ID] = request_id
     try:
         response = await handler(request)
     except ApiError as exc:

@@ -7,11 +7,14 @@ from collections.abc import Awaitable
 from typing import Final, TypeVar
 
 import msgspec
+import structlog
 from aiohttp import web
 
 from service.idempotency.models import StoredResponse, natural_key
 from service.idempotency.service import ExactlyOnce, Refused, Reply
 from service.idempotency.store import StoreUnavailable
+from service.observability.logging import mask
+from service.observability.metrics import Metrics
 from service.redemption.catalog import CATALOG
 from service.redemption.discount import ZERO
 from service.redemption.flow import RedemptionFlow, UpstreamFailure
@@ -123,18 +126,39 @@ def _refusal_status(outcome: Outcome) -> int:
     return status if 400 <= status < 500 else 422
 
 
+def _bind(command: RedemptionCommand) -> None:
+    """The request's business fields, for its canonical log line (identifiers are masked by the logger)."""
+    structlog.contextvars.bind_contextvars(
+        transaction_number=command.transaction_number,
+        customer={command.customer.kind: mask(command.customer.value)},
+        codes=len(command.codes),
+        store=command.store,
+        mode=command.mode,
+    )
+
+
 class RedemptionHandlers:
-    def __init__(self, flow: RedemptionFlow, series: SeriesCatalog, ledger: ExactlyOnce) -> None:
+    def __init__(self, flow: RedemptionFlow, series: SeriesCatalog, ledger: ExactlyOnce, metrics: Metrics) -> None:
         self._flow = flow
         self._series = series
         self._ledger = ledger
+        self._metrics = metrics
 
     async def validate(self, request: web.Request) -> web.Response:
-        command = await _command(request, _VALIDATE)
         try:
-            outcome = await self._flow.validate(command)
-        except UpstreamFailure as exc:
-            raise _upstream_error(exc) from None
+            command = await _command(request, _VALIDATE)
+            _bind(command)
+            try:
+                outcome = await self._flow.validate(command)
+            except UpstreamFailure as exc:
+                raise _upstream_error(exc) from None
+        except ApiError as exc:
+            self._metrics.validated("error", exc.error.code)
+            structlog.contextvars.bind_contextvars(outcome="error", error_code=exc.error.code)
+            raise
+        refused = outcome.failure or next((o.failure for o in outcome.codes if o.failure), None)
+        self._metrics.validated("refused" if refused else "ok", refused.error.code if refused else None)
+        structlog.contextvars.bind_contextvars(outcome="refused" if refused else "ok")
         request_id = request[REQUEST_ID]
         coupons = [
             ValidatedCoupon(
@@ -151,9 +175,28 @@ class RedemptionHandlers:
         return _json(_refusal_status(outcome) if outcome.failure else 200, body)
 
     async def redeem(self, request: web.Request) -> web.Response:
-        command = await _command(request, _REDEEM)
-        key = _idempotency_key(request) or natural_key(command)
-        reply = await _exactly_once(self._ledger.redeem(command, key, request[REQUEST_ID]))
+        try:
+            command = await _command(request, _REDEEM)
+            _bind(command)
+            key = _idempotency_key(request) or natural_key(command)
+            reply = await _exactly_once(self._ledger.redeem(command, key, request[REQUEST_ID]))
+        except ApiError as exc:
+            code = exc.error.code
+            if code in ("COUPON_IN_USE", "REQUEST_IN_PROGRESS"):
+                self._metrics.lock_conflicts.labels(code.lower()).inc()
+            self._metrics.redeemed("error", code)
+            structlog.contextvars.bind_contextvars(outcome="error", error_code=code)
+            raise
+        if reply.replayed:
+            self._metrics.replays.inc()
+        else:
+            self._metrics.redeemed(reply.outcome, reply.error_code, reply.redeemed, reply.discount)
+        structlog.contextvars.bind_contextvars(
+            ref=reply.ref,
+            outcome="replayed" if reply.replayed else reply.outcome,
+            error_code=reply.error_code,
+            replayed=reply.replayed,
+        )
         return _reply(reply)
 
     async def status(self, request: web.Request) -> web.Response:

@@ -59,7 +59,7 @@ async def test_two_gateways_share_the_redis_cache(
     async with _catalog(oauth_client, redis_url) as second:
         again = await second.for_codes(codes)
         assert again == found
-        assert second.stats.hits == len(codes) + 1  # the codes, then their one series
+        assert (second.stats.code.hits, second.stats.series.hits) == (len(codes), 1)  # the codes, then their one series
     assert upstream.sandbox.call_count() == calls  # a second replica asks Capillary nothing
 
 
@@ -69,7 +69,7 @@ async def test_memory_cache_hands_out_copies(oauth_client: CapillaryClient) -> N
         two = await catalog.get(DEMO.series_of("abs").id)
         assert one == two
         assert one is not two  # decoded from the stored bytes, like Redis
-        assert (catalog.stats.hits, catalog.stats.misses) == (1, 1)
+        assert (catalog.stats.series.hits, catalog.stats.series.misses) == (1, 1)
 
 
 async def test_a_failing_cache_is_a_miss_not_an_outage(start_gateway: StartGateway, upstream: Upstream) -> None:
@@ -79,4 +79,5 @@ async def test_a_failing_cache_is_a_miss_not_an_outage(start_gateway: StartGatew
     payload = await response.json()
     assert response.status == 200
     assert payload["coupons"][0]["discount"]["amount"] == "100.00"
-    assert gateway.app[SERIES].stats.errors >= 2
+    assert gateway.app[SERIES].stats.code.errors >= 1
+    assert gateway.app[SERIES].stats.series.errors >= 1

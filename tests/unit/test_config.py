@@ -63,3 +63,15 @@ def test_bad_settings_name_the_variable(env: dict[str, str], variable: str) -> N
     assert caught.value.variable == variable
     assert str(caught.value).startswith(f"{variable}: ")
     assert "\n" not in str(caught.value)
+
+
+def test_masking() -> None:
+    from service.observability.logging import mask, scrub
+
+    assert mask("919900000001") == "91******0001"
+    assert mask("alice@example.com") == "a***@example.com"
+    assert mask("EXT-0001") == "EX****01"
+    assert mask(mask("919900000001")) == "91******0001"
+    assert (
+        scrub("customer 919900000001 wrote from bob@example.com") == "customer 91******0001 wrote from b***@example.com"
+    )

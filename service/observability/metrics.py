@@ -1,0 +1,256 @@
+"""Prometheus metrics on a registry owned by the app (never the global one), low-cardinality labels only.
+
+Hot-path counts live in plain objects of the layers that make them (cache stats, token refreshes, the ledger's
+pending count) and are read by :class:`StateCollector` at scrape time; request, upstream and business events are
+observed directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Final, Protocol
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from service import __version__
+from service.capillary.codes import CAPILLARY_CODES
+from service.redemption.catalog import CATALOG
+
+disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: they double the payload and nothing here reads them
+
+PREFIX: Final = "pos_coupon"
+HTTP_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+UPSTREAM_OUTCOMES: Final = (
+    "ok",
+    "business_error",
+    "http_4xx",
+    "http_5xx",
+    "timeout",
+    "connection_error",
+    "bad_response",
+)
+UPSTREAM_OPERATIONS: Final = (
+    "token",
+    "is_redeemable",
+    "redeem",
+    "bulk_redeem",
+    "series_get",
+    "series_create",
+    "issue",
+    "bulk_issue",
+    "coupon_details",
+    "customer_coupons",
+    "reactivate",
+    "upload_coupons",
+    "upload_redeemed",
+    "upload_status",
+    "redeemed_upload_status",
+)
+RECONCILE_RESULTS: Final = ("redeemed", "not_applied", "still_pending", "upstream_unavailable")
+STATUS_CLASSES: Final = ("2xx", "3xx", "4xx", "5xx")
+NO_ERROR: Final = "none"
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx"
+
+
+class Metrics:
+    """Every instrument the gateway exports, on its own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.http_requests = Counter(
+            f"{PREFIX}_http_requests",
+            "HTTP requests by route template, method and status class.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.http_duration = Histogram(
+            f"{PREFIX}_http_request_duration_seconds",
+            "HTTP request duration by route template and method.",
+            ["route", "method"],
+            buckets=HTTP_BUCKETS,
+            registry=r,
+        )
+        self.upstream_calls = Counter(
+            f"{PREFIX}_upstream_calls",
+            "Capillary calls by operation and outcome.",
+            ["operation", "outcome"],
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            f"{PREFIX}_upstream_call_duration_seconds",
+            "Capillary call duration by operation.",
+            ["operation"],
+            buckets=HTTP_BUCKETS,
+            registry=r,
+        )
+        self.upstream_codes = Counter(
+            f"{PREFIX}_upstream_status_codes",
+            "Capillary status codes seen, by operation.",
+            ["operation", "code"],
+            registry=r,
+        )
+        self.redemptions = Counter(
+            f"{PREFIX}_redemptions",
+            "Redeem requests by outcome and local error code.",
+            ["outcome", "error_code"],
+            registry=r,
+        )
+        self.validations = Counter(
+            f"{PREFIX}_validations",
+            "Validate requests by outcome and local error code.",
+            ["outcome", "error_code"],
+            registry=r,
+        )
+        self.coupons_redeemed = Counter(f"{PREFIX}_coupons_redeemed", "Coupons redeemed.", registry=r)
+        self.discount = Counter(
+            f"{PREFIX}_discount_amount", "Discount granted by redeemed coupons, in currency units.", registry=r
+        )
+        self.replays = Counter(f"{PREFIX}_idempotent_replays", "Requests answered from the ledger.", registry=r)
+        self.lock_conflicts = Counter(
+            f"{PREFIX}_lock_conflicts",
+            "Requests refused because a coupon or the request was busy.",
+            ["kind"],
+            registry=r,
+        )
+        self.build_info = Gauge(f"{PREFIX}_build_info", "Build information.", ["version"], registry=r)
+        self.build_info.labels(__version__).set(1)
+        ProcessCollector(registry=r)
+        self._initialise()
+
+    def initialise_routes(self, routes: Iterable[tuple[str, str]]) -> None:
+        """Each route's series at zero (and the unmatched one, for 404s)."""
+        for route, method in [*routes, ("unmatched", "GET")]:
+            self.http_duration.labels(route, method)
+            for status in STATUS_CLASSES:
+                self.http_requests.labels(route, method, status)
+
+    def _initialise(self) -> None:
+        """Every known label set at zero, so dashboards and alerts see the series before the first event."""
+        for operation in UPSTREAM_OPERATIONS:
+            self.upstream_duration.labels(operation)
+            for outcome in UPSTREAM_OUTCOMES:
+                self.upstream_calls.labels(operation, outcome)
+        for operation in ("is_redeemable", "redeem", "bulk_redeem"):
+            for code in CAPILLARY_CODES:
+                self.upstream_codes.labels(operation, str(code))
+        for outcome in ("redeemed", "partially_redeemed", "pending"):
+            self.redemptions.labels(outcome, NO_ERROR)
+        self.redemptions.labels("failed", "REDEMPTION_NOT_APPLIED")
+        self.validations.labels("ok", NO_ERROR)
+        for error in CATALOG:  # refusals and errors carry the local code
+            self.redemptions.labels("rejected", error)
+            self.redemptions.labels("error", error)
+            self.validations.labels("refused", error)
+            self.validations.labels("error", error)
+        for kind in ("coupon_in_use", "request_in_progress"):
+            self.lock_conflicts.labels(kind)
+
+    # -------------------------------------------------------------------------------------------- events
+
+    def upstream_call(self, operation: str, seconds: float, outcome: str, code: int | None) -> None:
+        self.upstream_calls.labels(operation, outcome).inc()
+        self.upstream_duration.labels(operation).observe(seconds)
+        if code is not None:
+            self.upstream_codes.labels(operation, str(code) if code in CAPILLARY_CODES else "other").inc()
+
+    def redeemed(self, outcome: str, error_code: str | None, coupons: int = 0, discount: Decimal | None = None) -> None:
+        self.redemptions.labels(outcome, error_code or NO_ERROR).inc()
+        if coupons:
+            self.coupons_redeemed.inc(coupons)
+        if discount:
+            self.discount.inc(float(discount))
+
+    def validated(self, outcome: str, error_code: str | None) -> None:
+        self.validations.labels(outcome, error_code or NO_ERROR).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class CacheCounts(Protocol):
+    hits: int
+    misses: int
+    errors: int
+
+
+@dataclass(frozen=True)
+class CacheView:
+    """One cache as the collector reads it."""
+
+    name: str
+    backend: str
+    counts: CacheCounts
+
+
+class StateCollector(Collector):
+    """Reads the gateway's own counters at scrape time."""
+
+    def __init__(
+        self,
+        *,
+        caches: Iterable[CacheView],
+        fetch_sizes: Callable[[], dict[int, int]],
+        token_refreshes: Callable[[], int],
+        pending: Callable[[], int],
+        reconciliations: Callable[[], dict[str, int]],
+    ) -> None:
+        self._caches = list(caches)
+        self._fetch_sizes = fetch_sizes
+        self._token_refreshes = token_refreshes
+        self._pending = pending
+        self._reconciliations = reconciliations
+
+    def collect(self) -> Iterable[Metric]:
+        requests = CounterMetricFamily(
+            f"{PREFIX}_cache_requests",
+            "Cache lookups by cache, backend and result.",
+            labels=["cache", "backend", "result"],
+        )
+        for cache in self._caches:
+            counts = cache.counts
+            for result, value in (("hit", counts.hits), ("miss", counts.misses), ("error", counts.errors)):
+                requests.add_metric([cache.name, cache.backend, result], value)
+        yield requests
+
+        sizes = self._fetch_sizes()
+        buckets, running = [], 0
+        for bound in (1, 2, 5, 10, 20, 50):
+            running = sum(count for size, count in sizes.items() if size <= bound)
+            buckets.append((str(bound), running))
+        total = sum(sizes.values())
+        buckets.append(("+Inf", total))
+        histogram = HistogramMetricFamily(
+            f"{PREFIX}_series_fetch_batch_size", "Series fetched per upstream series call."
+        )
+        histogram.add_metric([], buckets, sum_value=sum(size * count for size, count in sizes.items()))
+        yield histogram
+
+        yield CounterMetricFamily(
+            f"{PREFIX}_oauth_token_refreshes", "OAuth tokens fetched from Capillary.", value=self._token_refreshes()
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_pending_redemptions", "Redemptions whose outcome is being reconciled.", value=self._pending()
+        )
+        results = self._reconciliations()
+        family = CounterMetricFamily(
+            f"{PREFIX}_reconciliations", "Reconciliation attempts by result.", labels=["result"]
+        )
+        for result in RECONCILE_RESULTS:
+            family.add_metric([result], results.get(result, 0))
+        yield family

@@ -1,0 +1,103 @@
+"""Per-request observation: the request id, the canonical log line, HTTP metrics, and the upstream calls made on
+the request's behalf (their ``X-Cap-Requestid``s go into its log line)."""
+
+from __future__ import annotations
+
+import contextvars
+import time
+import uuid
+from typing import Final
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from service.observability.metrics import Metrics, status_class
+from service.web.errors import REQUEST_ID, REQUEST_ID_HEADER
+
+log = structlog.get_logger("service.request")
+upstream_log = structlog.get_logger("service.upstream")
+
+UPSTREAM_IDS: Final[contextvars.ContextVar[list[str] | None]] = contextvars.ContextVar("upstream_ids", default=None)
+UNMATCHED: Final = "unmatched"
+
+
+def _request_id(request: web.Request) -> str:
+    sent = request.headers.get(REQUEST_ID_HEADER, "")
+    if 0 < len(sent) <= 128 and sent.isprintable():
+        return sent
+    return uuid.uuid4().hex
+
+
+def route_of(request: web.Request) -> str:
+    """The route template (never the raw path: unbounded); ``unmatched`` for a 404."""
+    resource = request.match_info.route.resource
+    if resource is None:
+        return UNMATCHED
+    return resource.canonical
+
+
+def observe_middleware(metrics: Metrics) -> web.middleware:  # type: ignore[valid-type]
+    @web.middleware
+    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Outermost: sees the status the error middleware mapped, times everything, writes one log line."""
+        request_id = request[REQUEST_ID] = _request_id(request)
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        upstream_ids: list[str] = []
+        token = UPSTREAM_IDS.set(upstream_ids)
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            response.headers[REQUEST_ID_HEADER] = request_id
+            return response
+        finally:
+            seconds = time.perf_counter() - started
+            route, method = route_of(request), request.method
+            metrics.http_requests.labels(route, method, status_class(status)).inc()
+            metrics.http_duration.labels(route, method).observe(seconds)
+            if route not in ("/healthz", "/readyz", "/metrics"):
+                log.info(
+                    "request",
+                    route=route,
+                    method=method,
+                    status=status,
+                    duration_ms=round(seconds * 1000, 2),
+                    upstream_request_ids=upstream_ids,
+                )
+            UPSTREAM_IDS.reset(token)
+            structlog.contextvars.clear_contextvars()
+
+    return observe
+
+
+class UpstreamObserver:
+    """The Capillary client's observer: metrics, a debug line per call, and the request's upstream ids."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def on_call(
+        self,
+        operation: str,
+        seconds: float,
+        outcome: str,
+        http_status: int | None,
+        code: int | None,
+        request_id: str | None,
+    ) -> None:
+        self._metrics.upstream_call(operation, seconds, outcome, code)
+        ids = UPSTREAM_IDS.get()
+        if ids is not None and request_id:
+            ids.append(request_id)
+        upstream_log.debug(
+            "upstream call",
+            operation=operation,
+            outcome=outcome,
+            http_status=http_status,
+            capillary_code=code,
+            cap_request_id=request_id,
+            duration_ms=round(seconds * 1000, 2),
+        )
