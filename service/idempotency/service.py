@@ -292,8 +292,7 @@ class ExactlyOnce:
         except UpstreamFailure as exc:
             log.warning("reconciling %s: upstream unavailable (%s)", entry.ref, exc.failure.error.code)
             self.reconciliations["upstream_unavailable"] += 1
-            await self.store.save(entry, self.timing.ttl)
-            return entry
+            return await self._save_if_unresolved(entry)
         if found:
             outcome = await self._found_outcome(entry, command, found)
             response = self.render.outcome(outcome, command, entry.request_id)
@@ -306,7 +305,15 @@ class ExactlyOnce:
             log.info("redemption %s resolved: not applied", entry.ref)
         else:
             self.reconciliations["still_pending"] += 1
-            await self.store.save(entry, self.timing.ttl)
+            return await self._save_if_unresolved(entry)
+        return entry
+
+    async def _save_if_unresolved(self, entry: Entry) -> Entry:
+        """Record a still-pending entry, unless someone resolved it meanwhile (their answer wins)."""
+        current = await self.store.load(entry.ref)
+        if current is not None and current.state in ("done", "failed"):
+            return current
+        await self.store.save(entry, self.timing.ttl)
         return entry
 
     async def _found_outcome(self, entry: Entry, command: RedemptionCommand, found: dict[str, int]) -> Outcome:
