@@ -103,6 +103,12 @@ class _Env:
             raise ConfigError(name, "must not carry a query string or fragment")
         return value.rstrip("/")
 
+    def redis_url(self, name: str) -> str | None:
+        value = self.optional(name)
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss"):
+            raise ConfigError(name, "must be a redis:// or rediss:// URL")
+        return value
+
     def number(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
         raw = self.optional(name)
         if raw is None:
@@ -168,11 +174,8 @@ def capillary_from_env(env: Mapping[str, str]) -> CapillarySettings:
 
 def cache_from_env(env: Mapping[str, str]) -> CacheSettings:
     read = _Env(env)
-    url = read.optional("CACHE_URL")
-    if url is not None and urlsplit(url).scheme not in ("redis", "rediss"):
-        raise ConfigError("CACHE_URL", "must be a redis:// or rediss:// URL")
     return CacheSettings(
-        url=url,
+        url=read.redis_url("CACHE_URL"),
         series_ttl=read.number("SERIES_CACHE_TTL_SECONDS", 300.0, minimum=1, maximum=7 * 24 * 3600),
         timeout=read.number("CACHE_TIMEOUT_SECONDS", 0.1, minimum=0.005, maximum=5),
         lookup_timeout=read.number("SERIES_LOOKUP_TIMEOUT_SECONDS", 2.0, minimum=0.05, maximum=60),
@@ -181,11 +184,8 @@ def cache_from_env(env: Mapping[str, str]) -> CacheSettings:
 
 def state_from_env(env: Mapping[str, str]) -> StateSettings:
     read = _Env(env)
-    url = read.optional("REDIS_URL")
-    if url is not None and urlsplit(url).scheme not in ("redis", "rediss"):
-        raise ConfigError("REDIS_URL", "must be a redis:// or rediss:// URL")
     return StateSettings(
-        redis_url=url,
+        redis_url=read.redis_url("REDIS_URL"),
         redeem_deadline=read.number("REDEEM_DEADLINE_SECONDS", 10.0, minimum=0.5, maximum=120),
         ttl=read.number("IDEMPOTENCY_TTL_SECONDS", 72 * 3600.0, minimum=60, maximum=30 * 24 * 3600),
         reconcile_interval=read.number("RECONCILE_INTERVAL_SECONDS", 5.0, minimum=0.05, maximum=3600),

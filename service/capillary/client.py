@@ -64,6 +64,24 @@ REQUEST_ID_HEADER: Final = "X-Cap-Requestid"
 ATTRIBUTION_TYPE_HEADER: Final = "X-CAP-API-ATTRIBUTION-ENTITY-TYPE"
 ATTRIBUTION_CODE_HEADER: Final = "X-CAP-API-ATTRIBUTION-ENTITY-CODE"
 MAX_CODES_PER_CALL: Final = 50
+# The operation name of every call (metrics and logs label calls with it).
+OPERATIONS: Final = (
+    "token",
+    "is_redeemable",
+    "redeem",
+    "bulk_redeem",
+    "series_get",
+    "series_create",
+    "issue",
+    "bulk_issue",
+    "coupon_details",
+    "customer_coupons",
+    "reactivate",
+    "upload_coupons",
+    "upload_redeemed",
+    "upload_status",
+    "redeemed_upload_status",
+)
 
 _encoder = msgspec.json.Encoder(decimal_format="string")
 _any_decoder = msgspec.json.Decoder()

@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from service import __version__
+from service.capillary.client import OPERATIONS as UPSTREAM_OPERATIONS
 from service.capillary.codes import CAPILLARY_CODES
 from service.redemption.catalog import CATALOG
 
@@ -40,23 +41,6 @@ UPSTREAM_OUTCOMES: Final = (
     "timeout",
     "connection_error",
     "bad_response",
-)
-UPSTREAM_OPERATIONS: Final = (
-    "token",
-    "is_redeemable",
-    "redeem",
-    "bulk_redeem",
-    "series_get",
-    "series_create",
-    "issue",
-    "bulk_issue",
-    "coupon_details",
-    "customer_coupons",
-    "reactivate",
-    "upload_coupons",
-    "upload_redeemed",
-    "upload_status",
-    "redeemed_upload_status",
 )
 RECONCILE_RESULTS: Final = ("redeemed", "not_applied", "still_pending", "upstream_unavailable")
 STATUS_CLASSES: Final = ("2xx", "3xx", "4xx", "5xx")

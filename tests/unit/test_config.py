@@ -75,3 +75,14 @@ def test_masking() -> None:
     assert (
         scrub("customer 919900000001 wrote from bob@example.com") == "customer 91******0001 wrote from b***@example.com"
     )
+
+
+def test_every_client_operation_is_a_named_operation() -> None:
+    import re
+    from pathlib import Path
+
+    from service.capillary.client import OPERATIONS
+
+    source = Path(__file__).resolve().parents[2].joinpath("service/capillary/client.py").read_text()
+    used = set(re.findall(r'_call\(\s*"([a-z_]+)"', source))
+    assert used == set(OPERATIONS)
