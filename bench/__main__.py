@@ -31,18 +31,22 @@ def parse(argv: Sequence[str] | None) -> tuple[Options, Path | None, Path | None
     )
     parser.add_argument("--quick", action="store_true", help="shorter runs (under 2 minutes)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write every figure to PATH")
-    parser.add_argument("--redis", action="store_true", help="gateway cache in Redis at 127.0.0.1:6379 (db 13)")
+    parser.add_argument(
+        "--redis", action="store_true", help="gateway cache and ledger in Redis at 127.0.0.1:6379 (db 13)"
+    )
     parser.add_argument("--latency-ms", type=float, help="upstream latency per call (default 20)")
     parser.add_argument("--rates", type=_floats, help="fixed rates per second, comma-separated (default 50,200,500)")
     parser.add_argument("--ref-rate", type=float, help="rate at which added latency and CPU are compared (200)")
-    parser.add_argument("--duration", type=float, help="seconds per fixed-rate run (full 4, quick 1.5)")
+    parser.add_argument("--duration", type=float, help="seconds per fixed-rate run (full 3, quick 1.5)")
     parser.add_argument("--warmup", type=int, help="warm-up requests per target and scenario (full 100, quick 50)")
-    parser.add_argument("--search-duration", type=float, help="seconds per max-rate search step (full 2.5, quick 1.5)")
-    parser.add_argument("--search-steps", type=int, help="max-rate search steps per target (full 5, quick 3)")
+    parser.add_argument("--search-duration", type=float, help="seconds per max-rate search step (full 2, quick 1.5)")
+    parser.add_argument("--search-steps", type=int, help="max-rate search steps per target (full 4, quick 3)")
     parser.add_argument("--p99-limit-ms", type=float, help="p99 limit of the max sustainable rate (100)")
     parser.add_argument("--long-requests", type=int, help="requests of the long run (full 100000, quick 5000)")
     parser.add_argument(
-        "--long-rate", type=float, help="rate of the long run (default 0.9 x the gateway's max one-code redeem rate)"
+        "--long-rate",
+        type=float,
+        help="rate of the long run (default 0.9 x the gateway's max one-code redeem rate, or faster to end in 240 s)",
     )
     parser.add_argument(
         "--uvloop",

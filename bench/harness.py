@@ -3,14 +3,17 @@
 Plan (each step bounded in count and time; all traffic to 127.0.0.1):
 
 1. the upstream (`bench.upstream`: the sandbox, fixed latency, faults off), the gateway (``python -m service
-   serve``, LOG_LEVEL=info, in-memory cache or Redis), the baseline (`bench.baseline`) and the load generator
-   (`bench.loadgen`), each its own process; a short warm-up of each target;
+   serve``, LOG_LEVEL=info, in-memory series cache and ledger, or both in Redis), the baseline (`bench.baseline`)
+   and the load generator (`bench.loadgen`), each its own process; a short warm-up of each target;
 2. for each scenario (validate, redeem 1 code, redeem 5 codes) and each fixed rate: the floor, the baseline and the
    gateway one after the other, each with fresh coupons: latency percentiles, CPU seconds per 1,000 requests of
    the target process (``/proc/<pid>/stat``), upstream calls per request (the sandbox's call counts);
 3. for each scenario, a short search for the highest rate at which p99 stays under the limit, for the baseline and
    the gateway (starting from what the fixed rates showed);
 4. a long run of the gateway (redeem, one code) in chunks, sampling its RSS after each chunk: RSS growth and peak.
+   It runs at 0.9 x the gateway's sustainable rate, or faster when that would take longer than ``long_seconds``;
+   requests are then capped in flight, so above the gateway's capacity the run is throughput-bound (its latency
+   is reported but is not a latency figure: the memory is what it measures).
 """
 
 from __future__ import annotations
@@ -58,15 +61,18 @@ class Options:
     latency_ms: float = 20.0
     rates: list[float] = field(default_factory=lambda: [50.0, 200.0, 500.0])
     ref_rate: float = 200.0
-    duration: float = 4.0
+    duration: float = 3.0
     warmup: int = 100
-    search_duration: float = 2.5
-    search_steps: int = 5
+    search_duration: float = 2.0
+    search_steps: int = 4
     search_cap: float = 5000.0
     p99_limit_ms: float = 100.0
     long_requests: int = 100_000
     long_rate: float | None = None
     long_chunks: int = 10
+    #: The long run is paced to take at most about this long; above the gateway's capacity it is throughput-bound.
+    long_seconds: float = 240.0
+    long_inflight: int = 128
     timeout: float = 5.0
     redis: bool = False
     uvloop: bool = False
@@ -75,7 +81,14 @@ class Options:
     @staticmethod
     def quick_defaults() -> Options:
         return Options(
-            quick=True, duration=1.5, warmup=50, search_duration=1.5, search_steps=3, long_requests=5000, long_chunks=5
+            quick=True,
+            duration=1.5,
+            warmup=50,
+            search_duration=1.5,
+            search_steps=3,
+            long_requests=5000,
+            long_chunks=5,
+            long_seconds=20.0,
         )
 
 
@@ -176,7 +189,9 @@ class Bench:
     def _target_pid(self, target: str) -> int:
         return self.loadgen.pid if target == "floor" else self.targets[target][0].pid
 
-    def measure(self, target: str, scenario: Scenario, rate: float, n: int, phase: str) -> dict[str, Any]:
+    def measure(
+        self, target: str, scenario: Scenario, rate: float, n: int, phase: str, max_inflight: int = 2000
+    ) -> dict[str, Any]:
         first = self._allocate(n, scenario.codes)
         base = self.upstream_url if target == "floor" else self.targets[target][1]
         self._run_seq += 1
@@ -191,13 +206,15 @@ class Bench:
             "first_unit": first,
             "run_id": f"{self._run_seq}",
             "timeout": self.opts.timeout,
+            "max_inflight": max_inflight,
         }
         _http_json(f"{self.upstream_url}{data.CALLS_PATH}?clear=1")
         pid = self._target_pid(target)
         cpu_before = cpu_seconds(pid)
         upstream_before = cpu_seconds(self.upstream.pid)
         self.channel.send(spec)
-        answer = self.channel.receive(timeout=n / rate + self.opts.timeout + 30)
+        # a run capped in flight may be throughput-bound: allow for a target three times slower than the rate
+        answer = self.channel.receive(timeout=3 * n / rate + self.opts.timeout + 30)
         if "result" not in answer:
             raise ChildFailed(f"load generator: {answer.get('error', answer)}")
         cpu = cpu_seconds(pid) - cpu_before
@@ -307,19 +324,22 @@ class Bench:
             n = total // chunks + (1 if index < total % chunks else 0)
             if n <= 0:
                 continue
-            run = self.measure("gateway", scenario, rate, n, "long")
+            run = self.measure("gateway", scenario, rate, n, "long", max_inflight=self.opts.long_inflight)
             done += n
             errors += run["errors"]
             latencies.append(run["latency_ms"])
             samples.append({"requests": done, "rss_mb": run["memory_mb"]["rss"]})
         after = memory_mb(child.pid)
         growth = round(after["rss"] - before["rss"], 2)
+        seconds = time.monotonic() - started
         return {
             "scenario": scenario.name,
             "rate": rate,
+            "achieved_rate": round(done / seconds, 1) if seconds > 0 else None,
+            "max_inflight": self.opts.long_inflight,
             "requests": done,
             "errors": errors,
-            "seconds": round(time.monotonic() - started, 1),
+            "seconds": round(seconds, 1),
             "rss_before_mb": before["rss"],
             "rss_after_mb": after["rss"],
             "rss_growth_mb": growth,
@@ -368,8 +388,9 @@ def _start_all(
         "GATEWAY_SHUTDOWN_TIMEOUT_SECONDS": "2",
     }
     gateway_env.pop("CACHE_URL", None)
-    if opts.redis:
-        gateway_env["CACHE_URL"] = REDIS_URL
+    gateway_env.pop("REDIS_URL", None)
+    if opts.redis:  # the series cache and the redemption ledger
+        gateway_env["CACHE_URL"] = gateway_env["REDIS_URL"] = REDIS_URL
     gateway_argv = [python, "-m", "service", "serve"]
     baseline_argv = [python, "-m", "bench.baseline", "--upstream", upstream_url]
     if opts.uvloop:
@@ -383,8 +404,24 @@ def _start_all(
     if not gateway_url.startswith("http://127.0.0.1:"):
         raise ChildFailed(f"gateway listens on {gateway_url!r}, not on 127.0.0.1")
     baseline_url = f"http://127.0.0.1:{int(baseline.wait_for_line('READY', timeout=60).split()[1])}"
-    progress(f"gateway on {gateway_url} ({'Redis' if opts.redis else 'in-memory'} cache), baseline on {baseline_url}")
+    backends = "Redis" if opts.redis else "in-memory"
+    progress(f"gateway on {gateway_url} ({backends} cache and ledger), baseline on {baseline_url}")
     return upstream, upstream_url, {"gateway": (gateway, gateway_url), "baseline": (baseline, baseline_url)}, loadgen
+
+
+def _revision() -> dict[str, Any]:
+    """The commit measured, and the service files that differed from it (the gateway runs the work tree)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    try:
+        changed = git("status", "--porcelain", "--", "service")
+        return {"commit": git("rev-parse", "--short", "HEAD") or None, "uncommitted": changed.splitlines()}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "uncommitted": []}
 
 
 def _initial_customers(opts: Options) -> int:
@@ -444,9 +481,9 @@ def run(opts: Options, log_dir: Path, progress: Progress = _stderr) -> dict[str,
             found = fixed[scenario.name]
             max_rate[scenario.name] = {t: bench.search(scenario, t, found[t]) for t in ("baseline", "gateway")}
         long_rate = opts.long_rate
-        if long_rate is None:
-            found = max_rate.get("redeem-1", {}).get("gateway", {}).get("rate")
-            long_rate = float(min(1000, max(100, round(0.9 * found)))) if found else 200.0
+        if long_rate is None:  # 0.9 x the sustainable rate, unless that would take longer than long_seconds
+            sustainable = max_rate.get("redeem-1", {}).get("gateway", {}).get("rate") or 200.0
+            long_rate = float(round(max(100, 0.9 * sustainable, opts.long_requests / opts.long_seconds)))
         memory: dict[str, Any] = {}
         if opts.long_requests > 0:
             progress(f"long run: {opts.long_requests} one-code redeems at {long_rate:g}/s through the gateway")
@@ -468,6 +505,7 @@ def run(opts: Options, log_dir: Path, progress: Progress = _stderr) -> dict[str,
                 },
                 "options": asdict(opts),
                 "cache": "redis" if opts.redis else "memory",
+                "revision": _revision(),
                 "coupons_seeded": bench.customers * data.CODES_PER_CUSTOMER,
                 "notes": [
                     "latency is measured from each request's intended send time (open loop, coordinated omission"

@@ -118,7 +118,7 @@ def render(results: dict[str, Any]) -> str:
     opts = meta["options"]
     lines = [
         f"pos-coupon-gateway benchmark: {meta['mode']} mode, {meta['machine']['cpus']} CPUs, "
-        f"upstream latency {opts['latency_ms']:g} ms per call, {meta['cache']} cache"
+        f"upstream latency {opts['latency_ms']:g} ms per call, {meta['cache']} cache and ledger"
         f"{', uvloop' if opts.get('uvloop') else ''}, {meta['seconds']:.0f} s",
         "",
         "Latency in ms, open loop, from each request's intended send time; cpu = target process CPU s per 1000 req",
@@ -168,8 +168,9 @@ def render(results: dict[str, Any]) -> str:
     long_run = memory.get("gateway_long_run")
     if long_run:
         lines.append(
-            f"  gateway long run: {long_run['requests']} one-code redeems at {long_run['rate']:g}/s "
-            f"({long_run['errors']} errors, {long_run['seconds']:.0f} s): RSS {long_run['rss_before_mb']:.1f} -> "
+            f"  gateway long run: {long_run['requests']} one-code redeems sent at {long_run['rate']:g}/s "
+            f"(achieved {long_run['achieved_rate']:g}/s, at most {long_run['max_inflight']} in flight)"
+            f"\n  {long_run['errors']} errors, {long_run['seconds']:.0f} s: RSS {long_run['rss_before_mb']:.1f} -> "
             f"{long_run['rss_after_mb']:.1f} MB ({long_run['rss_growth_mb']:+.1f} MB, "
             f"{long_run['rss_growth_mb_per_100k']:+.1f} MB per 100k)"
         )
