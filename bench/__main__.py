@@ -53,6 +53,7 @@ def parse(argv: Sequence[str] | None) -> tuple[Options, Path | None, Path | None
         action="store_true",
         help="run the gateway and the baseline on uvloop (an experiment: uvloop must be installed)",
     )
+    parser.add_argument("--long-max-seconds", type=float, help="stop the long run after this long (full 360, quick 30)")
     parser.add_argument("--timeout", type=float, help="per-request timeout, seconds (5)")
     parser.add_argument(
         "--scenarios", help=f"comma-separated subset of {','.join(s.name for s in SCENARIOS)} (default all)"
@@ -71,6 +72,7 @@ def parse(argv: Sequence[str] | None) -> tuple[Options, Path | None, Path | None
         "p99_limit_ms",
         "long_requests",
         "long_rate",
+        "long_max_seconds",
         "timeout",
     ):
         value = getattr(args, name)

@@ -92,7 +92,7 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
                 "limit": RSS_GROWTH_MB,
                 "requests": long_run["requests"],
                 "met": (long_run["rss_growth_mb"] < RSS_GROWTH_MB) if judged else None,
-                "note": None if judged else f"only {long_run['requests']} requests (quick): not judged",
+                "note": None if judged else f"only {long_run['requests']} requests: not judged",
             }
         )
     return {"ref_rate": ref_rate, "scenarios": scenarios, "targets": targets}
@@ -176,6 +176,8 @@ def render(results: dict[str, Any]) -> str:
         )
         samples = ", ".join(f"{s['requests']}: {s['rss_mb']:.1f}" for s in long_run["samples"])
         lines.append(f"  RSS by requests: {samples}")
+        if long_run.get("stopped_at_time_limit"):
+            lines.append(f"  stopped at its time limit after {long_run['requests']} of {long_run['requests_planned']}")
     lines.append("  peak RSS (VmHWM): " + ", ".join(f"{name} {value:.1f} MB" for name, value in peaks.items()))
     lines += ["", "Targets"]
     for t in summary["targets"]:
