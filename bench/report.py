@@ -185,4 +185,4 @@ def render(results: dict[str, Any]) -> str:
         value = _f(t["value"], ".3g")
         note = f"  ({t['note']})" if t.get("note") else ""
         lines.append(f"  [{verdict}] {t['scenario']:<9} {_TARGET_TEXT[t['target']]}: {value}{note}")
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
