@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from typing import Any
 
 import aiohttp
@@ -88,14 +87,12 @@ async def test_gateway_killed_between_apply_and_answer(
     upstream.sandbox.faults.clear()
     state = StateSettings(redis_url=redis_db, **FAST)
     other = await start_gateway(upstream, timeout=1.0, state=state)
-    started = time.monotonic()
     status, payload, seen = await till([other], _body("ABS-ALICE-1"), key="till-42")
     assert status == 200, seen
     assert payload["status"] == "redeemed"
     [redemption] = upstream.sandbox.redemptions_of("ABS-ALICE-1")
     assert payload["coupons"][0]["redemptionId"] == redemption.id
     assert 409 in seen  # the dead gateway's lease was honoured first
-    assert time.monotonic() - started < 10
     assert upstream.sandbox.call_count("redeem") == 1
 
 
