@@ -2,7 +2,10 @@
 
 One ``ClientSession`` per upstream host (the v2 API host and the v1 "intouch" upload host), each with explicit
 timeouts and the auth middleware. Every call goes through :meth:`CapillaryClient._call`, the one place where
-transport failures, error statuses and undecodable bodies become typed :mod:`~service.capillary.errors`.
+transport failures, error statuses and undecodable bodies become typed :mod:`~service.capillary.errors`, and where
+:mod:`~service.capillary.resilience` applies: the deadline in force (:mod:`service.deadline`) bounds each attempt,
+the host's circuit breaker and the outbound rate limiter may refuse a call before it is sent (503, nothing applied),
+and reads (GET) are retried with jittered backoff under a retry budget. Writes are never sent twice.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any, Final, Generic, Protocol, TypeVar
+from typing import IO, Any, Final, Generic, Protocol, TypeVar
 
 import aiohttp
 import msgspec
@@ -27,6 +30,7 @@ from service.capillary.errors import (
     CapillaryError,
     CapillaryHTTPError,
     CapillaryTimeoutError,
+    CapillaryUnavailable,
     extract_status,
 )
 from service.capillary.models import (
@@ -56,7 +60,19 @@ from service.capillary.models import (
     UploadResponse,
     decode,
 )
+from service.capillary.resilience import (
+    REJECTED,
+    Breaker,
+    BreakerPolicy,
+    OutboundLimiter,
+    Priority,
+    RetryBudget,
+    backoff,
+    is_outage,
+    may_retry,
+)
 from service.config import CapillarySettings
+from service.deadline import DEADLINE, URGENT
 
 M = TypeVar("M")
 
@@ -82,6 +98,20 @@ OPERATIONS: Final = (
     "upload_status",
     "redeemed_upload_status",
 )
+# Whose turn first when the outbound budget runs short (see OutboundLimiter); the rest are back-office calls.
+PRIORITIES: Final = {
+    "redeem": Priority.REDEEM,
+    "bulk_redeem": Priority.REDEEM,
+    "reactivate": Priority.REDEEM,
+    "customer_coupons": Priority.REDEEM,  # reconciling redeems already sent
+    "is_redeemable": Priority.CHECK,
+    "series_get": Priority.CHECK,
+    "coupon_details": Priority.CHECK,  # learning a code's series for the POS checks
+}
+# Why a call was refused before being sent (metrics label).
+REJECTION_REASONS: Final = ("circuit_open", "rate_limited", "no_time")
+# Less time than this left before the deadline: the call is not even started.
+MIN_ATTEMPT_SECONDS: Final = 0.01
 
 _encoder = msgspec.json.Encoder(decimal_format="string")
 _any_decoder = msgspec.json.Decoder()
@@ -133,6 +163,11 @@ class CallObserver(Protocol):
     ) -> None: ...
 
 
+def host_of(url: URL) -> str:
+    """``host[:port]``: the breaker's key and metrics label (bounded: the two configured hosts)."""
+    return f"{url.host}:{url.explicit_port}" if url.explicit_port else url.host or ""
+
+
 def _outcome_of(error: CapillaryError) -> str:
     if isinstance(error, CapillaryTimeoutError):
         return "timeout"
@@ -167,6 +202,22 @@ class CapillaryClient:
             auth = self.tokens = OAuthTokens(self._fetch_token, clock=clock)
         else:
             auth = BasicAuth(settings.till_username, settings.till_password)
+        policy = BreakerPolicy(
+            failure_ratio=settings.breaker_failure_ratio,
+            slow_call_seconds=settings.breaker_slow_call_seconds,
+            slow_call_ratio=settings.breaker_slow_call_ratio,
+            min_calls=settings.breaker_min_calls,
+            window=2 * settings.breaker_min_calls,
+            open_seconds=settings.breaker_open_seconds,
+            probes=settings.breaker_probes,
+        )
+        api_host, upload_host = host_of(self._api_url), host_of(self._upload_url)
+        self._api_breaker = Breaker(api_host, policy)
+        self._upload_breaker = self._api_breaker if upload_host == api_host else Breaker(upload_host, policy)
+        self.limiter = OutboundLimiter(settings.rate_limit_per_minute)
+        self.retry_budget = RetryBudget(settings.retry_budget_ratio)
+        self.retries = dict.fromkeys(OPERATIONS, 0)
+        self.rejections = {(reason, p): 0 for reason in REJECTION_REASONS for p in Priority}
         timeout = aiohttp.ClientTimeout(total=settings.timeout, connect=settings.connect_timeout)
         self._api, self._upload = (
             aiohttp.ClientSession(
@@ -176,6 +227,12 @@ class CapillaryClient:
             )
             for _ in range(2)
         )
+
+    @property
+    def breakers(self) -> tuple[Breaker, ...]:
+        """One per upstream host."""
+        api, upload = self._api_breaker, self._upload_breaker
+        return (api,) if upload is api else (api, upload)
 
     async def close(self) -> None:
         await asyncio.gather(self._api.close(), self._upload.close())
@@ -188,11 +245,114 @@ class CapillaryClient:
 
     # ------------------------------------------------------------------------------------------ plumbing
 
-    async def _call(self, operation: str, method: str, url: URL, reader: _Reader[M], **options: Any) -> M:
-        """Send one request through :meth:`_send`, telling the observer how it went."""
+    async def _call(
+        self,
+        operation: str,
+        method: str,
+        url: URL,
+        reader: _Reader[M],
+        *,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float | None = None,
+        authenticate: bool = True,
+        **options: Any,
+    ) -> M:
+        """One call: within the deadline in force, through the host's breaker and the outbound limiter, retried
+        when that is safe (see :func:`~service.capillary.resilience.may_retry`); the observer hears of every
+        attempt sent. ``timeout`` bounds each attempt (default: the configured upstream timeout)."""
+        session = session or self._api
+        deadline = DEADLINE.get()
+        if not authenticate:  # the token call, made from inside another call's attempt: that call is guarded
+            if deadline is not None:
+                left = max(MIN_ATTEMPT_SECONDS, deadline - time.monotonic())
+                timeout = min(timeout or self.settings.timeout, left)
+            return await self._observed(operation, method, url, reader, session, timeout, authenticate, options)
+        breaker = self._upload_breaker if session is self._upload else self._api_breaker
+        priority = Priority.REDEEM if URGENT.get() else PRIORITIES.get(operation, Priority.BACKOFFICE)
+        limit = timeout or self.settings.timeout
+        self.retry_budget.deposit()
+        attempt = 0
+        while True:
+            budget = limit
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left < MIN_ATTEMPT_SECONDS:
+                    self.rejections["no_time", priority] += 1
+                    raise CapillaryTimeoutError(operation, "no time left before the deadline", maybe_applied=False)
+                budget = min(limit, left)
+            ticket = breaker.admit()
+            if ticket == REJECTED:
+                self.rejections["circuit_open", priority] += 1
+                raise CapillaryUnavailable(
+                    operation,
+                    f"circuit open for {breaker.host}",
+                    reason="circuit_open",
+                    retry_after=breaker.retry_after(),
+                )
+            wait = self.limiter.reserve(priority, budget - MIN_ATTEMPT_SECONDS)
+            if wait < 0:
+                breaker.release(ticket)
+                self.rejections["rate_limited", priority] += 1
+                raise CapillaryUnavailable(
+                    operation, "outbound rate budget spent", reason="rate_limited", retry_after=-wait
+                )
+            try:
+                if wait:
+                    await asyncio.sleep(wait)
+                    budget -= wait
+                started = time.monotonic()
+                per_call = None if budget == self.settings.timeout else budget  # None: the session's own timeout
+                value = await self._observed(operation, method, url, reader, session, per_call, authenticate, options)
+            except CapillaryError as exc:
+                seconds = time.monotonic() - started
+                if is_outage(exc) and (
+                    not isinstance(exc, CapillaryTimeoutError)
+                    or budget >= limit
+                    or budget >= breaker.policy.slow_call_seconds
+                ):
+                    breaker.record(ticket, failed=True, seconds=seconds)
+                elif isinstance(exc, CapillaryTimeoutError):
+                    breaker.release(ticket)  # cut short by the till's deadline: says nothing about the host
+                else:
+                    breaker.record(ticket, failed=False, seconds=seconds)
+                if (
+                    exc.operation != operation  # the token call failed: the auth middleware's concern
+                    or attempt >= self.settings.retry_attempts
+                    or not may_retry(exc, safe=method == "GET")
+                ):
+                    raise
+                pause = backoff(attempt)
+                if deadline is not None and deadline - time.monotonic() - pause < MIN_ATTEMPT_SECONDS * 5:
+                    raise
+                if not self.retry_budget.withdraw():
+                    raise
+                attempt += 1
+                self.retries[operation] += 1
+                await asyncio.sleep(pause)
+                continue
+            except BaseException:
+                breaker.release(ticket)
+                raise
+            breaker.record(ticket, failed=False, seconds=time.monotonic() - started)
+            return value
+
+    async def _observed(
+        self,
+        operation: str,
+        method: str,
+        url: URL,
+        reader: _Reader[M],
+        session: aiohttp.ClientSession,
+        timeout: float | None,
+        authenticate: bool,
+        options: dict[str, Any],
+    ) -> M:
+        """One attempt through :meth:`_send`, telling the observer how it went."""
         started = time.perf_counter()
         try:
-            value, status, request_id = await self._send(operation, method, url, reader, **options)
+            value, status, request_id = await self._send(
+                operation, method, url, reader, session=session, timeout=timeout, authenticate=authenticate, **options
+            )
         except CapillaryError as exc:
             if self.observer is not None and exc.operation == operation:  # not a token call made on its behalf
                 seconds = time.perf_counter() - started
@@ -543,7 +703,7 @@ class CapillaryClient:
     async def upload_coupons(
         self,
         series_id: int,
-        csv: bytes,
+        csv: bytes | IO[bytes],
         *,
         identifier_type: IdentifierType,
         identifier_column: int | None = None,
@@ -569,7 +729,7 @@ class CapillaryClient:
     async def upload_redeemed_coupons(
         self,
         series_id: int,
-        csv: bytes,
+        csv: bytes | IO[bytes],
         *,
         customer_identifier: IdentifierType,
         coupon_identifier: CouponIdentifierType,

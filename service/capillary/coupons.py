@@ -10,8 +10,9 @@ from collections.abc import Sequence
 
 from service.capillary import codes
 from service.capillary.client import CapillaryClient
-from service.capillary.errors import SUCCESS_CODES, CapillaryError
+from service.capillary.errors import SUCCESS_CODES, CapillaryError, CapillaryUnavailable
 from service.capillary.models import BulkRedeemResponse, Customer, RedeemItem, RedeemResponse
+from service.capillary.resilience import retry_after_seconds
 from service.redemption.catalog import CATALOG
 from service.redemption.discount import DiscountRule
 from service.redemption.flow import Redeemed, UpstreamFailure, Verdict
@@ -37,7 +38,8 @@ def failure_of(code: int | None, message: str | None) -> Failure:
 
 def upstream_failure(error: CapillaryError) -> UpstreamFailure:
     failure = Failure(codes.for_failure(error), error.code, error.upstream_message)
-    return UpstreamFailure(failure, maybe_applied=error.maybe_applied)
+    retry_after = retry_after_seconds(error.retry_after) if isinstance(error, CapillaryUnavailable) else None
+    return UpstreamFailure(failure, maybe_applied=error.maybe_applied, retry_after=retry_after)
 
 
 def _redeemed(item: RedeemItem, entry_failure: Failure | None = None) -> Redeemed:

@@ -62,6 +62,18 @@ class CapillaryConnectionError(CapillaryError):
     kind = "connection"
 
 
+class CapillaryUnavailable(CapillaryConnectionError):
+    """Not sent at all: the host's circuit breaker is open, or the outbound rate budget has no room within the
+    request's deadline. Nothing was applied; ``retry_after`` is when trying again makes sense (seconds)."""
+
+    kind = "unavailable"
+
+    def __init__(self, operation: str, message: str, *, reason: str, retry_after: float) -> None:
+        super().__init__(operation, message, maybe_applied=False)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
 class CapillaryTimeoutError(CapillaryError):
     """No answer within the deadline. ``maybe_applied`` is False only for a connect timeout."""
 

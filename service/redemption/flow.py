@@ -53,10 +53,11 @@ class Redeemed:
 class UpstreamFailure(Exception):
     """The upstream could not give verdicts: unreachable, failing, or refusing the request as a whole."""
 
-    def __init__(self, failure: Failure, *, maybe_applied: bool = False) -> None:
+    def __init__(self, failure: Failure, *, maybe_applied: bool = False, retry_after: int | None = None) -> None:
         super().__init__(failure.error.code)
         self.failure = failure
         self.maybe_applied = maybe_applied
+        self.retry_after = retry_after  # seconds, when the upstream said when to come back (breaker, rate budget)
 
 
 class CouponUpstream(Protocol):

@@ -259,11 +259,11 @@ async def test_validate_refuses_redeem_only_fields(gateway: GatewayClient) -> No
 @pytest.mark.parametrize(
     ("fault", "path", "status", "local"),
     [
-        (Fault(FaultKind.HTTP_ERROR, "is_redeemable", status=503), VALIDATE, 503, "UPSTREAM_UNAVAILABLE"),
-        (Fault(FaultKind.RATE_LIMIT, "is_redeemable"), VALIDATE, 503, "UPSTREAM_UNAVAILABLE"),
+        (Fault(FaultKind.HTTP_ERROR, "is_redeemable", times=3, status=503), VALIDATE, 503, "UPSTREAM_UNAVAILABLE"),
+        (Fault(FaultKind.RATE_LIMIT, "is_redeemable", times=3), VALIDATE, 503, "UPSTREAM_UNAVAILABLE"),
         (Fault(FaultKind.TIMEOUT, "is_redeemable", times=3, delay_seconds=2), VALIDATE, 504, "UPSTREAM_TIMEOUT"),
         (Fault(FaultKind.MALFORMED, "is_redeemable"), VALIDATE, 502, "UPSTREAM_ERROR"),
-        (Fault(FaultKind.HTTP_ERROR, "is_redeemable", status=500), REDEEM, 503, "UPSTREAM_UNAVAILABLE"),
+        (Fault(FaultKind.HTTP_ERROR, "is_redeemable", times=3, status=500), REDEEM, 503, "UPSTREAM_UNAVAILABLE"),
         (Fault(FaultKind.TIMEOUT, "is_redeemable", times=3, delay_seconds=2), REDEEM, 504, "UPSTREAM_TIMEOUT"),
     ],
     ids=lambda v: f"{v.operation}-{v.kind.value}" if isinstance(v, Fault) else None,
@@ -320,7 +320,7 @@ async def test_refused_gateway_credentials_are_not_the_tills_fault(
 
 
 async def test_series_lookup_failure_never_fails_the_till(gateway: GatewayClient, upstream: Upstream) -> None:
-    upstream.sandbox.add_fault(Fault(FaultKind.HTTP_ERROR, "coupon_details", status=503))
+    upstream.sandbox.add_fault(Fault(FaultKind.HTTP_ERROR, "coupon_details", status=503, times=3))  # and retries
     payload = await _post(gateway, VALIDATE, {"customer": ALICE, "codes": ["ABS-ALICE-1"], "billAmount": "500"}, 200)
     assert payload["coupons"][0]["redeemable"] is True
     assert payload["coupons"][0]["discount"] is None  # unknown for now, never guessed

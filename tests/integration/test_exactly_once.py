@@ -137,7 +137,8 @@ async def test_a_check_failing_after_the_deadline_frees_the_request(make_gateway
     ``failed`` (not applied) and the till's next try redeems normally."""
     gateway = await make_gateway(timeout=3.0, redeem_deadline=0.5)
     upstream.sandbox.add_fault(Fault(FaultKind.LATENCY, "is_redeemable", delay_seconds=0.8))
-    upstream.sandbox.add_fault(Fault(FaultKind.HTTP_ERROR, "is_redeemable", status=503))
+    # the check is a read: retried twice after its first attempt, so it fails three times
+    upstream.sandbox.add_fault(Fault(FaultKind.HTTP_ERROR, "is_redeemable", status=503, times=3))
     first = await gateway.post(REDEEM, json=_body("ABS-ALICE-1"))
     assert first.status == 202
     ref = (await first.json())["ref"]

@@ -28,7 +28,8 @@ async def _traffic(gateway: GatewayClient, upstream: Upstream) -> None:
     used = {**body, "codes": ["ABS-ALICE-USED"], "transactionNumber": "T-M2"}
     assert (await gateway.post("/v1/redemptions", json=used)).status == 409
     assert (await gateway.get("/v1/no/such/path/12345")).status == 404
-    upstream.sandbox.add_fault(Fault(FaultKind.HTTP_ERROR, "is_redeemable", status=503))
+    # a read: its first attempt and both retries fail
+    upstream.sandbox.add_fault(Fault(FaultKind.HTTP_ERROR, "is_redeemable", status=503, times=3))
     assert (await gateway.post("/v1/redemptions/validate", json=body)).status == 503
 
 
@@ -69,7 +70,13 @@ async def test_live_metrics_pass_promtool_and_count_what_happened(gateway: Gatew
     assert value("pos_coupon_coupons_redeemed_total") == 1
     assert value("pos_coupon_discount_amount_total") == 100
     assert value("pos_coupon_upstream_calls_total", operation="redeem", outcome="ok") == 1
-    assert value("pos_coupon_upstream_calls_total", operation="is_redeemable", outcome="http_5xx") == 1
+    assert value("pos_coupon_upstream_calls_total", operation="is_redeemable", outcome="http_5xx") == 3  # 2 retries
+    assert value("pos_coupon_upstream_retries_total", operation="is_redeemable") == 2
+    assert value("pos_coupon_upstream_retries_total", operation="redeem") == 0
+    host = upstream.url.removeprefix("http://")
+    assert value("pos_coupon_upstream_breaker_state", host=host, state="closed") == 1
+    assert value("pos_coupon_upstream_breaker_state", host=host, state="open") == 0
+    assert value("pos_coupon_upstream_rejected_total", reason="circuit_open", priority="check") == 0
     assert value("pos_coupon_http_requests_total", route="/v1/redemptions", method="POST", status="2xx") == 2
     assert value("pos_coupon_http_requests_total", route="unmatched", method="GET", status="4xx") == 1
     assert value("pos_coupon_oauth_token_refreshes_total") == 1
