@@ -377,6 +377,8 @@ class Coupon(Upstream):
     detailed_info: str | None = None
     redemption_count: int | None = None
     customer: CustomerInfo | None = None
+    #: The owner in coupon details, when the cluster sends it (undocumented; -1: issued to nobody).
+    issued_to: int | None = None
     warnings: list[Any] = []
 
 

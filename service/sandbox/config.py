@@ -38,7 +38,8 @@ class SandboxConfig:
     default_store: str = "S001"
     #: Added before every operation (token included).
     latency_ms: float = 0
-    #: Time for an upload job to go STARTED/QUEUED -> FINISHED/COMPLETED (measured on the sandbox clock).
+    #: Time for an upload job to go STARTED/QUEUED -> FINISHED/COMPLETED/FAILED (on the sandbox clock; half way
+    #: it shows PROCESSING/IN_PROGRESS).
     upload_job_seconds: float = 2.0
     #: Injectable "now" (tz-aware UTC); default real time. The sandbox adds its own offset (set_now/advance).
     clock: Callable[[], datetime] | None = None

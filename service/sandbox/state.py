@@ -290,7 +290,12 @@ class UploadJob:
     #: Upload settings: customerIdentifier, customerIdentifierColumn / couponIdentifier, columns, details.
     settings: dict[str, Any]
     updated_on: datetime = EPOCH
+    #: When processing begins (half way to ``due_on``); None: straight from waiting to done.
+    starts_on: datetime | None = None
+    started: bool = False
     done: bool = False
+    #: Done, but nothing was uploaded: every row failed (or there was none).
+    failed: bool = False
     actual_row_count: int = 0
     total_uploaded_count: int = 0
     error_count: int = 0
@@ -301,9 +306,16 @@ class UploadJob:
 
     @property
     def status(self) -> str:
-        if self.kind == "coupons":
-            return "FINISHED" if self.done else "STARTED"
-        return "COMPLETED" if self.done else "QUEUED"
+        """Coupons: STARTED -> PROCESSING -> FINISHED | FAILED; redeemed coupons: QUEUED -> IN_PROGRESS ->
+        COMPLETED | FAILED. The documents show STARTED, FINISHED, QUEUED and COMPLETED; the others are the
+        sandbox's stand-ins for the upstream's in-between and failure states."""
+        if self.done:
+            if self.failed:
+                return "FAILED"
+            return "FINISHED" if self.kind == "coupons" else "COMPLETED"
+        if self.started:
+            return "PROCESSING" if self.kind == "coupons" else "IN_PROGRESS"
+        return "STARTED" if self.kind == "coupons" else "QUEUED"
 
 
 @dataclass(frozen=True)
@@ -761,6 +773,7 @@ class SandboxState:
             rows=rows,
             settings=settings,
             updated_on=now,
+            starts_on=now + (due_on - now) / 2 if due_on > now else None,
         )
         self._next_job_id += 1
         self.upload_jobs[job.job_id] = job

@@ -1,7 +1,8 @@
 """The v1 CSV upload jobs: validating an upload, and processing it when it falls due (pure, no I/O).
 
-A job is created STARTED (coupons) / QUEUED (redeemed coupons) and processed lazily once the sandbox clock
-reaches ``created + upload_job_seconds``: every request to the sandbox (and `Sandbox.process_jobs`) runs the
+A job is created STARTED (coupons) / QUEUED (redeemed coupons), shows PROCESSING / IN_PROGRESS from half way, and
+is processed lazily once the sandbox clock reaches ``created + upload_job_seconds``, ending FINISHED / COMPLETED, or
+FAILED when not one row could be uploaded: every request to the sandbox (and `Sandbox.process_jobs`) runs the
 due jobs first, so the outcome is deterministic under an injected clock. Processing happens "at" the due
 time: ``updatedOn`` and the issue time of uploaded coupons are the due time, not the time it was noticed.
 
@@ -169,7 +170,12 @@ def redeemed_upload_settings(
 
 
 def process_due_jobs(state: SandboxState, now: datetime) -> list[UploadJob]:
-    """Run every job whose due time has come, oldest first. Returns the jobs processed now."""
+    """Start every job whose start time has come, then run every job whose due time has come, oldest first.
+    Returns the jobs processed now."""
+    for job in state.upload_jobs.values():
+        if not job.done and not job.started and job.starts_on is not None and job.starts_on <= now:
+            job.started = True
+            job.updated_on = job.starts_on
     due = sorted((j for j in state.upload_jobs.values() if not j.done and j.due_on <= now), key=lambda j: j.job_id)
     for job in due:
         if job.kind == "coupons":
@@ -293,8 +299,10 @@ def _process_redeemed(state: SandboxState, job: UploadJob) -> None:
 def _finish(job: UploadJob) -> None:
     done_at = job.due_on
     job.done = True
+    job.started = True
     job.updated_on = done_at
     job.error_count = len(job.row_errors)
+    job.failed = job.total_uploaded_count == 0
     millis = (done_at - EPOCH) // timedelta(milliseconds=1) % 1000
     prefix = "temp" if job.kind == "coupons" else "temp_redemption_upload"
     job.upload_table_name = f"{prefix}_{ORG_ID}_{done_at:%Y%m%d_%H%M%S}{millis:03d}"

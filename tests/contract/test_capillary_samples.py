@@ -44,7 +44,7 @@ NOT_IN_SAMPLES: dict[type[msgspec.Struct], set[str]] = {
     m.IsRedeemableItem: {"seriesId"},  # details=true, undocumented: read opportunistically
     m.RedeemItem: {"redemptionId"},  # newer clusters (capillary-notes.md)
     m.Series: {"warnings"},  # create-series only
-    m.Coupon: {"id", "customer", "redemptionCount", "warnings"},
+    m.Coupon: {"id", "customer", "redemptionCount", "warnings", "issuedTo"},  # issuedTo: undocumented, if sent
     m.SeriesSpec: {"discountUpto"},  # in the series response; a PERC series needs its cap when created
     m.UploadResponse: {"message"},  # v1 failure bodies carry a message (inferred)
 }

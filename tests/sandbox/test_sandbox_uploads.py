@@ -58,7 +58,7 @@ async def test_coupon_upload_tagged_by_mobile_progresses_to_finished(kit, now):
 
     kit.sandbox.advance(0.5)
     listing = await status_of(kit, f"/coupon/api/v1/upload/getUploadStatus/{ABS}")
-    assert listing["result"]["uploadJobStatuses"][0]["uploadStatus"] == "STARTED"
+    assert listing["result"]["uploadJobStatuses"][0]["uploadStatus"] == "PROCESSING"
 
     kit.sandbox.advance(0.5)
     listing = await status_of(kit, f"/coupon/api/v1/upload/getUploadStatus/{ABS}")
@@ -230,3 +230,27 @@ async def test_upload_unknown_series_status_400(kit):
 
 def redeem_code(result):
     return result[1]["redemptionStatus"]["code"]
+
+
+async def test_jobs_show_their_progress_and_fail_when_no_row_goes_in(kit):
+    coupons = f"/coupon/api/v1/upload/getUploadStatus/{ABS}"
+    redeemed = f"/coupon/api/v1/upload/getUploadRedeemedCouponStatus/{ABS}"
+    await upload(kit, f"/coupon/api/v1/upload/file/{ABS}", form("mobile,code\n910000000000,NOBODY-1\n",
+                 customerIdentifier="MOBILE"))  # fmt: skip
+    headers = '{"redeemedDateInMillis": 0, "redeemedAt": 1, "mobile": 2, "couponCode": 3}'
+    await upload(kit, f"/coupon/api/v1/upload/redeemFile/{ABS}", form(
+        f"1893456000000,S001,{DEMO.customer('alice').mobile},ABS-ALICE-USED\n", customerIdentifier="MOBILE",
+        couponIdentifier="COUPON_CODE", uploadHeaders=headers))  # fmt: skip
+
+    kit.sandbox.advance(0.5)
+    assert (await status_of(kit, coupons))["result"]["uploadJobStatuses"][0]["uploadStatus"] == "PROCESSING"
+    assert (await status_of(kit, redeemed))["result"]["redeemUploadJobStatuses"][0][
+        "uploadRedeemedCouponStatus"
+    ] == "IN_PROGRESS"
+
+    kit.sandbox.advance(0.5)
+    (job,) = (await status_of(kit, coupons))["result"]["uploadJobStatuses"]
+    assert (job["uploadStatus"], job["totalUploadedCount"], job["errorCount"]) == ("FAILED", 0, 1)
+    assert job["errorFileUrl"]
+    (job,) = (await status_of(kit, redeemed))["result"]["redeemUploadJobStatuses"]
+    assert (job["uploadRedeemedCouponStatus"], job["errorCount"]) == ("FAILED", 1)

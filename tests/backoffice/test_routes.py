@@ -1,0 +1,149 @@
+"""The back-office routes over real HTTP against the sandbox: issue, bulk issue, coupon details, series; every
+answer checked against openapi.yaml, upstream effects read from the sandbox's own state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from service.sandbox import DEMO
+from tests.api.spec import assert_matches
+from tests.backoffice.conftest import ABS, ALICE, BOB, DAVE, coupon_uploads
+from tests.conftest import GatewayClient, Upstream
+
+ONE_PER_CUSTOMER = DEMO.series_of("one_per_customer").id
+EXPIRED = DEMO.series_of("expired").id
+
+
+async def _call(
+    gateway: GatewayClient, method: str, path: str, status: int, *, template: str | None = None, **options: Any
+) -> dict[str, Any]:
+    response = await gateway.request(method, path, **options)
+    body: dict[str, Any] = await response.json()
+    assert response.status == status, body
+    assert_matches(template or path, method.lower(), status, body)
+    return body
+
+
+async def test_issue_gives_the_customer_a_coupon_of_the_series(gateway: GatewayClient, upstream: Upstream) -> None:
+    body = await _call(
+        gateway, "POST", "/v1/coupons/issue", 201, json={"seriesId": ABS, "customer": {"email": BOB.email}}
+    )
+    assert body["seriesId"] == ABS
+    assert body["customerId"] == BOB.id
+    issued = upstream.sandbox.coupon(body["code"])
+    assert (issued.series_id, issued.customer_id) == (ABS, BOB.id)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"seriesId": ABS, "customer": {"mobile": "919911111111"}}, 404, "CUSTOMER_NOT_FOUND"),
+        ({"seriesId": 99999, "customer": {"mobile": ALICE.mobile}}, 404, "SERIES_NOT_FOUND"),
+        ({"seriesId": ABS, "customer": {"mobile": ALICE.mobile, "email": ALICE.email}}, 400, "INVALID_REQUEST"),
+        ({"seriesId": 0, "customer": {"mobile": ALICE.mobile}}, 400, "INVALID_REQUEST"),
+        ({"seriesId": ABS, "customer": {"mobile": ALICE.mobile}, "extra": 1}, 400, "INVALID_REQUEST"),
+    ],
+)
+async def test_issue_refusals_use_the_catalog(
+    gateway: GatewayClient, upstream: Upstream, body: dict[str, Any], status: int, code: str
+) -> None:
+    before = upstream.sandbox.call_count("issue")
+    error = await _call(gateway, "POST", "/v1/coupons/issue", status, json=body)
+    assert error["error"]["code"] == code
+    if status == 400:
+        assert upstream.sandbox.call_count("issue") == before  # refused before any upstream call
+
+
+async def test_issue_over_the_series_limit_carries_the_upstream_code(gateway: GatewayClient) -> None:
+    body = {"seriesId": ONE_PER_CUSTOMER, "customer": {"mobile": DAVE.mobile}}
+    await _call(gateway, "POST", "/v1/coupons/issue", 201, json=body)
+    error = await _call(gateway, "POST", "/v1/coupons/issue", 422, json=body)
+    assert error["error"]["code"] == "COUPON_ISSUE_FAILED"
+    assert error["error"]["upstream"]["code"] == 722
+
+
+async def test_bulk_issue_reports_each_series(gateway: GatewayClient, upstream: Upstream) -> None:
+    body = {"seriesIds": [ABS, EXPIRED], "customer": {"externalId": BOB.external_id}, "source": "INSTORE"}
+    answer = await _call(gateway, "POST", "/v1/coupons/issue/bulk", 200, json=body)
+    assert (answer["issued"], answer["failed"]) == (1, 1)
+    by_series = {r["seriesId"]: r for r in answer["results"]}
+    assert upstream.sandbox.coupon(by_series[ABS]["coupon"]["code"]).customer_id == BOB.id
+    assert by_series[EXPIRED]["coupon"] is None
+    assert by_series[EXPIRED]["error"]["upstream"]["code"] == 712
+
+
+async def test_bulk_issue_with_nothing_issued_answers_the_first_failure(gateway: GatewayClient) -> None:
+    body = {"seriesIds": [EXPIRED], "customer": {"mobile": BOB.mobile}}
+    answer = await _call(gateway, "POST", "/v1/coupons/issue/bulk", 422, json=body)
+    assert answer["issued"] == 0
+    assert answer["results"][0]["error"]["code"] == "CAMPAIGN_EXPIRED"
+
+
+async def test_bulk_issue_refuses_a_repeated_series(gateway: GatewayClient) -> None:
+    body = {"seriesIds": [ABS, ABS], "customer": {"mobile": BOB.mobile}}
+    error = await _call(gateway, "POST", "/v1/coupons/issue/bulk", 400, json=body)
+    assert "seriesIds" in error["error"]["message"]
+
+
+async def test_coupon_details_by_code_id_and_owner(gateway: GatewayClient) -> None:
+    coupon = DEMO.coupon("ABS-BOB-1")
+    found = await _call(gateway, "GET", "/v1/coupons", 200, params=[("codes", "ABS-ALICE-1"), ("ids", str(coupon.id))])
+    assert {c["code"] for c in found["coupons"]} == {"ABS-ALICE-1", "ABS-BOB-1"}
+    assert {c["code"]: c["customerId"] for c in found["coupons"]} == {"ABS-ALICE-1": ALICE.id, "ABS-BOB-1": BOB.id}
+    owned = await _call(gateway, "GET", "/v1/coupons", 200, params={"customerIds": str(BOB.id)})
+    assert "ABS-BOB-1" in {c["code"] for c in owned["coupons"]}
+    assert all(c["customerId"] == BOB.id for c in owned["coupons"])
+
+
+async def test_coupon_details_partial_and_unknown(gateway: GatewayClient) -> None:
+    partial = await _call(gateway, "GET", "/v1/coupons", 200, params=[("codes", "ABS-ALICE-1"), ("codes", "NOPE-1")])
+    assert [c["code"] for c in partial["coupons"]] == ["ABS-ALICE-1"]
+    assert partial["errors"][0]["code"] == "COUPON_NOT_FOUND"
+    missing = await _call(gateway, "GET", "/v1/coupons", 404, params={"codes": "NOPE-1"})
+    assert missing["error"]["code"] == "COUPON_NOT_FOUND"
+    await _call(gateway, "GET", "/v1/coupons", 400)
+    await _call(gateway, "GET", "/v1/coupons", 400, params={"ids": "abc"})
+
+
+async def test_create_series_then_read_it_through_the_cache(gateway: GatewayClient, upstream: Upstream) -> None:
+    spec = {
+        "description": "Spring 50 off",
+        "discountType": "ABS",
+        "discountValue": 50,
+        "validTillDate": "2031-01-01T00:00:00Z",
+        "minBillAmount": 200,
+        "maxRedeem": -1,
+    }
+    created = await _call(gateway, "POST", "/v1/series", 201, json=spec)
+    assert created["description"] == "Spring 50 off"
+    assert upstream.sandbox.state.series[created["id"]].description == "Spring 50 off"
+    read = await _call(gateway, "GET", f"/v1/series/{created['id']}", 200, template="/v1/series/{seriesId}")
+    assert read == created
+    # the new series takes uploads at once
+    response = await gateway.get(coupon_uploads(created["id"]))
+    assert response.status == 200
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"discountType": "ABS", "discountValue": 5}, "description"),
+        ({"description": "x", "discountType": "PERC", "discountValue": 150}, "discountValue"),
+        ({"description": "x", "discountType": "ABS", "discountValue": -1}, "discountValue"),
+        ({"description": "x", "discountType": "BOGO", "discountValue": 5}, "discountType"),
+        ({"description": "x", "discountType": "ABS", "discountValue": 5, "colour": "red"}, "colour"),
+        ({"description": "x", "discountType": "ABS", "discountValue": 5, "validTillDate": "soon"}, "validTillDate"),
+        (
+            {"description": "x", "discountType": "ABS", "discountValue": 5, "minBillAmount": 9, "maxBillAmount": 1},
+            "minBillAmount",
+        ),
+    ],
+)
+async def test_create_series_checks_fields_before_calling_upstream(
+    gateway: GatewayClient, upstream: Upstream, spec: dict[str, Any], field: str
+) -> None:
+    error = await _call(gateway, "POST", "/v1/series", 400, json=spec)
+    assert field in error["error"]["message"]
+    assert upstream.sandbox.call_count("series_create") == 0
