@@ -71,10 +71,22 @@ def helm() -> ModuleType:
     return tool("helm_python")
 
 
+#: What the chart cannot default outside sandbox mode: the API-keys file `coupon-gateway serve` needs to start.
+API_KEYS = {"apiKeys": {"existingSecret": "pcg-api-keys"}}
+
+
+def with_api_keys(values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``values`` plus an API-keys Secret (values of their own win): the least the chart renders outside sandbox."""
+    values = dict(values or {})
+    values["apiKeys"] = {**API_KEYS["apiKeys"], **values.get("apiKeys", {})}
+    return values
+
+
 def values_file(name: str) -> dict[str, Any]:
-    """A values file by name: ``default`` (none), ``production`` (the chart's ci/), or one in values/ here."""
+    """A values file by name: ``default`` (the chart's defaults, with only the API-keys Secret they cannot name),
+    ``production`` (the chart's ci/), or one in values/ here."""
     if name == "default":
-        return {}
+        return with_api_keys()
     path = CHART / "ci" / f"{name}-values.yaml"
     if not path.exists():
         path = VALUES / f"{name}.yaml"

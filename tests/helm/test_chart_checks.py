@@ -70,6 +70,16 @@ def test_default_values_render_a_minimal_release(default: checks.Release) -> Non
     assert "capillary.apiUrl" in default.notes  # the release says what it still needs
 
 
+def test_without_api_keys_only_the_sandbox_renders() -> None:
+    """`coupon-gateway serve` does not start without GATEWAY_API_KEYS_FILE: the chart says so before installing."""
+    with pytest.raises(checks.helm().HelmError, match=r"apiKeys\.existingSecret"):
+        checks.render({})
+    sandbox = checks.render({"sandbox": {"enabled": True}})
+    assert "GATEWAY_API_KEYS_FILE" not in sandbox.env_names()  # the sandbox's demo keys
+    assert "api-keys" not in {v["name"] for v in sandbox.pod["volumes"]}
+    assert "demo keys" in sandbox.notes
+
+
 BROKEN: list[tuple[str, dict[str, Any], str]] = [
     ("replicas 0", {"replicaCount": 0}, "replicaCount"),
     ("port abc", {"gateway": {"port": "abc"}}, "gateway/port"),
@@ -95,17 +105,33 @@ def test_broken_values_fail_the_checks(values: dict[str, Any], where: str) -> No
         ({"replicaCount": 3}, "3 replicas need Redis"),
         ({"autoscaling": {"enabled": True, "maxReplicas": 4}}, "4 replicas need Redis"),
         ({"sandbox": {"enabled": True}, "replicaCount": 2, "redis": {"url": "redis://r:6379/0"}}, "one replica"),
-        ({"terminationGracePeriodSeconds": 25}, "terminationGracePeriodSeconds must exceed"),
+        ({"terminationGracePeriodSeconds": 28}, "terminationGracePeriodSeconds must exceed"),  # 5 + 3 + 20
         (
             {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 3}, "redis": {"url": "redis://r:6379"}},
             "min",
         ),
         ({"capillary": {"existingSecret": "s", "clientKey": "k"}}, "not both"),
-        ({"apiKeys": {"enabled": True}}, "apiKeys.enabled needs"),
+        ({"apiKeys": {"existingSecret": "", "content": ""}}, "does not start without its API-keys file"),
+        ({"apiKeys": {"enabled": False, "existingSecret": "keys"}}, "for sandbox.enabled only"),
+        ({"apiKeys": {"existingSecret": "keys", "content": "[]"}}, "not both"),
+        ({"gateway": {"metricsPort": 8080}}, "gateway.metricsPort must differ"),
     ],
-    ids=["replicas", "hpa", "sandbox", "grace", "hpa-bounds", "credentials", "api-keys"],
+    ids=[
+        "replicas",
+        "hpa",
+        "sandbox",
+        "grace",
+        "hpa-bounds",
+        "credentials",
+        "no-api-keys",
+        "api-keys-off",
+        "api-keys-twice",
+        "metrics-port",
+    ],
 )
 def test_the_chart_refuses_unsafe_combinations(values: dict[str, Any], message: str) -> None:
+    if "apiKeys" not in values:  # so that each case meets only its own refusal
+        values = checks.with_api_keys(values)
     found = checks.problems(values)
     assert any(p.startswith("render:") and message in p for p in found), found
 
@@ -115,6 +141,6 @@ def test_kubernetes_validation_catches_a_bad_port_even_without_the_values_schema
     chart = tmp_path / "pos-coupon-gateway"
     shutil.copytree(checks.CHART, chart, symlinks=False)  # the links' targets, copied
     (chart / "values.schema.json").unlink()
-    release = checks.render({"gateway": {"port": "abc"}}, chart=chart)
+    release = checks.render(checks.with_api_keys({"gateway": {"port": "abc"}}), chart=chart)
     found = checks.manifest_problems(release)
     assert any("containerPort" in p for p in found), found

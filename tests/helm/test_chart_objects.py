@@ -19,7 +19,7 @@ def _selector_matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
 def test_probes_ask_healthz_and_readyz_on_the_gateway_port(name: str, release_of: Any) -> None:
     release: checks.Release = release_of(name)
     container = release.container
-    (port,) = container["ports"]
+    port = container["ports"][0]
     assert port == {"name": "http", "containerPort": int(release.settings["GATEWAY_PORT"]), "protocol": "TCP"}
     assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
@@ -27,7 +27,7 @@ def test_probes_ask_healthz_and_readyz_on_the_gateway_port(name: str, release_of
 
 
 def test_probes_follow_the_port_setting() -> None:
-    release = checks.render({"gateway": {"port": 9090}})
+    release = checks.render(checks.with_api_keys({"gateway": {"port": 9090}}))
     assert release.container["ports"][0]["containerPort"] == 9090
     assert release.settings["GATEWAY_PORT"] == "9090"
     service_port = release.one("Service")["spec"]["ports"][0]
@@ -64,27 +64,28 @@ def test_tmp_is_a_writable_emptydir(name: str, release_of: Any) -> None:
 @pytest.mark.parametrize(
     ("values", "grace"),
     [
-        ({}, 35),
-        ({"gateway": {"shutdownTimeoutSeconds": 45}}, 60),
-        ({"gateway": {"shutdownTimeoutSeconds": 2.5}, "preStopSleepSeconds": 0}, 13),
+        ({}, 38),  # 5 s preStop + 3 s accepting after SIGTERM + 20 s for requests in flight, + 10
+        ({"gateway": {"shutdownTimeoutSeconds": 45}}, 63),
+        ({"gateway": {"shutdownGraceSeconds": 10}}, 45),
+        ({"gateway": {"shutdownTimeoutSeconds": 2.5, "shutdownGraceSeconds": 0.5}, "preStopSleepSeconds": 0}, 14),
         ({"terminationGracePeriodSeconds": 90}, 90),
     ],
 )
 def test_grace_period_outlasts_the_shutdown_timeout(values: dict[str, Any], grace: int) -> None:
-    release = checks.render(values)
+    release = checks.render(checks.with_api_keys(values))
     pod = release.pod
     assert pod["terminationGracePeriodSeconds"] == grace
+    draining = float(release.settings["GATEWAY_SHUTDOWN_GRACE_SECONDS"])
     shutdown = float(release.settings["GATEWAY_SHUTDOWN_TIMEOUT_SECONDS"])
     sleep = (
         int(release.container["lifecycle"]["preStop"]["exec"]["command"][1]) if "lifecycle" in release.container else 0
     )
-    assert pod["terminationGracePeriodSeconds"] > shutdown + sleep
+    assert pod["terminationGracePeriodSeconds"] > sleep + draining + shutdown
 
 
 def test_checksums_roll_the_pods_when_settings_or_secrets_change(inline: checks.Release) -> None:
     annotations = inline.deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["checksum/config"] == hashlib.sha256(inline.template("configmap.yaml").encode()).hexdigest()
-    assert annotations["checksum/secret"] == hashlib.sha256(inline.template("secret.yaml").encode()).hexdigest()
 
     values = checks.values_file("inline-secrets")
     debug = checks.render({**values, "logging": {"level": "debug"}})
@@ -94,6 +95,15 @@ def test_checksums_roll_the_pods_when_settings_or_secrets_change(inline: checks.
     assert debug_annotations["checksum/config"] != annotations["checksum/config"]
     assert debug_annotations["checksum/secret"] == annotations["checksum/secret"]
     assert moved_annotations["checksum/secret"] != annotations["checksum/secret"]
+
+
+def test_new_api_keys_reach_the_pods_without_rolling_them(inline: checks.Release) -> None:
+    """The gateway re-reads its mounted key file when the Secret changes: new keys alone restart nothing."""
+    values = checks.values_file("inline-secrets")
+    rotated = checks.render({**values, "apiKeys": {"content": "[]"}})
+    assert rotated.one("Secret")["stringData"]["api-keys"] == "[]"
+    assert rotated.one("Secret") != inline.one("Secret")
+    assert rotated.deployment["spec"]["template"] == inline.deployment["spec"]["template"]
 
 
 def test_pods_spread_over_zones_and_nodes(production: checks.Release) -> None:
@@ -156,12 +166,13 @@ def test_inline_credentials_go_to_the_charts_secret_never_the_configmap(inline: 
 def test_api_keys_file_is_mounted_read_only_and_named_in_the_environment(inline: checks.Release) -> None:
     assert inline.env("GATEWAY_API_KEYS_FILE")["value"] == "/etc/pos-coupon-gateway/api-keys/api-keys"
     mount = next(m for m in inline.container["volumeMounts"] if m["name"] == "api-keys")
+    # the whole volume, never a subPath (which the kubelet would not update when the Secret changes)
     assert mount == {"name": "api-keys", "mountPath": "/etc/pos-coupon-gateway/api-keys", "readOnly": True}
     volume = next(v for v in inline.pod["volumes"] if v["name"] == "api-keys")
     assert volume["secret"]["secretName"] == inline.one("Secret")["metadata"]["name"]
     assert volume["secret"]["items"] == [{"key": "api-keys", "path": "api-keys"}]
 
-    existing = checks.render({"apiKeys": {"enabled": True, "existingSecret": "gateway-keys", "existingSecretKey": "k"}})
+    existing = checks.render({"apiKeys": {"existingSecret": "gateway-keys", "existingSecretKey": "k"}})
     volume = next(v for v in existing.pod["volumes"] if v["name"] == "api-keys")
     assert volume["secret"]["secretName"] == "gateway-keys"
     assert volume["secret"]["items"] == [{"key": "k", "path": "api-keys"}]
@@ -190,11 +201,14 @@ def test_hpa_and_pdb_exist_when_enabled(production: checks.Release, default: che
 def test_several_replicas_run_only_with_redis() -> None:
     helm = checks.helm()
     with pytest.raises(helm.HelmError, match="need Redis"):
-        checks.render({"replicaCount": 2})
+        checks.render(checks.with_api_keys({"replicaCount": 2}))
     with pytest.raises(helm.HelmError, match="need Redis"):
-        checks.render({"autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 2}})
-    assert checks.render({"autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 1}}).all("Deployment")
-    shared = checks.render({"replicaCount": 2, "redis": {"existingSecret": "redis", "existingSecretKey": "url"}})
+        checks.render(checks.with_api_keys({"autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 2}}))
+    one = checks.with_api_keys({"autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 1}})
+    assert checks.render(one).all("Deployment")
+    shared = checks.render(
+        checks.with_api_keys({"replicaCount": 2, "redis": {"existingSecret": "redis", "existingSecretKey": "url"}})
+    )
     assert shared.deployment["spec"]["replicas"] == 2
 
 
@@ -221,7 +235,9 @@ def test_production_container_runs_serve(production: checks.Release) -> None:
 def test_image_defaults_to_the_app_version_and_a_digest_pins_it(default: checks.Release) -> None:
     assert default.container["image"] == "pos-coupon-gateway:0.1.0"
     digest = "sha256:" + "a" * 64
-    pinned = checks.render({"image": {"repository": "r.example/pcg", "tag": "x", "digest": digest}})
+    pinned = checks.render(
+        checks.with_api_keys({"image": {"repository": "r.example/pcg", "tag": "x", "digest": digest}})
+    )
     assert pinned.container["image"] == f"r.example/pcg@{digest}"
 
 
@@ -245,5 +261,7 @@ def test_resources_are_requested(production: checks.Release) -> None:
 
 
 def test_grace_rounding_uses_whole_seconds() -> None:
-    release = checks.render({"gateway": {"shutdownTimeoutSeconds": 20.2}})
-    assert release.pod["terminationGracePeriodSeconds"] == math.ceil(20.2) + 5 + 10
+    release = checks.render(
+        checks.with_api_keys({"gateway": {"shutdownTimeoutSeconds": 20.2, "shutdownGraceSeconds": 1.5}})
+    )
+    assert release.pod["terminationGracePeriodSeconds"] == 5 + math.ceil(1.5) + math.ceil(20.2) + 10

@@ -41,7 +41,16 @@ def test_dashboard_configmap_is_picked_up_by_the_grafana_sidecar(production: che
 
 def test_dashboard_label_and_namespace_are_configurable() -> None:
     release = checks.render(
-        {"grafanaDashboard": {"enabled": True, "label": "dashboards", "labelValue": "pos", "namespace": "monitoring"}}
+        checks.with_api_keys(
+            {
+                "grafanaDashboard": {
+                    "enabled": True,
+                    "label": "dashboards",
+                    "labelValue": "pos",
+                    "namespace": "monitoring",
+                }
+            }
+        )
     )
     (config,) = [c for c in release.all("ConfigMap") if "pos-coupon-gateway.json" in c.get("data", {})]
     assert config["metadata"]["labels"]["dashboards"] == "pos"
@@ -59,6 +68,27 @@ def test_service_monitor_scrapes_metrics_on_the_gateway_port(production: checks.
     assert all(service["metadata"]["labels"].get(k) == v for k, v in selector.items())
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [checks.NAMESPACE]}
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_a_metrics_port_takes_metrics_off_the_api_port(inline: checks.Release) -> None:
+    """gateway.metricsPort: the gateway serves /metrics only there, so the pod, the Service and the scrape follow."""
+    values = checks.values_file("inline-secrets")
+    release = checks.render({**values, "serviceMonitor": {"enabled": True}})
+    assert release.settings["GATEWAY_METRICS_PORT"] == "9090"
+    assert release.container["ports"][1] == {"name": "metrics", "containerPort": 9090, "protocol": "TCP"}
+    service_ports = {p["name"]: p for p in release.one("Service")["spec"]["ports"]}
+    assert service_ports["metrics"] == {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}
+    assert service_ports["http"]["targetPort"] == "http"
+    (endpoint,) = release.one("ServiceMonitor")["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("metrics", "/metrics")
+    assert release.container["readinessProbe"]["httpGet"]["port"] == "http"  # the probes stay on the API port
+    assert checks.manifest_problems(release) == []
+
+
+def test_without_a_metrics_port_metrics_stay_on_the_api_port(production: checks.Release) -> None:
+    assert "GATEWAY_METRICS_PORT" not in production.settings
+    assert [p["name"] for p in production.container["ports"]] == ["http"]
+    assert [p["name"] for p in production.one("Service")["spec"]["ports"]] == ["http"]
 
 
 def test_monitoring_objects_are_off_by_default(default: checks.Release) -> None:

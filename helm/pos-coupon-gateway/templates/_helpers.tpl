@@ -54,12 +54,26 @@ app.kubernetes.io/part-of: pos-coupon-gateway
 {{- if or .Values.redis.url .Values.redis.existingSecret }}true{{ end }}
 {{- end }}
 
+{{/* "true" when the API-keys file is mounted and named in GATEWAY_API_KEYS_FILE, "" otherwise. */}}
+{{- define "pos-coupon-gateway.apiKeysMounted" -}}
+{{- if and .Values.apiKeys.enabled (or .Values.apiKeys.existingSecret .Values.apiKeys.content) }}true{{ end }}
+{{- end }}
+
 {{/* The chart's own Secret: created only when a secret value is given inline. */}}
 {{- define "pos-coupon-gateway.secretName" -}}
 {{- include "pos-coupon-gateway.fullname" . }}
 {{- end }}
 
 {{- define "pos-coupon-gateway.secretData" -}}
+{{- include "pos-coupon-gateway.envSecretData" . }}
+{{- if and .Values.apiKeys.enabled .Values.apiKeys.content }}
+api-keys: {{ .Values.apiKeys.content | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret's values read into the environment (read once, at start: a change must roll the pods). The API-keys
+file is left out: the gateway re-reads it when the mounted Secret changes, without a restart. */}}
+{{- define "pos-coupon-gateway.envSecretData" -}}
 {{- $c := .Values.capillary }}
 {{- if $c.clientKey }}
 CAPILLARY_CLIENT_KEY: {{ $c.clientKey | quote }}
@@ -79,14 +93,17 @@ REDIS_URL: {{ .Values.redis.url | quote }}
 {{- if .Values.cache.url }}
 CACHE_URL: {{ .Values.cache.url | quote }}
 {{- end }}
-{{- if and .Values.apiKeys.enabled .Values.apiKeys.content }}
-api-keys: {{ .Values.apiKeys.content | quote }}
-{{- end }}
 {{- end }}
 
-{{/* Seconds Kubernetes waits after SIGTERM: above the preStop sleep plus the gateway's own drain time. */}}
+{{/* Whole seconds from the preStop hook to the gateway's exit: the preStop sleep, then after SIGTERM the grace it
+keeps accepting for and the time in-flight requests get (each rounded up). */}}
+{{- define "pos-coupon-gateway.stopSeconds" -}}
+{{- add (int .Values.preStopSleepSeconds) (ceil .Values.gateway.shutdownGraceSeconds | int) (ceil .Values.gateway.shutdownTimeoutSeconds | int) }}
+{{- end }}
+
+{{/* Seconds Kubernetes waits after the preStop hook starts: above the preStop sleep plus the gateway's own drain. */}}
 {{- define "pos-coupon-gateway.gracePeriod" -}}
-{{- $floor := add (int .Values.preStopSleepSeconds) (ceil .Values.gateway.shutdownTimeoutSeconds | int) }}
+{{- $floor := int (include "pos-coupon-gateway.stopSeconds" .) }}
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
 {{- add $floor 10 }}
 {{- else }}
@@ -112,9 +129,12 @@ Checks the schema cannot express. Each failure names the values to change.
 {{- if and .Values.sandbox.enabled (gt $maxPods 1) }}
 {{- fail "sandbox.enabled runs one fake Capillary per pod: run one replica" }}
 {{- end }}
-{{- $floor := add (int .Values.preStopSleepSeconds) (ceil .Values.gateway.shutdownTimeoutSeconds | int) }}
+{{- $floor := int (include "pos-coupon-gateway.stopSeconds" .) }}
 {{- if le (int (include "pos-coupon-gateway.gracePeriod" .)) $floor }}
-{{- fail (printf "terminationGracePeriodSeconds must exceed preStopSleepSeconds + gateway.shutdownTimeoutSeconds (%d), or in-flight redemptions are killed mid-call" $floor) }}
+{{- fail (printf "terminationGracePeriodSeconds must exceed preStopSleepSeconds + gateway.shutdownGraceSeconds + gateway.shutdownTimeoutSeconds (%d), or in-flight redemptions are killed mid-call" $floor) }}
+{{- end }}
+{{- if and (not (kindIs "invalid" .Values.gateway.metricsPort)) (eq (int .Values.gateway.metricsPort) (int .Values.gateway.port)) }}
+{{- fail "gateway.metricsPort must differ from gateway.port (null keeps /metrics on the API port)" }}
 {{- end }}
 {{- $c := .Values.capillary }}
 {{- if and $c.existingSecret (or $c.clientKey $c.clientSecret $c.tillUsername $c.tillPassword) }}
@@ -126,9 +146,16 @@ Checks the schema cannot express. Each failure names the values to change.
 {{- if and .Values.cache.url .Values.cache.existingSecret }}
 {{- fail "cache: give either url or existingSecret, not both" }}
 {{- end }}
-{{- if .Values.apiKeys.enabled }}
-{{- if eq (ternary 1 0 (not (empty .Values.apiKeys.existingSecret))) (ternary 1 0 (not (empty .Values.apiKeys.content))) }}
-{{- fail "apiKeys.enabled needs exactly one of apiKeys.existingSecret and apiKeys.content" }}
+{{- $keys := .Values.apiKeys }}
+{{- if and $keys.existingSecret $keys.content }}
+{{- fail "apiKeys: give either existingSecret or content, not both" }}
+{{- end }}
+{{- if not .Values.sandbox.enabled }}
+{{- if not $keys.enabled }}
+{{- fail "apiKeys.enabled: false is for sandbox.enabled only: `coupon-gateway serve` does not start without its API-keys file (GATEWAY_API_KEYS_FILE)" }}
+{{- end }}
+{{- if not (or $keys.existingSecret $keys.content) }}
+{{- fail "apiKeys: `coupon-gateway serve` does not start without its API-keys file (GATEWAY_API_KEYS_FILE). Set apiKeys.existingSecret to a Secret holding the file under apiKeys.existingSecretKey (recommended), or apiKeys.content to the file itself (README, \"Access\"); or run the demo (sandbox.enabled)" }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -171,7 +198,7 @@ Checks the schema cannot express. Each failure names the values to change.
       name: {{ .Values.cache.existingSecret | default $fullname }}
       key: {{ ternary .Values.cache.existingSecretKey "CACHE_URL" (not (empty .Values.cache.existingSecret)) }}
 {{- end }}
-{{- if .Values.apiKeys.enabled }}
+{{- if include "pos-coupon-gateway.apiKeysMounted" . }}
 - name: GATEWAY_API_KEYS_FILE
   value: {{ printf "%s/api-keys" (trimSuffix "/" .Values.apiKeys.mountPath) | quote }}
 {{- end }}
