@@ -13,11 +13,14 @@ import os
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Final
 
 from aiohttp import web
 
 from service import __version__
-from service.app import create_app
+from service.access.keys import ApiKey, KeyFileError, KeyRing, digest_of
+from service.app import KEYS, LIFECYCLE, OPS_APP, create_app
+from service.client import cli as operator_cli
 from service.config import (
     CapillarySettings,
     ConfigError,
@@ -35,8 +38,12 @@ def _listen_url(runner: web.AppRunner) -> str:
     return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
 
 
+#: Longest request line: a back-office lookup of 50 codes fits (aiohttp's default, 8190 bytes, does not).
+MAX_REQUEST_LINE: Final = 32 * 1024
+
+
 async def _start(app: web.Application, host: str, port: int, shutdown_timeout: float) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout, max_line_size=MAX_REQUEST_LINE)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
@@ -46,12 +53,41 @@ async def _start(app: web.Application, host: str, port: int, shutdown_timeout: f
     return runner
 
 
-async def _until_signalled() -> None:
-    stop = asyncio.Event()
+async def _until_signalled() -> signal.Signals:
+    """Wait for SIGTERM (an orchestrator stopping the pod) or SIGINT (Ctrl-C); return which."""
     loop = asyncio.get_running_loop()
+    stop: asyncio.Future[signal.Signals] = loop.create_future()
+
+    def received(sig: signal.Signals) -> None:
+        if not stop.done():
+            stop.set_result(sig)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+        loop.add_signal_handler(sig, received, sig)
+    return await stop
+
+
+#: ``serve --sandbox`` without a key file: two demo keys of the sandbox's first store (never for production).
+SANDBOX_KEYS: Final = (
+    ("sandbox-admin-key", ApiKey("sandbox-admin", "S001", None, frozenset({"redeem", "admin"}), b"")),
+    ("sandbox-till-key", ApiKey("sandbox-till", "S001", "T1", frozenset({"redeem"}), b"")),
+)
+
+
+def _sandbox_keyring() -> KeyRing:
+    return KeyRing.of(*(dataclasses.replace(key, digest=digest_of(secret)) for secret, key in SANDBOX_KEYS))
+
+
+def _keyring(settings: Settings, sandbox: bool) -> KeyRing:
+    path = settings.access.keys_file
+    if path is None:
+        if sandbox:
+            return _sandbox_keyring()
+        raise ConfigError("GATEWAY_API_KEYS_FILE", "is required")
+    try:
+        return KeyRing.load(path)
+    except KeyFileError as exc:
+        raise ConfigError("GATEWAY_API_KEYS_FILE", str(exc)) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +120,10 @@ def _print_demo(url: str) -> None:
     print(DEMO.describe(), flush=True)
 
 
-async def _serve(settings: Settings, sandbox: SandboxPlan | None) -> None:
+async def _serve(settings: Settings, sandbox: SandboxPlan | None, keys: KeyRing) -> None:
+    """Run until SIGTERM or SIGINT, then drain: unready at once, keep accepting for ``shutdown_grace`` so load
+    balancers move away, then stop listening, let requests in flight finish (up to ``shutdown_timeout``), stop
+    the reconcilers and close the stores."""
     runners: list[web.AppRunner] = []
     try:
         if sandbox is not None:
@@ -94,13 +133,28 @@ async def _serve(settings: Settings, sandbox: SandboxPlan | None) -> None:
             settings = dataclasses.replace(
                 settings, capillary=dataclasses.replace(settings.capillary, api_url=url, upload_url=url)
             )
-        gateway = await _start(create_app(settings), settings.host, settings.port, settings.shutdown_timeout)
+        app = create_app(settings, keys=keys)
+        gateway = await _start(app, settings.host, settings.port, settings.shutdown_timeout)
         runners.insert(0, gateway)
+        if OPS_APP in app:
+            ops = await _start(app[OPS_APP], settings.host, settings.metrics_port or 0, 1.0)
+            runners.insert(1, ops)
+            print(f"metrics and API description on {_listen_url(ops)}", flush=True)
         print(f"pos-coupon-gateway {__version__} listening on {_listen_url(gateway)}", flush=True)
         if sandbox is not None:
             _print_demo(settings.capillary.api_url)
             print(f"Gateway authenticates to the sandbox with {settings.capillary.auth}", flush=True)
-        await _until_signalled()
+            if settings.access.keys_file is None:
+                for secret, key in SANDBOX_KEYS:
+                    scopes = "+".join(sorted(key.scopes))
+                    print(f"Demo API key ({scopes}, store {key.store}): {secret}", flush=True)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, app[KEYS].reload)
+        received = await _until_signalled()
+        app[LIFECYCLE].draining = True
+        if received == signal.SIGTERM:  # Ctrl-C stops at once; an orchestrator gets its grace
+            print(f"draining: unready now, listening {settings.shutdown_grace:g} s more", flush=True)
+            await asyncio.sleep(settings.shutdown_grace)
     finally:
         for runner in runners:  # the gateway first: it drains while the sandbox still answers
             await runner.cleanup()
@@ -122,8 +176,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument("--sandbox", action="store_true", help="also run a Capillary sandbox and use it as upstream")
     commands.add_parser("sandbox", help="run the Capillary sandbox alone")
+    operator_cli.add_parser(commands)
     args = parser.parse_args(argv)
     env = os.environ
+    if args.command == "coupons":
+        return operator_cli.run(args, env)
     try:
         sandbox: SandboxPlan | None = None
         if args.command == "sandbox" or args.sandbox:
@@ -138,10 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 capillary = _sandbox_capillary(env, sandbox.config, url)
             else:
                 capillary = capillary_from_env(env)
-            settings = gateway_from_env(env, capillary)
+            settings = gateway_from_env(env, capillary, keys_required=sandbox is None)
+            keys = _keyring(settings, sandbox is not None)
             console = {"json": False, "console": True}.get(settings.log_format)
             configure_logging(settings.log_level, console=console)
-            job = _serve(settings, sandbox)
+            job = _serve(settings, sandbox, keys)
     except ValueError as exc:  # ConfigError, or the sandbox's own settings
         print(f"coupon-gateway: configuration error: {exc}", file=sys.stderr)
         return 2

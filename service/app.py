@@ -18,16 +18,22 @@ from aiohttp import web
 from yarl import URL
 
 from service import __version__
+from service.access.keys import KeyRing
+from service.backoffice.jobs import JobStore, MemoryJobStore, RedisJobStore
+from service.backoffice.preflight import Limits
 from service.capillary.client import CapillaryClient
 from service.capillary.coupons import CapillaryCoupons
 from service.config import Settings
 from service.idempotency.redis_store import RedisStore
 from service.idempotency.service import ExactlyOnce, Timing
 from service.idempotency.store import LedgerStore, MemoryStore, StoreUnavailable
-from service.observability.metrics import CacheView, Metrics, StateCollector
+from service.observability.metrics import CacheView, Metrics, ResilienceCollector, StateCollector
 from service.observability.requests import UpstreamObserver, observe_middleware
 from service.redemption.flow import RedemptionFlow
 from service.series import SeriesCatalog, open_catalog
+from service.web import backoffice
+from service.web.access import Gate, security_headers
+from service.web.deadline import deadline_middleware
 from service.web.errors import error_middleware
 from service.web.redemptions import JsonRenderer, RedemptionHandlers
 
@@ -41,6 +47,19 @@ LEDGER: Final = web.AppKey("ledger", ExactlyOnce)
 HANDLERS: Final = web.AppKey("handlers", RedemptionHandlers)
 OPENAPI: Final = web.AppKey("openapi", bytes)
 METRICS: Final = web.AppKey("metrics", Metrics)
+KEYS: Final = web.AppKey("keys", KeyRing)
+
+
+class Lifecycle:
+    """Whether the process is draining: set on SIGTERM, read by ``/readyz`` and every response."""
+
+    def __init__(self) -> None:
+        self.draining = False
+
+
+LIFECYCLE: Final = web.AppKey("lifecycle", Lifecycle)
+#: The ops app (``/metrics``, ``/openapi.yaml``) when they are served on their own port.
+OPS_APP: Final = web.AppKey("ops_app", web.Application)
 # The classic text format, which every Prometheus 2.x reads (prometheus-client's default now says 1.0.0).
 METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -69,8 +88,11 @@ async def _reachable(url: str, timeout: float = 1.0) -> bool:
 
 async def readyz(request: web.Request) -> web.Response:
     """Dependencies, one by one. A shared dependency down makes the gateway ``degraded``, not unready: every
-    replica would be alike, and validation still works without the ledger."""
+    replica would be alike, and validation still works without the ledger. Draining (after SIGTERM): 503."""
     app = request.app
+    if app[LIFECYCLE].draining:
+        body = {"status": "draining", "checks": {}, "ledger": app[LEDGER_STORE].backend}
+        return web.json_response(body, status=503)
     checks = {"upstream": "up" if await _reachable(app[SETTINGS].capillary.api_url) else "down"}
     try:
         await app[LEDGER_STORE].ping()
@@ -78,8 +100,13 @@ async def readyz(request: web.Request) -> web.Response:
     except StoreUnavailable:
         checks["ledger"] = "down"
     checks["cache"] = "up" if await app[SERIES].healthy() else "down"
-    status = "ready" if all(v == "up" for v in checks.values()) else "degraded"
-    return web.json_response({"status": status, "checks": checks, "ledger": app[LEDGER_STORE].backend})
+    # Each Capillary host's circuit breaker: one not closed means calls to it are being refused.
+    breakers = {b.host: b.state.value for b in app[CAPILLARY].breakers}
+    healthy = all(v == "up" for v in checks.values()) and all(v == "closed" for v in breakers.values())
+    status = "ready" if healthy else "degraded"
+    return web.json_response(
+        {"status": status, "checks": checks, "breakers": breakers, "ledger": app[LEDGER_STORE].backend}
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -117,15 +144,48 @@ def create_app(
     settings: Settings,
     *,
     capillary: CapillaryClient | None = None,
+    keys: KeyRing | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> web.Application:
     """Build the gateway. ``capillary`` may be given (tests); otherwise one is opened from ``settings``.
+    ``keys``: the API keys, else read from ``settings.access.keys_file`` (none: every ``/v1/`` call is refused).
     ``clock`` is "now" for the series pre-checks."""
     instruments = Metrics()
-    app = web.Application(middlewares=[observe_middleware(instruments), error_middleware])
+    access = settings.access
+    if keys is None:
+        keys = KeyRing.load(access.keys_file) if access.keys_file else KeyRing({})
+    gate = Gate.build(keys, access, instruments)
+    app = web.Application(
+        middlewares=[
+            observe_middleware(instruments),
+            error_middleware,
+            gate.middleware(),
+            deadline_middleware(settings.request_deadline),
+        ],
+        client_max_size=access.max_body_bytes,  # JSON bodies; uploads are streamed under their own limit
+    )
     app[SETTINGS] = settings
     app[OPENAPI] = openapi_document()
     app[METRICS] = instruments
+    app[KEYS] = keys
+    lifecycle = app[LIFECYCLE] = Lifecycle()
+
+    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        await security_headers(request, response)
+        if lifecycle.draining:
+            response.force_close()  # send tills to another replica for their next request
+
+    app.on_response_prepare.append(on_prepare)
+
+    async def keys_ctx(app: web.Application) -> AsyncIterator[None]:
+        if not len(keys):
+            log.warning("no API keys configured: every /v1/ request will be refused (set GATEWAY_API_KEYS_FILE)")
+        watcher = asyncio.create_task(keys.watch(access.keys_reload_interval)) if access.keys_file else None
+        yield
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
 
     async def capillary_ctx(app: web.Application) -> AsyncIterator[None]:
         if capillary is not None:
@@ -175,6 +235,8 @@ def create_app(
         app[HANDLERS] = RedemptionHandlers(flow, app[SERIES], ledger, instruments)
         collector = _state_collector(app, ledger, store.backend)
         instruments.registry.register(collector)
+        resilience = ResilienceCollector(app[CAPILLARY])
+        instruments.registry.register(resilience)
         sweeper = asyncio.create_task(ledger.run_sweeper(state.reconcile_interval))
         try:
             yield
@@ -185,21 +247,48 @@ def create_app(
             await ledger.close()
             await store.close()
             instruments.registry.unregister(collector)
+            instruments.registry.unregister(resilience)
 
-    app.cleanup_ctx.extend([capillary_ctx, series_ctx, ledger_ctx])
+    async def backoffice_ctx(app: web.Application) -> AsyncIterator[None]:
+        # Upload jobs live beside the ledger: in memory, or in Redis when the ledger is there.
+        jobs: JobStore = (
+            RedisJobStore(settings.state.redis_url, timeout=settings.state.timeout)
+            if settings.state.redis_url
+            else MemoryJobStore()
+        )
+        limits = Limits(max_bytes=settings.access.max_upload_bytes)  # one knob: GATEWAY_MAX_UPLOAD_BYTES
+        app[backoffice.BACKOFFICE] = backoffice.BackOfficeHandlers(app[CAPILLARY], app[SERIES], jobs, limits=limits)
+        try:
+            yield
+        finally:
+            await jobs.close()
+
+    app.cleanup_ctx.extend([keys_ctx, capillary_ctx, series_ctx, ledger_ctx, backoffice_ctx])
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/readyz", readyz, allow_head=False)
-    app.router.add_get("/metrics", metrics, allow_head=False)
-    app.router.add_get("/openapi.yaml", openapi, allow_head=False)
+    if settings.metrics_port is None:
+        _ops_routes(app)
+    else:  # on their own port: the runner in ``__main__`` serves this app there
+        ops = web.Application()
+        ops[OPENAPI], ops[METRICS] = app[OPENAPI], instruments
+        ops.on_response_prepare.append(security_headers)
+        _ops_routes(ops)
+        app[OPS_APP] = ops
     app.router.add_post("/v1/redemptions/validate", validate)
     app.router.add_post("/v1/redemptions", redeem)
     app.router.add_get("/v1/redemptions/{ref}", redemption, allow_head=False)
     app.router.add_post("/v1/redemptions/{ref}/reversal", reversal)
     app.router.add_get("/v1/series/{seriesId}", series, allow_head=False)
+    backoffice.add_routes(app.router)
     instruments.initialise_routes(
         [(r.resource.canonical, r.method) for r in app.router.routes() if r.resource is not None]
     )
     return app
+
+
+def _ops_routes(app: web.Application) -> None:
+    app.router.add_get("/metrics", metrics, allow_head=False)
+    app.router.add_get("/openapi.yaml", openapi, allow_head=False)
 
 
 def _state_collector(app: web.Application, ledger: ExactlyOnce, ledger_backend: str) -> StateCollector:

@@ -38,6 +38,16 @@ class CapillarySettings:
     timeout: float = 8.0
     source: str = "INSTORE"
     account_id: str | None = None
+    # Resilience (service/capillary/resilience.py): Capillary's budget, retries of reads, the per-host breaker.
+    rate_limit_per_minute: float = 100_000.0  # 0: no limit
+    retry_attempts: int = 2  # retries of a read (GET) after its first attempt
+    retry_budget_ratio: float = 0.1  # retries at most this share of calls
+    breaker_failure_ratio: float = 0.5
+    breaker_slow_call_seconds: float = 2.0
+    breaker_slow_call_ratio: float = 0.8
+    breaker_min_calls: int = 10  # the window is twice this many calls
+    breaker_open_seconds: float = 5.0
+    breaker_probes: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,15 +73,34 @@ class StateSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessSettings:
+    """Who may call the API and how much: API keys, per-key rate limits, body limits and bulkheads."""
+
+    keys_file: str | None = None  # JSON list of hashed keys; re-read on SIGHUP or when it changes
+    keys_reload_interval: float = 5.0
+    rate_per_second: float = 20.0  # per key, per replica
+    rate_burst: float = 40.0
+    max_body_bytes: int = 64 * 1024  # JSON routes
+    max_upload_bytes: int = 128 * 1024 * 1024  # CSV uploads, streamed
+    max_inflight_pos: int = 256  # requests in flight per route class; beyond that, 503 at once
+    max_inflight_admin: int = 32
+    max_inflight_upload: int = 4
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     capillary: CapillarySettings
     cache: CacheSettings = CacheSettings()
     state: StateSettings = StateSettings()
+    access: AccessSettings = AccessSettings()
+    metrics_port: int | None = None  # serve /metrics and /openapi.yaml on their own port instead of the API's
     host: str = "0.0.0.0"
     port: int = 8080
     log_level: str = "info"
     log_format: str = "auto"  # json | console | auto (console on a terminal)
     shutdown_timeout: float = 20.0
+    request_deadline: float = 10.0  # a POS request's whole budget (a till may ask for less)
+    shutdown_grace: float = 3.0  # after SIGTERM: unready at once, new connections refused after this grace
 
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -109,7 +138,7 @@ class _Env:
             raise ConfigError(name, "must be a redis:// or rediss:// URL")
         return value
 
-    def number(self, name: str, default: float, *, minimum: float, maximum: float) -> float:
+    def number(self, name: str, default: float, *, minimum: float, maximum: float, integer: bool = False) -> float:
         raw = self.optional(name)
         if raw is None:
             return default
@@ -117,6 +146,8 @@ class _Env:
             value = float(raw)
         except ValueError:
             raise ConfigError(name, f"must be a number, got {raw!r}") from None
+        if integer and not value.is_integer():
+            raise ConfigError(name, f"must be a whole number, got {raw!r}")
         if not minimum <= value <= maximum:
             raise ConfigError(name, f"must be between {minimum:g} and {maximum:g}, got {raw}")
         return value
@@ -169,6 +200,15 @@ def capillary_from_env(env: Mapping[str, str]) -> CapillarySettings:
         timeout=timeout,
         source=source,
         account_id=read.optional("CAPILLARY_ACCOUNT_ID"),
+        rate_limit_per_minute=read.number("CAPILLARY_RATE_LIMIT_PER_MINUTE", 100_000, minimum=0, maximum=10_000_000),
+        retry_attempts=int(read.number("CAPILLARY_RETRY_ATTEMPTS", 2, minimum=0, maximum=5, integer=True)),
+        retry_budget_ratio=read.number("CAPILLARY_RETRY_BUDGET_RATIO", 0.1, minimum=0, maximum=1),
+        breaker_failure_ratio=read.number("CAPILLARY_BREAKER_FAILURE_RATIO", 0.5, minimum=0.01, maximum=1),
+        breaker_slow_call_seconds=read.number("CAPILLARY_BREAKER_SLOW_CALL_SECONDS", 2.0, minimum=0.01, maximum=300),
+        breaker_slow_call_ratio=read.number("CAPILLARY_BREAKER_SLOW_CALL_RATIO", 0.8, minimum=0.01, maximum=1),
+        breaker_min_calls=int(read.number("CAPILLARY_BREAKER_MIN_CALLS", 10, minimum=1, maximum=1000, integer=True)),
+        breaker_open_seconds=read.number("CAPILLARY_BREAKER_OPEN_SECONDS", 5.0, minimum=0.1, maximum=600),
+        breaker_probes=int(read.number("CAPILLARY_BREAKER_PROBES", 3, minimum=1, maximum=100, integer=True)),
     )
 
 
@@ -194,17 +234,47 @@ def state_from_env(env: Mapping[str, str]) -> StateSettings:
     )
 
 
-def gateway_from_env(env: Mapping[str, str], capillary: CapillarySettings) -> Settings:
+def access_from_env(env: Mapping[str, str], *, keys_required: bool = True) -> AccessSettings:
     read = _Env(env)
+    keys_file = read.text("GATEWAY_API_KEYS_FILE") if keys_required else read.optional("GATEWAY_API_KEYS_FILE")
+    rate = read.number("GATEWAY_RATE_LIMIT_PER_SECOND", 20.0, minimum=0.1, maximum=100_000)
+    burst = read.number("GATEWAY_RATE_LIMIT_BURST", max(rate * 2, 1.0), minimum=1, maximum=1_000_000)
+    return AccessSettings(
+        keys_file=keys_file,
+        keys_reload_interval=read.number("GATEWAY_API_KEYS_RELOAD_SECONDS", 5.0, minimum=0.1, maximum=3600),
+        rate_per_second=rate,
+        rate_burst=burst,
+        max_body_bytes=int(
+            read.number("GATEWAY_MAX_BODY_BYTES", 64 * 1024, minimum=1024, maximum=16 * 1024**2, integer=True)
+        ),
+        max_upload_bytes=int(
+            read.number("GATEWAY_MAX_UPLOAD_BYTES", 128 * 1024**2, minimum=1024, maximum=4 * 1024**3, integer=True)
+        ),
+        max_inflight_pos=int(read.number("GATEWAY_MAX_INFLIGHT_POS", 256, minimum=1, maximum=100_000, integer=True)),
+        max_inflight_admin=int(read.number("GATEWAY_MAX_INFLIGHT_ADMIN", 32, minimum=1, maximum=100_000, integer=True)),
+        max_inflight_upload=int(read.number("GATEWAY_MAX_INFLIGHT_UPLOADS", 4, minimum=1, maximum=1000, integer=True)),
+    )
+
+
+def gateway_from_env(env: Mapping[str, str], capillary: CapillarySettings, *, keys_required: bool = True) -> Settings:
+    read = _Env(env)
+    port = read.port("GATEWAY_PORT", 8080)
+    metrics_port = read.port("GATEWAY_METRICS_PORT", 0) if read.optional("GATEWAY_METRICS_PORT") else None
+    if metrics_port is not None and metrics_port in (0, port):
+        raise ConfigError("GATEWAY_METRICS_PORT", f"must be a port of its own, not 0 or GATEWAY_PORT ({port})")
     return Settings(
         capillary=capillary,
         cache=cache_from_env(env),
         state=state_from_env(env),
+        access=access_from_env(env, keys_required=keys_required),
+        metrics_port=metrics_port,
         host=read.text("GATEWAY_HOST", "0.0.0.0"),
-        port=read.port("GATEWAY_PORT", 8080),
+        port=port,
         log_level=read.choice("LOG_LEVEL", _LOG_LEVELS, "info"),
         log_format=read.choice("LOG_FORMAT", ("auto", "json", "console"), "auto"),
         shutdown_timeout=read.number("GATEWAY_SHUTDOWN_TIMEOUT_SECONDS", 20.0, minimum=0, maximum=600),
+        request_deadline=read.number("GATEWAY_REQUEST_DEADLINE_SECONDS", 10.0, minimum=0.1, maximum=300),
+        shutdown_grace=read.number("GATEWAY_SHUTDOWN_GRACE_SECONDS", 3.0, minimum=0, maximum=120),
     )
 
 

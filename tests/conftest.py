@@ -20,9 +20,10 @@ import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from service.access.keys import ApiKey, KeyRing, digest_of
 from service.app import create_app
 from service.capillary.client import CapillaryClient
-from service.config import AuthScheme, CacheSettings, CapillarySettings, Settings, StateSettings
+from service.config import AccessSettings, AuthScheme, CacheSettings, CapillarySettings, Settings, StateSettings
 from service.observability.logging import configure_logging
 from service.sandbox import DEMO, SANDBOX_KEY, Sandbox, SandboxConfig, create_sandbox_app
 
@@ -91,6 +92,23 @@ async def oauth_client(upstream: Upstream) -> AsyncIterator[CapillaryClient]:
 
 GatewayClient = TestClient[web.Request, web.Application]
 
+# The tests' API keys: an admin of store S001 (the default of the gateway fixtures), a till of S001 that may only
+# redeem, and a till of another store.
+ADMIN_KEY = "test-admin-key-S001"
+TILL_KEY = "test-till-key-S001"
+OTHER_STORE_KEY = "test-till-key-S002"
+TEST_KEYS = KeyRing.of(
+    ApiKey("admin-s001", "S001", None, frozenset({"redeem", "admin"}), digest_of(ADMIN_KEY)),
+    ApiKey("till-s001", "S001", "T1", frozenset({"redeem"}), digest_of(TILL_KEY)),
+    ApiKey("till-s002", "S002", "T1", frozenset({"redeem"}), digest_of(OTHER_STORE_KEY)),
+)
+#: No rate limit to speak of, so bursts in tests measure the gateway, not the limiter (tests of it set their own).
+TEST_ACCESS = AccessSettings(rate_per_second=100_000, rate_burst=100_000)
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
 
 StartGateway = Callable[..., Awaitable[GatewayClient]]
 
@@ -106,14 +124,19 @@ async def start_gateway(aiohttp_client: Any) -> StartGateway:
         timeout: float = 5.0,
         cache: CacheSettings | None = None,
         state: StateSettings | None = None,
+        access: AccessSettings | None = None,
+        key: str | None = ADMIN_KEY,
+        keys: KeyRing = TEST_KEYS,
     ) -> GatewayClient:
+        """``key``: the API key the client sends on every request (None: no Authorization header)."""
         settings = Settings(
             capillary=upstream.settings(auth, timeout=timeout),
             cache=cache or CacheSettings(),
             state=state or StateSettings(),
+            access=access or TEST_ACCESS,
         )
-        app = create_app(settings, clock=upstream.sandbox.now)  # the sandbox's "now" for the series checks
-        client: GatewayClient = await aiohttp_client(app)
+        app = create_app(settings, keys=keys, clock=upstream.sandbox.now)  # the sandbox's "now" for the series
+        client: GatewayClient = await aiohttp_client(app, headers=bearer(key) if key else None)
         return client
 
     return start

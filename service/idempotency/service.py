@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
+from service.deadline import DEADLINE, URGENT, time_left
 from service.idempotency.models import Entry, Reversal, StoredCommand, StoredResponse
 from service.idempotency.store import LedgerStore, StoreUnavailable
 from service.redemption.catalog import CATALOG, LocalError
@@ -168,6 +169,8 @@ class ExactlyOnce:
         self._tasks.add(task)
         task.add_done_callback(self._settled)
         remaining = entry.created_at + self.timing.deadline - self.clock()
+        if (asked := time_left()) is not None:  # the request's own deadline, if sooner
+            remaining = min(remaining, asked)
         try:
             return await asyncio.wait_for(asyncio.shield(task), max(0.0, remaining))
         except TimeoutError:
@@ -183,8 +186,13 @@ class ExactlyOnce:
             nonlocal sent
             sent = True
 
+        # This task outlives the till's wait when it must (the till then has 202 pending): its upstream calls are
+        # bounded by the redeem's own hard limit, not by the request's deadline, so a redeem sent is not cut short.
+        limit = self.timing.hard_limit - self.timing.lease_margin
+        DEADLINE.set(time.monotonic() + limit)
+        URGENT.set(True)
         try:
-            async with asyncio.timeout(self.timing.hard_limit - self.timing.lease_margin):
+            async with asyncio.timeout(limit):
                 outcome = await self.flow.redeem(command, ref=entry.ref, on_send=on_send)
         except UpstreamFailure as exc:
             if sent and exc.maybe_applied:
@@ -331,10 +339,11 @@ class ExactlyOnce:
         total = price(codes, command.bill_amount, lambda o: o.ok)
         return Outcome(codes, total_discount=total, ref=entry.ref)
 
-    async def status(self, ref: str) -> Reply:
-        """``GET /v1/redemptions/{ref}``: the recorded answer, reconciling a pending one first."""
+    async def status(self, ref: str, *, store: str | None = None) -> Reply:
+        """``GET /v1/redemptions/{ref}``: the recorded answer, reconciling a pending one first. With ``store``,
+        only a redemption of that store is found."""
         entry = await self.store.load(ref)
-        if entry is None:
+        if entry is None or (store is not None and entry.command.store != store):
             raise Refused(CATALOG["REDEMPTION_NOT_FOUND"])
         if entry.state in ("in_flight", "pending"):
             entry = await self.reconcile(entry)
@@ -380,9 +389,9 @@ class ExactlyOnce:
 
     # ------------------------------------------------------------------------------------------- reversal
 
-    async def reverse(self, ref: str, key: str | None, request_id: str) -> Reply:
+    async def reverse(self, ref: str, key: str | None, request_id: str, *, store: str | None = None) -> Reply:
         entry = await self.store.load(ref)
-        if entry is None:
+        if entry is None or (store is not None and entry.command.store != store):
             raise Refused(CATALOG["REDEMPTION_NOT_FOUND"])
         if entry.state in ("in_flight", "pending"):
             entry = await self.reconcile(entry)

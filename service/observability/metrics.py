@@ -26,7 +26,9 @@ from prometheus_client.registry import Collector
 
 from service import __version__
 from service.capillary.client import OPERATIONS as UPSTREAM_OPERATIONS
+from service.capillary.client import REJECTION_REASONS
 from service.capillary.codes import CAPILLARY_CODES
+from service.capillary.resilience import BREAKER_STATES, PRIORITY_NAMES, Breaker, Priority, RetryBudget
 from service.redemption.catalog import CATALOG
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: they double the payload and nothing here reads them
@@ -45,6 +47,7 @@ UPSTREAM_OUTCOMES: Final = (
 RECONCILE_RESULTS: Final = ("redeemed", "not_applied", "still_pending", "upstream_unavailable")
 STATUS_CLASSES: Final = ("2xx", "3xx", "4xx", "5xx")
 NO_ERROR: Final = "none"
+ACCESS_REASONS: Final = ("unauthenticated", "forbidden", "rate_limited", "too_large", "shed")
 
 
 def status_class(status: int) -> str:
@@ -112,6 +115,14 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.access_refused = Counter(
+            f"{PREFIX}_access_refused",
+            "Requests refused before any work: unauthenticated, forbidden, rate_limited, too_large, shed.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ACCESS_REASONS:
+            self.access_refused.labels(reason)
         self.build_info = Gauge(f"{PREFIX}_build_info", "Build information.", ["version"], registry=r)
         self.build_info.labels(__version__).set(1)
         ProcessCollector(registry=r)
@@ -238,3 +249,68 @@ class StateCollector(Collector):
         for result in RECONCILE_RESULTS:
             family.add_metric([result], results.get(result, 0))
         yield family
+
+
+class Resilient(Protocol):
+    """What :class:`ResilienceCollector` reads from the Capillary client."""
+
+    @property
+    def breakers(self) -> tuple[Breaker, ...]: ...
+
+    @property
+    def retry_budget(self) -> RetryBudget: ...
+
+    @property
+    def retries(self) -> dict[str, int]: ...
+
+    @property
+    def rejections(self) -> dict[tuple[str, Priority], int]: ...
+
+
+class ResilienceCollector(Collector):
+    """The upstream breakers, retries and calls refused before being sent, read at scrape time."""
+
+    def __init__(self, client: Resilient) -> None:
+        self._client = client
+
+    def collect(self) -> Iterable[Metric]:
+        client = self._client
+        state = GaugeMetricFamily(
+            f"{PREFIX}_upstream_breaker_state",
+            "Circuit breaker state per upstream host: 1 for the current state (closed, open, half_open).",
+            labels=["host", "state"],
+        )
+        transitions = CounterMetricFamily(
+            f"{PREFIX}_upstream_breaker_transitions",
+            "Circuit breaker state changes per upstream host, by the state entered.",
+            labels=["host", "state"],
+        )
+        for breaker in client.breakers:
+            for name in BREAKER_STATES:
+                state.add_metric([breaker.host, name], 1.0 if breaker.state is name else 0.0)
+                transitions.add_metric([breaker.host, name], breaker.transitions[name])
+        yield state
+        yield transitions
+        rejected = CounterMetricFamily(
+            f"{PREFIX}_upstream_rejected",
+            "Upstream calls refused before being sent: circuit_open, rate_limited (outbound budget), no_time "
+            "(deadline spent), by priority.",
+            labels=["reason", "priority"],
+        )
+        for reason in REJECTION_REASONS:
+            for priority, label in PRIORITY_NAMES.items():
+                rejected.add_metric([reason, label], client.rejections[reason, priority])
+        yield rejected
+        retries = CounterMetricFamily(
+            f"{PREFIX}_upstream_retries",
+            "Reads sent again after a transient failure, by operation.",
+            labels=["operation"],
+        )
+        for operation in UPSTREAM_OPERATIONS:
+            retries.add_metric([operation], client.retries.get(operation, 0))
+        yield retries
+        yield CounterMetricFamily(
+            f"{PREFIX}_upstream_retry_budget_exhausted",
+            "Retries not made because the retry budget was spent.",
+            value=client.retry_budget.exhausted,
+        )

@@ -28,6 +28,11 @@ CATALOG: Final = _catalog(
     LocalError("PAYLOAD_TOO_LARGE", 413, False, "The request body is too large."),
     LocalError("UNSUPPORTED_MEDIA_TYPE", 415, False, "Send the body as application/json."),
     LocalError("HTTP_ERROR", 400, False, "The request could not be handled."),
+    # who may call, and how much
+    LocalError("UNAUTHENTICATED", 401, False, "Send a valid API key: Authorization: Bearer <key>."),
+    LocalError("FORBIDDEN", 403, False, "This API key may not use this route."),
+    LocalError("RATE_LIMITED", 429, True, "Too many requests from this key; slow down and try again shortly."),
+    LocalError("OVERLOADED", 503, True, "The gateway is busy; try again shortly."),
     # the coupon
     LocalError("COUPON_NOT_FOUND", 404, False, "This coupon code does not exist."),
     LocalError("COUPON_EXPIRED", 422, False, "This coupon has expired."),
@@ -56,6 +61,8 @@ CATALOG: Final = _catalog(
     LocalError("SERIES_ALREADY_EXISTS", 409, False, "A coupon series with this code already exists."),
     LocalError("COUPON_ISSUE_FAILED", 422, False, "The coupon could not be issued."),
     LocalError("REDEMPTION_NOT_FOUND", 404, False, "No such redemption."),
+    LocalError("INVALID_UPLOAD", 400, False, "The file was refused: see the report of its bad rows."),
+    LocalError("UPLOAD_JOB_NOT_FOUND", 404, False, "No such upload job."),
     # exactly once
     LocalError("REQUEST_IN_PROGRESS", 409, True, "This request is still being processed; try again shortly."),
     LocalError("COUPON_IN_USE", 409, True, "This coupon is being redeemed in another transaction right now."),

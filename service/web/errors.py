@@ -11,6 +11,7 @@ from typing import Final
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from service.redemption.catalog import CATALOG, LocalError
@@ -123,6 +124,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = error_response(
             exc.error, exc.message, request_id=request_id, upstream=exc.upstream, headers=exc.headers
         )
+    except HttpProcessingError as exc:  # a malformed body part (multipart headers, chunking): the client's fault
+        error = CATALOG["INVALID_REQUEST"]
+        log.info("malformed request body: %s", type(exc).__name__, extra={"request_id": request_id})
+        response = error_response(error, "body: malformed (a multipart part or chunk)", request_id=request_id)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

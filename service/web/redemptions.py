@@ -20,6 +20,7 @@ from service.redemption.discount import ZERO
 from service.redemption.flow import RedemptionFlow, UpstreamFailure
 from service.redemption.models import CodeOutcome, Failure, Outcome, RedemptionCommand
 from service.series import SeriesCatalog
+from service.web.access import API_KEY
 from service.web.errors import REQUEST_ID, ApiError, UpstreamDetail, detail, encoder, retry_headers
 from service.web.schemas import (
     DiscountOut,
@@ -38,21 +39,31 @@ from service.web.schemas import (
 
 B = TypeVar("B", ValidateIn, RedeemIn)
 
-_VALIDATE: Final = msgspec.json.Decoder(ValidateIn)
-_REDEEM: Final = msgspec.json.Decoder(RedeemIn)
+VALIDATE_DECODER: Final = msgspec.json.Decoder(ValidateIn)
+REDEEM_DECODER: Final = msgspec.json.Decoder(RedeemIn)
 
 
 def _json(status: int, body: msgspec.Struct, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(status=status, body=encoder.encode(body), content_type="application/json", headers=headers)
 
 
+def _store(request: web.Request) -> str | None:
+    """The store of the API key: a till redeems for its own store only (a body cannot name another)."""
+    key = request.get(API_KEY)
+    return key.store if key is not None else None
+
+
 async def _command(request: web.Request, decoder: msgspec.json.Decoder[B]) -> RedemptionCommand:
-    raw = await request.read()
+    return parse_command(await request.read(), decoder, _store(request))
+
+
+def parse_command(raw: bytes, decoder: msgspec.json.Decoder[B], store: str | None) -> RedemptionCommand:
+    """A request body as a command, or ``ApiError`` (400 naming the field): nothing else escapes."""
     if not raw.strip():
         raise ApiError.invalid("body: a JSON object is required")
     try:
         body = decoder.decode(raw)
-        return command_from(body)
+        return command_from(body, store=store)
     except msgspec.ValidationError as exc:
         raise ApiError.invalid(f"body: {exc}") from None
     except msgspec.DecodeError:
@@ -72,7 +83,10 @@ def _upstream_error(exc: UpstreamFailure) -> ApiError:
     upstream = None
     if failure.upstream_code is not None or failure.upstream_message is not None:
         upstream = UpstreamDetail(failure.upstream_code, failure.upstream_message)
-    return ApiError(failure.error, upstream=upstream, headers=retry_headers(failure.error))
+    headers = retry_headers(failure.error)
+    if exc.retry_after is not None:  # the breaker's cool-down, or when the outbound budget has room again
+        headers["Retry-After"] = str(exc.retry_after)
+    return ApiError(failure.error, upstream=upstream, headers=headers)
 
 
 IDEMPOTENCY_KEY_HEADER: Final = "Idempotency-Key"
@@ -85,7 +99,7 @@ def _idempotency_key(request: web.Request) -> str | None:
     key = request.headers[IDEMPOTENCY_KEY_HEADER]
     if not 1 <= len(key) <= 255 or not key.isprintable() or not key.isascii():
         raise ApiError.invalid(f"{IDEMPOTENCY_KEY_HEADER}: 1 to 255 printable ASCII characters")
-    return f"key:{key}"
+    return f"key:{_store(request) or '-'}:{key}"  # each store's keys apart: one store never replays another's
 
 
 def _ref(request: web.Request) -> str:
@@ -146,7 +160,7 @@ class RedemptionHandlers:
 
     async def validate(self, request: web.Request) -> web.Response:
         try:
-            command = await _command(request, _VALIDATE)
+            command = await _command(request, VALIDATE_DECODER)
             _bind(command)
             try:
                 outcome = await self._flow.validate(command)
@@ -176,7 +190,7 @@ class RedemptionHandlers:
 
     async def redeem(self, request: web.Request) -> web.Response:
         try:
-            command = await _command(request, _REDEEM)
+            command = await _command(request, REDEEM_DECODER)
             _bind(command)
             key = _idempotency_key(request) or natural_key(command)
             reply = await _exactly_once(self._ledger.redeem(command, key, request[REQUEST_ID]))
@@ -201,7 +215,9 @@ class RedemptionHandlers:
 
     async def status(self, request: web.Request) -> web.Response:
         ref = _ref(request)
-        return _reply(await _exactly_once(self._ledger.status(ref)))
+        key = request.get(API_KEY)
+        store = None if key is None or key.allows("admin") else key.store  # back office may look at any store
+        return _reply(await _exactly_once(self._ledger.status(ref, store=store)))
 
     async def reverse(self, request: web.Request) -> web.Response:
         ref = _ref(request)
@@ -209,7 +225,8 @@ class RedemptionHandlers:
         if raw and raw != b"{}":
             raise ApiError.invalid("body: send no body, or {}")
         key = _idempotency_key(request)
-        return _reply(await _exactly_once(self._ledger.reverse(ref, key, request[REQUEST_ID])))
+        reply = self._ledger.reverse(ref, key, request[REQUEST_ID], store=_store(request))
+        return _reply(await _exactly_once(reply))
 
     async def series(self, request: web.Request) -> web.Response:
         raw = request.match_info["seriesId"]

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -32,9 +35,24 @@ def _get(url: str) -> tuple[int, bytes]:
         return response.status, response.read()
 
 
+def _post(url: str, body: dict[str, object], key: str | None) -> int:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 def test_serve_with_sandbox_answers_healthz_and_stops_cleanly() -> None:
-    gateway, sandbox = _free_port(), _free_port()
-    env = _env(GATEWAY_HOST="127.0.0.1", GATEWAY_PORT=str(gateway), SANDBOX_PORT=str(sandbox))
+    gateway, sandbox, metrics = _free_port(), _free_port(), _free_port()
+    env = _env(
+        GATEWAY_HOST="127.0.0.1",
+        GATEWAY_PORT=str(gateway),
+        SANDBOX_PORT=str(sandbox),
+        GATEWAY_METRICS_PORT=str(metrics),
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "serve", "--sandbox"],
         env=env,
@@ -57,6 +75,20 @@ def test_serve_with_sandbox_answers_healthz_and_stops_cleanly() -> None:
         demo_status, demo = _get(f"http://127.0.0.1:{sandbox}/__sandbox/demo")
         assert demo_status == 200
         assert b"919900000001" in demo
+        validate = f"http://127.0.0.1:{gateway}/v1/redemptions/validate"
+        body = {"customer": {"mobile": "919900000001"}, "codes": ["ABS-ALICE-1"], "billAmount": "2000.00"}
+        assert _post(validate, body, "sandbox-till-key") == 200  # the demo key printed at start
+        assert _post(validate, body, None) == 401
+        # metrics and the API description on their own port, and only there
+        metrics_status, exposition = _get(f"http://127.0.0.1:{metrics}/metrics")
+        assert metrics_status == 200
+        validated = rb'pos_coupon_http_requests_total\{[^}]*route="/v1/redemptions/validate"[^}]*status="2xx"\} 1\.0'
+        assert re.search(validated, exposition), "the API port's requests are counted on the metrics port"
+        assert _get(f"http://127.0.0.1:{metrics}/openapi.yaml")[0] == 200
+        for path in ("/metrics", "/openapi.yaml"):
+            with pytest.raises(urllib.error.HTTPError) as missing:
+                _get(f"http://127.0.0.1:{gateway}{path}")
+            assert missing.value.code == 404
     finally:
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=20)
@@ -64,6 +96,19 @@ def test_serve_with_sandbox_answers_healthz_and_stops_cleanly() -> None:
     assert f"listening on http://127.0.0.1:{gateway}" in out
     assert f"Capillary sandbox listening on http://127.0.0.1:{sandbox}" in out
     assert "ABS-ALICE-1" in out  # the demo codes are printed
+    assert "sandbox-till-key" in out
+    assert "sandbox-admin-key" in out
+
+
+PRODUCTION = {
+    "CAPILLARY_AUTH": "oauth",
+    "CAPILLARY_API_URL": "https://eu.api.capillarytech.com",
+    "CAPILLARY_UPLOAD_URL": "https://eu.intouch.capillarytech.com",
+    "CAPILLARY_CLIENT_KEY": "key",
+    "CAPILLARY_CLIENT_SECRET": "secret",
+}
+#: A key file with a key in clear instead of its hash: refused at start.
+PLAIN_KEYS = Path(__file__).parent / "data" / "plain-api-keys.json"
 
 
 @pytest.mark.parametrize(
@@ -76,6 +121,9 @@ def test_serve_with_sandbox_answers_healthz_and_stops_cleanly() -> None:
             "CAPILLARY_UPLOAD_URL",
         ),
         (["serve", "--sandbox"], {"GATEWAY_PORT": "eighty"}, "GATEWAY_PORT"),
+        (["serve"], PRODUCTION, "GATEWAY_API_KEYS_FILE"),
+        (["serve"], {**PRODUCTION, "GATEWAY_API_KEYS_FILE": "/nonexistent/keys.json"}, "GATEWAY_API_KEYS_FILE"),
+        (["serve", "--sandbox"], {"GATEWAY_API_KEYS_FILE": str(PLAIN_KEYS)}, "GATEWAY_API_KEYS_FILE"),
         (["sandbox"], {"SANDBOX_LATENCY_MS": "-5"}, "SANDBOX_LATENCY_MS"),
     ],
 )

@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient
 from service import __version__
 from service.app import create_app
 from service.config import CapillarySettings, Settings
+from tests.conftest import ADMIN_KEY, TEST_KEYS, bearer
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "openapi.yaml"
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
@@ -45,8 +46,8 @@ async def test_openapi_is_served_and_is_the_repository_file(aiohttp_client: Any)
 
 
 async def test_unknown_route_and_wrong_method_answer_in_the_error_shape(aiohttp_client: Any) -> None:
-    client = await aiohttp_client(create_app(_settings()))
-    missing = await client.get("/v1/nothing-here")
+    client = await aiohttp_client(create_app(_settings(), keys=TEST_KEYS))
+    missing = await client.get("/v1/nothing-here", headers=bearer(ADMIN_KEY))
     assert missing.status == 404
     body = await missing.json()
     assert body["error"]["code"] == "NOT_FOUND"

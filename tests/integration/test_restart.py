@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from service.access.keys import key_entry
 from service.config import StateSettings
 from service.sandbox import DEMO, Fault, FaultKind
-from tests.conftest import StartGateway, StartUpstream, free_port
+from tests.conftest import ADMIN_KEY, StartGateway, StartUpstream, bearer, free_port
 from tests.integration.test_exactly_once import FAST, _body, till
 
 STATE_ENV = {"REDEEM_DEADLINE_SECONDS": "2", "LEASE_MARGIN_SECONDS": "0.2", "RECONCILE_INTERVAL_SECONDS": "0.2"}
@@ -37,10 +40,12 @@ async def _wait_healthy(url: str, process: asyncio.subprocess.Process) -> None:
 
 
 async def test_gateway_killed_between_apply_and_answer(
-    start_upstream: StartUpstream, start_gateway: StartGateway, redis_db: str
+    start_upstream: StartUpstream, start_gateway: StartGateway, redis_db: str, tmp_path: Path
 ) -> None:
     upstream = await start_upstream()
     port = free_port()
+    keys = tmp_path / "keys.json"  # the same key (store S001) as the fixtures' gateway that takes over
+    keys.write_text(json.dumps([key_entry(ADMIN_KEY, name="admin-s001", store="S001", scopes=["redeem", "admin"])]))
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("CAPILLARY_", "GATEWAY_", "SANDBOX_"))},
         "CAPILLARY_API_URL": upstream.url,
@@ -52,6 +57,7 @@ async def test_gateway_killed_between_apply_and_answer(
         "CAPILLARY_CONNECT_TIMEOUT_SECONDS": "0.5",
         "GATEWAY_HOST": "127.0.0.1",
         "GATEWAY_PORT": str(port),
+        "GATEWAY_API_KEYS_FILE": str(keys),
         "REDIS_URL": redis_db,
         **STATE_ENV,
     }
@@ -67,7 +73,7 @@ async def test_gateway_killed_between_apply_and_answer(
                 session.post(
                     f"http://127.0.0.1:{port}/v1/redemptions",
                     json=_body("ABS-ALICE-1"),
-                    headers={"Idempotency-Key": "till-42"},
+                    headers={"Idempotency-Key": "till-42", **bearer(ADMIN_KEY)},
                 )
             )
             for _ in range(100):

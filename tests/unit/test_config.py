@@ -10,6 +10,7 @@ OAUTH = {
     "CAPILLARY_AUTH": "oauth",
     "CAPILLARY_CLIENT_KEY": "key",
     "CAPILLARY_CLIENT_SECRET": "very-secret",
+    "GATEWAY_API_KEYS_FILE": "/etc/pos-coupon-gateway/api-keys.json",
 }
 BASIC = {
     "CAPILLARY_API_URL": "https://eu.api.capillarytech.com",
@@ -17,6 +18,7 @@ BASIC = {
     "CAPILLARY_AUTH": "basic",
     "CAPILLARY_TILL_USERNAME": "store.till",
     "CAPILLARY_TILL_PASSWORD": "till-password",
+    "GATEWAY_API_KEYS_FILE": "/etc/pos-coupon-gateway/api-keys.json",
 }
 
 

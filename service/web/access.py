@@ -1,0 +1,140 @@
+"""The gate in front of every ``/v1/`` route: API key and scope, per-key rate limit, body size, bulkhead.
+
+Each refusal is answered at once in the error envelope (401, 403, 429 with ``Retry-After``, 413, 503 with
+``Retry-After``), before the handler reads anything. Ops routes (health, metrics, the API description) stay open.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from service import __version__
+from service.access.keys import ApiKey, KeyRing
+from service.access.limits import Bulkheads, TokenBuckets
+from service.config import AccessSettings
+from service.observability.metrics import Metrics
+from service.redemption.catalog import CATALOG
+from service.web.errors import ApiError
+
+API_KEY: Final = web.RequestKey("api_key", ApiKey)
+
+RouteClass = Literal["pos", "admin", "upload"]
+
+#: The POS routes a ``redeem`` key may call; every other ``/v1/`` route needs ``admin``.
+POS_ROUTES: Final = frozenset(
+    {
+        ("POST", "/v1/redemptions/validate"),
+        ("POST", "/v1/redemptions"),
+        ("GET", "/v1/redemptions/{ref}"),
+        ("POST", "/v1/redemptions/{ref}/reversal"),
+        ("GET", "/v1/series/{seriesId}"),
+    }
+)
+_SCOPE: Final = {"pos": "redeem", "admin": "admin", "upload": "admin"}
+_CHALLENGE: Final = {"WWW-Authenticate": 'Bearer realm="pos-coupon-gateway"'}
+
+
+def route_class(method: str, canonical: str) -> RouteClass:
+    if (method, canonical) in POS_ROUTES:
+        return "pos"
+    if method == "POST" and canonical.endswith("-uploads"):
+        return "upload"
+    return "admin"
+
+
+@dataclass
+class Gate:
+    keys: KeyRing
+    buckets: TokenBuckets
+    bulkheads: Bulkheads
+    settings: AccessSettings
+    metrics: Metrics
+
+    @classmethod
+    def build(cls, keys: KeyRing, settings: AccessSettings, metrics: Metrics) -> Gate:
+        bulkheads = Bulkheads(
+            {
+                "pos": settings.max_inflight_pos,
+                "admin": settings.max_inflight_admin,
+                "upload": settings.max_inflight_upload,
+            }
+        )
+        return cls(keys, TokenBuckets(settings.rate_per_second, settings.rate_burst), bulkheads, settings, metrics)
+
+    def _refuse(
+        self, reason: str, code: str, message: str | None = None, headers: dict[str, str] | None = None
+    ) -> ApiError:
+        self.metrics.access_refused.labels(reason).inc()
+        return ApiError(CATALOG[code], message, headers=headers)
+
+    def authenticate(self, request: web.Request) -> ApiKey:
+        header = request.headers.get("Authorization", "")
+        scheme, _, secret = header.partition(" ")
+        if not header:
+            raise self._refuse("unauthenticated", "UNAUTHENTICATED", headers=_CHALLENGE)
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise self._refuse(
+                "unauthenticated", "UNAUTHENTICATED", "Authorization: use the Bearer scheme", headers=_CHALLENGE
+            )
+        key = self.keys.find(secret.strip())
+        if key is None:
+            raise self._refuse("unauthenticated", "UNAUTHENTICATED", "This API key is not known.", headers=_CHALLENGE)
+        return key
+
+    def body_limit(self, klass: RouteClass) -> int:
+        return self.settings.max_upload_bytes if klass == "upload" else self.settings.max_body_bytes
+
+    def middleware(self) -> Middleware:
+        gate = self
+
+        @web.middleware
+        async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if not request.path.startswith("/v1/"):
+                return await handler(request)
+            key = gate.authenticate(request)
+            request[API_KEY] = key
+            structlog.contextvars.bind_contextvars(api_key=key.name, till=key.till)  # for the request's log line
+            resource = request.match_info.route.resource
+            if resource is None:  # 404 or 405: the handler raises it, after the key was checked
+                return await handler(request)
+            klass = route_class(request.method, resource.canonical)
+            if not key.allows(_SCOPE[klass]):
+                raise gate._refuse("forbidden", "FORBIDDEN", f"This API key has no {_SCOPE[klass]!r} scope.")
+            wait = gate.buckets.take(key.name, key.rate_per_second, key.burst)
+            if wait:
+                raise gate._refuse("rate_limited", "RATE_LIMITED", headers={"Retry-After": str(math.ceil(wait))})
+            size = request.content_length
+            limit = gate.body_limit(klass)
+            if size is not None and size > limit:
+                raise gate._refuse("too_large", "PAYLOAD_TOO_LARGE", f"body: at most {limit} bytes, got {size}")
+            if not gate.bulkheads.enter(klass):
+                raise gate._refuse("shed", "OVERLOADED")
+            try:
+                return await handler(request)
+            finally:
+                gate.bulkheads.leave(klass)
+
+        return access_middleware
+
+
+_SECURITY_HEADERS: Final = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Server": f"pos-coupon-gateway/{__version__}",
+}
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """On every response: no sniffing, no framing, no caching of API answers, no server internals."""
+    response.headers.update(_SECURITY_HEADERS)
+    if request.path.startswith("/v1/"):
+        response.headers.setdefault("Cache-Control", "no-store")
