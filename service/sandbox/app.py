@@ -42,7 +42,7 @@ from .state import message_for
 SANDBOX_KEY: Final = web.AppKey("sandbox", Sandbox)
 REQUEST_ID_KEY: Final = web.RequestKey("sandbox_request_id", str)
 ADMIN_PREFIX: Final = "/__sandbox"
-_MAX_UPLOAD_BYTES: Final = 32 * 1024 * 1024  # CSV uploads
+_MAX_UPLOAD_BYTES: Final = 160 * 1024 * 1024  # CSV uploads: above the gateway's own default limit (128 MiB)
 
 _log = logging.getLogger(__name__)
 

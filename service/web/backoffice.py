@@ -63,7 +63,7 @@ from service.backoffice.schemas import (
 )
 from service.capillary import codes
 from service.capillary.client import CapillaryClient
-from service.capillary.errors import CapillaryError
+from service.capillary.errors import CapillaryConnectionError, CapillaryError, CapillaryTimeoutError
 from service.capillary.models import Coupon, Customer, SeriesSpec, UploadJob, UploadResponse
 from service.deadline import DEADLINE
 from service.redemption.catalog import CATALOG, LocalError
@@ -218,6 +218,14 @@ def _new_upstream_job(reply: UploadResponse) -> UploadJob | None:
 
 
 # -------------------------------------------------------------------------------------------- receiving files
+
+
+class _MaybeUploaded(Exception):
+    """An upload that got no answer after it was sent: Capillary may have taken it."""
+
+    def __init__(self, error: ApiError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class _Spool:
@@ -575,6 +583,11 @@ class BackOfficeHandlers:
                 await self._release(content_key, job_id)
                 return self._refused(request, report, spool.sha256)
             reply = await self._send(kind, series_id, spool, rules, report, details)
+        except _MaybeUploaded as exc:
+            # No answer, but Capillary may have taken the file: the same file stays refused for the whole window
+            # rather than risk loading it twice; the series' job list tells whether it went in.
+            await self._keep(content_key, job_id)
+            raise exc.error from None
         except BaseException:
             if content_key:
                 await self._release(content_key, job_id)
@@ -637,6 +650,9 @@ class BackOfficeHandlers:
                 timeout=UPLOAD_TIMEOUT,
             )
         except CapillaryError as exc:
+            # a timeout or a dropped connection after the file went out; an error status means it was refused
+            if exc.maybe_applied and isinstance(exc, CapillaryTimeoutError | CapillaryConnectionError):
+                raise _MaybeUploaded(_upstream_error(exc)) from None
             raise _upstream_error(exc) from None
         finally:
             DEADLINE.reset(token)
@@ -654,6 +670,12 @@ class BackOfficeHandlers:
             message = "Uploads are paused: the gateway cannot record their jobs."
             raise ApiError(error, message, headers=retry_headers(error)) from None
 
+    async def _keep(self, content_key: str, job_id: str) -> None:
+        try:
+            await self._jobs.keep(content_key, job_id, self.duplicate_window)
+        except JobStoreUnavailable:
+            log.warning("upload fingerprint not kept", job_id=job_id)
+
     async def _release(self, content_key: str, job_id: str) -> None:
         if content_key:
             try:
@@ -665,7 +687,11 @@ class BackOfficeHandlers:
         record = await self._load(job_id)
         if record is None:
             error = CATALOG["REQUEST_IN_PROGRESS"]
-            raise ApiError(error, "The same file is being uploaded right now.", headers={"Retry-After": "1"})
+            message = (
+                "The same file is being uploaded right now, or its last upload got no answer and may have gone"
+                " through: check the series' upload jobs before sending it again."
+            )
+            raise ApiError(error, message, headers={"Retry-After": "1"})
         upstream = await self._upstream_job(record.kind, record.series_id, record.upstream_job_id)
         structlog.contextvars.bind_contextvars(upload_job=job_id, duplicate=True)
         body = UploadAcceptedOut(job=job_out(kind, series_id, upstream, record), report=None, duplicate=True)

@@ -295,3 +295,17 @@ async def test_without_its_job_store_the_gateway_uploads_nothing(
     # a dry run needs no store
     status, body = await post_csv(gateway, coupon_uploads(ABS), COUPONS, identifierType="MOBILE", dryRun="true")
     assert (status, body["report"]["valid"]) == (200, True)
+
+
+async def test_an_upload_without_an_answer_is_never_sent_twice(start_gateway: Any, upstream: Upstream) -> None:
+    """Capillary takes the file but the answer never comes: the same file is refused until the job list is
+    checked, never loaded a second time."""
+    gateway = await start_gateway(upstream)
+    upstream.sandbox.add_fault(Fault(FaultKind.APPLY_THEN_RESET, operation="upload_coupons"))
+    status, body = await post_csv(gateway, coupon_uploads(ABS), COUPONS, identifierType="MOBILE")
+    assert status == 503, body
+    assert body["error"]["code"] == "UPSTREAM_UNAVAILABLE"
+    status, body = await post_csv(gateway, coupon_uploads(ABS), COUPONS, identifierType="MOBILE")
+    assert status == 409, body
+    assert "may have gone through" in body["error"]["message"]
+    assert upstream.sandbox.call_count("upload_coupons") == 1
