@@ -63,6 +63,7 @@ from service.backoffice.schemas import (
 )
 from service.capillary import codes
 from service.capillary.client import CapillaryClient
+from service.capillary.coupons import customer_of
 from service.capillary.errors import CapillaryConnectionError, CapillaryError, CapillaryTimeoutError
 from service.capillary.models import Coupon, Customer, SeriesSpec, UploadJob, UploadResponse
 from service.deadline import DEADLINE
@@ -113,13 +114,7 @@ def _customer(customer: CustomerIn) -> Customer:
         ref = customer_ref(customer)
     except InvalidRequest as exc:
         raise ApiError.invalid(str(exc)) from None
-    if ref.kind == "id":
-        return Customer(id=int(ref.value))
-    if ref.kind == "mobile":
-        return Customer(mobile=ref.value)
-    if ref.kind == "email":
-        return Customer(email=ref.value)
-    return Customer(external_id=ref.value)
+    return customer_of(ref)
 
 
 def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
