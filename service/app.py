@@ -218,7 +218,7 @@ def create_app(
             store = RedisStore(state.redis_url, timeout=state.timeout)
             log.info("redemption ledger: redis (shared by every replica, kept across restarts)")
         else:
-            store = MemoryStore()
+            store = MemoryStore(max_entries=state.memory_max_entries)
             log.warning("redemption ledger: in memory (one process only; lost on restart). Set REDIS_URL for more")
         app[LEDGER_STORE] = store
         coupons = CapillaryCoupons(app[CAPILLARY])

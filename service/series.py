@@ -1,10 +1,14 @@
 """Coupon-series data for discounts and local pre-checks, read through a cache.
 
-Two caches (aiocache: in-memory by default, Redis when ``CACHE_URL`` is set), one explicit msgspec serializer for
-both backends so each behaves alike (the memory backend would otherwise hand out the stored object itself):
+Two caches (in-process memory by default, Redis through aiocache when ``CACHE_URL`` is set), one explicit msgspec
+serializer for both backends so each behaves alike (both hand out a fresh copy of what was stored):
 
-- ``code -> series id``: learnt from coupon details or a redeem answer; it never changes, so kept long.
-- ``series id -> SeriesSummary``: kept ``SERIES_CACHE_TTL_SECONDS``.
+- ``code -> series id``: learnt from coupon details or a redeem answer; it never changes, so kept long (in memory,
+  at most ``CODE_CACHE_MAX`` codes, the oldest forgotten first).
+- ``series id -> SeriesSummary``: kept ``SERIES_CACHE_TTL_SECONDS`` (in memory, at most ``SERIES_CACHE_MAX``).
+
+The memory backend is a plain bounded dict of encoded values with their expiry time: no timer per key, no timeout
+around each call (aiocache's memory backend has both, and its keys live until their timers fire).
 
 A cache error counts as a miss and never fails the till. Concurrent misses for the same series share one upstream
 call, and the misses of one request are fetched in one ``series?ids=..&ids=..`` call.
@@ -16,9 +20,10 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 import msgspec
 from aiocache import Cache
@@ -36,6 +41,8 @@ log = logging.getLogger("service.series")
 V = TypeVar("V")
 
 NO_LIMIT_BILL = 9007199254740991  # Capillary's "no maximum" (2^53 - 1)
+SERIES_CACHE_MAX: Final = 10_000  # series summaries kept in memory
+CODE_CACHE_MAX: Final = 20_000  # code -> series id pairs kept in memory (a few MB)
 
 
 class MsgspecSerializer(BaseSerializer, Generic[V]):  # type: ignore[misc]
@@ -55,8 +62,82 @@ class MsgspecSerializer(BaseSerializer, Generic[V]):  # type: ignore[misc]
         return None if value is None else self._decoder.decode(value)
 
 
-def open_cache(url: str | None, namespace: str, kind: type[Any], timeout: float) -> BaseCache:
-    """A cache for values of ``kind``: Redis at ``url`` (``redis://host:port/db``), in-memory without one."""
+class SeriesCache(Protocol):
+    """What the catalog uses of a cache: aiocache's interface, implemented by its Redis backend and `MemoryCache`."""
+
+    async def multi_get(self, keys: list[str]) -> list[Any]: ...
+
+    async def multi_set(self, pairs: list[tuple[str, Any]], ttl: float) -> Any: ...
+
+    async def exists(self, key: str) -> bool: ...
+
+    async def close(self) -> Any: ...
+
+
+class MemoryCache:
+    """In-process cache: key -> (encoded value, expiry time), oldest first, at most ``max_size`` keys.
+
+    A read of an expired key drops it; a write drops what has expired from the front and the oldest keys beyond
+    ``max_size`` (O(1) amortised). With one TTL per cache, as here, the oldest written is also the first to expire.
+    """
+
+    def __init__(
+        self, serializer: MsgspecSerializer[Any], max_size: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if max_size < 1:
+            raise ValueError("max_size must be at least 1")
+        self._dumps, self._loads = serializer.dumps, serializer.loads
+        self._max = max_size
+        self._clock = clock
+        self._data: collections.OrderedDict[str, tuple[bytes, float]] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    async def multi_get(self, keys: list[str]) -> list[Any]:
+        data, now = self._data, self._clock()
+        values: list[Any] = []
+        for key in keys:
+            found = data.get(key)
+            if found is None:
+                values.append(None)
+            elif found[1] <= now:
+                del data[key]
+                values.append(None)
+            else:
+                values.append(self._loads(found[0]))
+        return values
+
+    async def multi_set(self, pairs: list[tuple[str, Any]], ttl: float) -> bool:
+        data, now = self._data, self._clock()
+        expiry = now + ttl
+        for key, value in pairs:
+            data[key] = (self._dumps(value), expiry)
+            data.move_to_end(key)
+        while data:
+            oldest = next(iter(data.values()))
+            if oldest[1] > now and len(data) <= self._max:
+                break
+            data.popitem(last=False)
+        return True
+
+    async def exists(self, key: str) -> bool:
+        found = self._data.get(key)
+        return found is not None and found[1] > self._clock()
+
+    async def clear(self, namespace: str | None = None) -> bool:
+        self._data.clear()
+        return True
+
+    async def close(self) -> None:
+        return None
+
+
+def open_cache(
+    url: str | None, namespace: str, kind: type[Any], timeout: float, max_size: int = SERIES_CACHE_MAX
+) -> Any:
+    """A cache for values of ``kind``: Redis at ``url`` (``redis://host:port/db``, through aiocache), in this
+    process's memory without one (a `MemoryCache` of at most ``max_size`` keys)."""
     serializer = MsgspecSerializer(kind)
     if url:
         cache: BaseCache = Cache.from_url(url)
@@ -64,7 +145,7 @@ def open_cache(url: str | None, namespace: str, kind: type[Any], timeout: float)
         cache.namespace = namespace
         cache.timeout = timeout
         return cache
-    return Cache(Cache.MEMORY, serializer=serializer, namespace=namespace, timeout=timeout)
+    return MemoryCache(serializer, max_size)
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -169,8 +250,8 @@ class SeriesCatalog:
         self,
         client: CapillaryClient,
         *,
-        series_cache: BaseCache,
-        code_cache: BaseCache,
+        series_cache: SeriesCache,
+        code_cache: SeriesCache,
         ttl: float,
         code_ttl: float,
         lookup_timeout: float,
@@ -187,7 +268,7 @@ class SeriesCatalog:
 
     # ------------------------------------------------------------------------------------------- cache I/O
 
-    async def _cache_get(self, cache: BaseCache, stats: CacheStats, keys: Sequence[str]) -> list[Any]:
+    async def _cache_get(self, cache: SeriesCache, stats: CacheStats, keys: Sequence[str]) -> list[Any]:
         if not keys:
             return []
         try:
@@ -202,7 +283,7 @@ class SeriesCatalog:
         stats.misses += len(keys) - found
         return values
 
-    async def _cache_set(self, cache: BaseCache, stats: CacheStats, pairs: list[tuple[str, Any]], ttl: float) -> None:
+    async def _cache_set(self, cache: SeriesCache, stats: CacheStats, pairs: list[tuple[str, Any]], ttl: float) -> None:
         if not pairs:
             return
         try:
@@ -315,8 +396,8 @@ class SeriesCatalog:
 async def open_catalog(
     client: CapillaryClient, *, cache_url: str | None, ttl: float, timeout: float, lookup_timeout: float
 ) -> AsyncIterator[SeriesCatalog]:
-    series_cache = open_cache(cache_url, "pos_coupon:series:", SeriesSummary, timeout)
-    code_cache = open_cache(cache_url, "pos_coupon:code:", int, timeout)
+    series_cache: SeriesCache = open_cache(cache_url, "pos_coupon:series:", SeriesSummary, timeout, SERIES_CACHE_MAX)
+    code_cache: SeriesCache = open_cache(cache_url, "pos_coupon:code:", int, timeout, CODE_CACHE_MAX)
     try:
         yield SeriesCatalog(
             client,

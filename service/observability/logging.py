@@ -17,6 +17,10 @@ _MASKED_KEYS: Final = frozenset({"mobile", "email", "externalid", "external_id",
 _SECRET_KEYS: Final = re.compile(r"token|secret|password|authorization|api_?key", re.I)
 _EMAIL: Final = re.compile(r"\b([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})\b")
 _LONG_DIGITS: Final = re.compile(r"(?<![\w-])(\+?\d{2})(\d{2,})(\d{4})(?![\w-])")
+_EIGHT_DIGITS: Final = re.compile(r"\d{8}")  # what _LONG_DIGITS needs at the least: most text has none
+_KEY_KINDS: dict[str, int] = {}  # field name -> _PLAIN, _SECRET or _MASKED (names are few: the code's own)
+_KEY_KINDS_MAX: Final = 4096
+_PLAIN, _SECRET, _MASKED = 0, 1, 2
 
 
 def mask(value: str) -> str:
@@ -34,20 +38,31 @@ def mask(value: str) -> str:
 
 def scrub(text: str) -> str:
     """Mask what looks like a phone number or an email inside free text."""
-    text = _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
+    if "@" in text:
+        text = _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
+    if _EIGHT_DIGITS.search(text) is None:
+        return text
     return _LONG_DIGITS.sub(lambda m: m.group(1) + "*" * len(m.group(2)) + m.group(3), text)
 
 
+def _kind(key: str) -> int:
+    kind = _KEY_KINDS.get(key)
+    if kind is None:
+        kind = _SECRET if _SECRET_KEYS.search(key) else _MASKED if key.lower() in _MASKED_KEYS else _PLAIN
+        if len(_KEY_KINDS) < _KEY_KINDS_MAX:
+            _KEY_KINDS[key] = kind
+    return kind
+
+
 def _clean(key: str, value: Any) -> Any:
-    if _SECRET_KEYS.search(key):
+    kind = _kind(key)
+    if kind == _PLAIN:
+        return scrub(value) if isinstance(value, str) else value
+    if kind == _SECRET:
         return "[redacted]"
-    if key.lower() in _MASKED_KEYS:
-        if isinstance(value, Mapping):
-            return {k: mask(str(v)) if v is not None else None for k, v in value.items()}
-        return mask(str(value)) if value is not None else None
-    if isinstance(value, str):
-        return scrub(value)
-    return value
+    if isinstance(value, Mapping):
+        return {k: mask(str(v)) if v is not None else None for k, v in value.items()}
+    return mask(str(value)) if value is not None else None
 
 
 def redact(_: Any, __: str, event_dict: EventDict) -> EventDict:
@@ -55,12 +70,16 @@ def redact(_: Any, __: str, event_dict: EventDict) -> EventDict:
     return {key: _clean(key, value) for key, value in event_dict.items()}
 
 
+_ENCODER: Final = msgspec.json.Encoder(enc_hook=str)
+
+
 def _json(obj: Any, **_: Any) -> str:
-    # structlog passes ``default=``; msgspec's encoder takes ``enc_hook``: wrap it.
-    return msgspec.json.encode(obj, enc_hook=str).decode()
+    # structlog passes ``default=``; msgspec's encoder takes ``enc_hook``: one prebuilt encoder with it.
+    return _ENCODER.encode(obj).decode()
 
 
 def processors() -> list[Processor]:
+    """The chain shared by structlog's loggers and the stdlib's (whose records are already filtered by level)."""
     return [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -81,7 +100,8 @@ def configure_logging(level: str = "info", *, console: bool | None = None, strea
     )
     shared = processors()
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # A line below the logger's level is dropped first, before anything is copied, stamped or redacted.
+        processors=[structlog.stdlib.filter_by_level, *shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,

@@ -4,9 +4,10 @@ the request's behalf (their ``X-Cap-Requestid``s go into its log line)."""
 from __future__ import annotations
 
 import contextvars
+import logging
 import time
 import uuid
-from typing import Final
+from typing import Any, Final
 
 import structlog
 from aiohttp import web
@@ -20,6 +21,8 @@ upstream_log = structlog.get_logger("service.upstream")
 
 UPSTREAM_IDS: Final[contextvars.ContextVar[list[str] | None]] = contextvars.ContextVar("upstream_ids", default=None)
 UNMATCHED: Final = "unmatched"
+QUIET_ROUTES: Final = frozenset({"/healthz", "/readyz", "/metrics"})  # no canonical line for probes and scrapes
+_upstream_std = logging.getLogger("service.upstream")  # its level decides whether a debug line is built at all
 
 
 def _request_id(request: web.Request) -> str:
@@ -38,6 +41,10 @@ def route_of(request: web.Request) -> str:
 
 
 def observe_middleware(metrics: Metrics) -> web.middleware:  # type: ignore[valid-type]
+    # The labelled children, resolved once per (route, method, status class) instead of on every request.
+    counters: dict[tuple[str, str, str], Any] = {}
+    durations: dict[tuple[str, str], Any] = {}
+
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         """Outermost: sees the status the error middleware mapped, times everything, writes one log line."""
@@ -56,9 +63,16 @@ def observe_middleware(metrics: Metrics) -> web.middleware:  # type: ignore[vali
         finally:
             seconds = time.perf_counter() - started
             route, method = route_of(request), request.method
-            metrics.http_requests.labels(route, method, status_class(status)).inc()
-            metrics.http_duration.labels(route, method).observe(seconds)
-            if route not in ("/healthz", "/readyz", "/metrics"):
+            key = (route, method, status_class(status))
+            counter = counters.get(key)
+            if counter is None:
+                counter = counters[key] = metrics.http_requests.labels(*key)
+            counter.inc()
+            duration = durations.get(key[:2])
+            if duration is None:
+                duration = durations[key[:2]] = metrics.http_duration.labels(route, method)
+            duration.observe(seconds)
+            if route not in QUIET_ROUTES:
                 log.info(
                     "request",
                     route=route,
@@ -92,6 +106,8 @@ class UpstreamObserver:
         ids = UPSTREAM_IDS.get()
         if ids is not None and request_id:
             ids.append(request_id)
+        if not _upstream_std.isEnabledFor(logging.DEBUG):
+            return
         upstream_log.debug(
             "upstream call",
             operation=operation,
