@@ -48,10 +48,16 @@ def parse(argv: Sequence[str] | None) -> tuple[Options, Path | None, Path | None
         type=float,
         help="rate of the long run (default 0.9 x the gateway's max one-code redeem rate, or faster to end in 240 s)",
     )
-    parser.add_argument(
+    loop = parser.add_mutually_exclusive_group()
+    loop.add_argument(
         "--uvloop",
         action="store_true",
-        help="run the gateway and the baseline on uvloop (an experiment: uvloop must be installed)",
+        help="run the gateway and the baseline on uvloop (the default when it is installed; fail if it is not)",
+    )
+    loop.add_argument(
+        "--asyncio",
+        action="store_true",
+        help="run the gateway and the baseline on asyncio's own event loop even when uvloop is installed",
     )
     parser.add_argument("--long-max-seconds", type=float, help="stop the long run after this long (full 360, quick 30)")
     parser.add_argument("--timeout", type=float, help="per-request timeout, seconds (5)")
@@ -81,7 +87,8 @@ def parse(argv: Sequence[str] | None) -> tuple[Options, Path | None, Path | None
     if args.scenarios:
         opts.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     opts.redis = args.redis
-    opts.uvloop = args.uvloop
+    if args.uvloop or args.asyncio:
+        opts.uvloop = args.uvloop
     if opts.duration <= 0 or opts.search_duration <= 0 or opts.timeout <= 0:
         parser.error("durations and the timeout must be positive")
     if opts.warmup < 0 or opts.search_steps < 0 or opts.long_requests < 0:

@@ -8,6 +8,8 @@ Codes are addressed by a *unit* number: unit ``u`` is code ``u % CODES_PER_CUSTO
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Final
 
 CODES_PER_CUSTOMER: Final = 5
@@ -15,6 +17,10 @@ SERIES_ID: Final = 990001
 BILL_AMOUNT: Final = "2000.00"
 CLIENT_KEY: Final = "sandbox-client-key"
 CLIENT_SECRET: Final = "sandbox-client-secret"
+#: The API key the load generator sends to the gateway and the baseline (``Authorization: Bearer``); the gateway
+#: is started with a key file holding its SHA-256 (see `api_keys_json`).
+API_KEY: Final = "bench-api-key-0123456789abcdef"
+API_KEY_STORE: Final = "S001"  # the sandbox's default store: the same store the baseline's calls are attributed to
 CALLS_PATH: Final = "/__bench/calls"
 SEED_PATH: Final = "/__bench/seed"
 
@@ -38,3 +44,14 @@ def request_codes(first_unit: int, index: int, codes: int) -> tuple[str, list[st
     start = first_unit + index * units_per_request(codes)
     customer = start // CODES_PER_CUSTOMER
     return mobile(customer), [code(start + k) for k in range(codes)]
+
+
+def api_keys_json() -> str:
+    """The gateway's key file (``GATEWAY_API_KEYS_FILE``): one key, ``API_KEY``, allowed to redeem."""
+    entry = {
+        "keySha256": hashlib.sha256(API_KEY.encode()).hexdigest(),
+        "name": "bench",
+        "store": API_KEY_STORE,
+        "scopes": ["redeem"],
+    }
+    return json.dumps([entry], indent=2)

@@ -19,6 +19,7 @@ Plan (each step bounded in count and time; all traffic to 127.0.0.1):
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import platform
 import sys
@@ -77,7 +78,8 @@ class Options:
     long_inflight: int = 128
     timeout: float = 5.0
     redis: bool = False
-    uvloop: bool = False
+    #: Both the gateway and the baseline on uvloop: what ``coupon-gateway serve`` runs on when it is installed.
+    uvloop: bool = field(default_factory=lambda: importlib.util.find_spec("uvloop") is not None)
     scenarios: list[str] = field(default_factory=lambda: [s.name for s in SCENARIOS])
 
     @staticmethod
@@ -210,6 +212,7 @@ class Bench:
             "run_id": f"{self._run_seq}",
             "timeout": self.opts.timeout,
             "max_inflight": max_inflight,
+            "api_key": None if target == "floor" else data.API_KEY,
         }
         _http_json(f"{self.upstream_url}{data.CALLS_PATH}?clear=1")
         pid = self._target_pid(target)
@@ -363,11 +366,17 @@ def _rate_key(rate: float) -> str:
     return f"{rate:g}"
 
 
-#: The gateway's own entry point, on uvloop's event loop (the ``--uvloop`` experiment; the service is unchanged).
-_GATEWAY_ON_UVLOOP: Final = (
-    "import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
-    "from service.__main__ import main; sys.exit(main(['serve']))"
+#: The gateway's own entry point on asyncio's event loop (``--asyncio``: it runs on uvloop when that is installed).
+_GATEWAY_ON_ASYNCIO: Final = (
+    "import asyncio, sys; import service.__main__ as cli; cli._run = asyncio.run; sys.exit(cli.main(['serve']))"
 )
+
+
+def _write_keys(directory: Path) -> Path:
+    """The gateway's API key file (the generator sends ``data.API_KEY``)."""
+    path = directory / "api-keys.json"
+    path.write_text(data.api_keys_json())
+    return path
 
 
 def _start_all(
@@ -395,6 +404,12 @@ def _start_all(
         "GATEWAY_PORT": "0",
         "LOG_LEVEL": "info",
         "GATEWAY_SHUTDOWN_TIMEOUT_SECONDS": "2",
+        # One API key for the generator; its rate limit and Capillary's outbound budget far above any rate the
+        # benchmark sends (they are still checked on every request: their cost is measured, not their refusals).
+        "GATEWAY_API_KEYS_FILE": str(_write_keys(procs.log_dir)),
+        "GATEWAY_RATE_LIMIT_PER_SECOND": "100000",
+        "GATEWAY_RATE_LIMIT_BURST": "100000",
+        "CAPILLARY_RATE_LIMIT_PER_MINUTE": "10000000",
     }
     gateway_env.pop("CACHE_URL", None)
     gateway_env.pop("REDIS_URL", None)
@@ -403,8 +418,9 @@ def _start_all(
     gateway_argv = [python, "-m", "service", "serve"]
     baseline_argv = [python, "-m", "bench.baseline", "--upstream", upstream_url]
     if opts.uvloop:
-        gateway_argv = [python, "-c", _GATEWAY_ON_UVLOOP]
         baseline_argv.append("--uvloop")
+    elif importlib.util.find_spec("uvloop") is not None:
+        gateway_argv = [python, "-c", _GATEWAY_ON_ASYNCIO]
     gateway = procs.start("gateway", gateway_argv, env=gateway_env, cwd=ROOT)
     baseline = procs.start("baseline", baseline_argv, env=env, cwd=ROOT)
     loadgen = procs.start("loadgen", [python, "-m", "bench.loadgen"], env=env, cwd=ROOT, pipe=True)
@@ -519,7 +535,7 @@ def run(opts: Options, log_dir: Path, progress: Progress = _stderr) -> dict[str,
                 "notes": [
                     "latency is measured from each request's intended send time (open loop, coordinated omission"
                     " corrected); percentiles are nearest-rank over every request of the run, errors included",
-                    "gateway: python -m service serve, LOG_LEVEL=info; it has no metrics or structured logging yet",
+                    "gateway: python -m service serve, LOG_LEVEL=info, metrics on, one API key (Authorization: Bearer)",
                     "baseline: bench/baseline.py, the smallest aiohttp app making the same two upstream calls",
                     "all processes share the machine's cores: the sandbox and the generator compete with the target",
                 ],

@@ -48,6 +48,8 @@ class RunSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     run_id: str = "r"
     timeout: float = 10.0
     max_inflight: int = 2000
+    #: Sent as ``Authorization: Bearer <api_key>`` to an ``http`` target (the baseline ignores it).
+    api_key: str | None = None
 
 
 def check_loopback(url: str) -> None:
@@ -132,13 +134,14 @@ class Generator:
             raise ValueError(f"unknown scenario {spec.scenario!r}")
         if spec.kind == "http":
             url = f"{spec.base}/v1/redemptions" if redeem else f"{spec.base}/v1/redemptions/validate"
+            headers = {**_JSON, "Authorization": f"Bearer {spec.api_key}"} if spec.api_key else _JSON
 
             async def send_http(i: int) -> int:
                 mobile, batch = data.request_codes(first, i, codes)
                 body: dict[str, Any] = {"customer": {"mobile": mobile}, "codes": batch, "billAmount": data.BILL_AMOUNT}
                 if redeem:
                     body["transactionNumber"] = f"B-{run_id}-{i}"
-                async with session.post(url, data=msgspec.json.encode(body), headers=_JSON, timeout=timeout) as r:
+                async with session.post(url, data=msgspec.json.encode(body), headers=headers, timeout=timeout) as r:
                     await r.read()
                     return r.status
 
