@@ -410,6 +410,9 @@ def _start_all(
         "GATEWAY_RATE_LIMIT_PER_SECOND": "100000",
         "GATEWAY_RATE_LIMIT_BURST": "100000",
         "CAPILLARY_RATE_LIMIT_PER_MINUTE": "10000000",
+        # The in-memory ledger keeps every redemption until its TTL and refuses new ones when full (it never
+        # forgets one early): replays are kept a minute here, so a run of several 100,000 redemptions fits.
+        "IDEMPOTENCY_TTL_SECONDS": "60",
     }
     gateway_env.pop("CACHE_URL", None)
     gateway_env.pop("REDIS_URL", None)

@@ -70,7 +70,7 @@ class StateSettings:
     reconcile_interval: float = 5.0
     timeout: float = 0.5
     lease_margin: float = 5.0  # slack on top of the deadline and an upstream call before presuming a gateway gone
-    memory_max_entries: int = 10_000  # the in-memory ledger's bound (Redis keeps every record for its TTL)
+    memory_max_entries: int = 100_000  # the in-memory ledger's bound: full, it refuses new redemptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +233,7 @@ def state_from_env(env: Mapping[str, str]) -> StateSettings:
         timeout=read.number("REDIS_TIMEOUT_SECONDS", 0.5, minimum=0.01, maximum=10),
         lease_margin=read.number("LEASE_MARGIN_SECONDS", 5.0, minimum=0.05, maximum=600),
         memory_max_entries=int(
-            read.number("LEDGER_MEMORY_MAX_ENTRIES", 10_000, minimum=100, maximum=10_000_000, integer=True)
+            read.number("LEDGER_MEMORY_MAX_ENTRIES", 100_000, minimum=100, maximum=10_000_000, integer=True)
         ),
     )
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -32,8 +33,9 @@ from aiocache.serializers import BaseSerializer
 
 from service.capillary.client import CapillaryClient
 from service.capillary.coupons import upstream_failure
-from service.capillary.errors import CapillaryError
+from service.capillary.errors import CapillaryError, CapillaryTimeoutError
 from service.capillary.models import Series
+from service.deadline import time_left
 from service.redemption.models import RedemptionRange, SeriesSummary
 
 log = logging.getLogger("service.series")
@@ -243,6 +245,18 @@ class CatalogStats:
         self.fetch_sizes: collections.Counter[int] = collections.Counter()  # series per upstream fetch
 
 
+async def _within_deadline(future: asyncio.Future[SeriesSummary | None]) -> SeriesSummary | None:
+    """Wait for a shared fetch no longer than the waiting request's own deadline (the fetch goes on for others)."""
+    left = time_left()
+    if left is None:
+        return await asyncio.shield(future)
+    try:
+        async with asyncio.timeout(max(left, 0.0)):
+            return await asyncio.shield(future)
+    except TimeoutError:
+        raise CapillaryTimeoutError("series_get", "no time left before the deadline", maybe_applied=False) from None
+
+
 class SeriesCatalog:
     """Series summaries by id and by coupon code, through the caches, fetched from Capillary on a miss."""
 
@@ -306,7 +320,7 @@ class SeriesCatalog:
             waits.update(self._start_fetch(to_fetch))
         for series_id, future in waits.items():
             with contextlib.suppress(CapillaryError):
-                if (summary := await asyncio.shield(future)) is not None:
+                if (summary := await _within_deadline(future)) is not None:
                     result[series_id] = summary
         return result
 
@@ -340,7 +354,9 @@ class SeriesCatalog:
                     elif not future.cancelled():
                         future.exception()  # mark retrieved: a waiter may have given up
 
-        task = loop.create_task(fetch())
+        # A context of its own: the fetch is shared by every request that waits on it, so it must not run under
+        # the deadline (or the priority, or the log fields) of the one that happened to start it.
+        task = loop.create_task(fetch(), context=contextvars.Context())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return futures
@@ -352,7 +368,7 @@ class SeriesCatalog:
             return cached[0]  # type: ignore[no-any-return]
         future = self._inflight.get(series_id) or self._start_fetch([series_id])[series_id]
         try:
-            return await asyncio.shield(future)
+            return await _within_deadline(future)
         except CapillaryError as exc:
             raise upstream_failure(exc) from exc
 

@@ -27,6 +27,8 @@ SCOPES: Final = ("redeem", "admin")
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:@-]+$")]
+#: A store or till code: no ":", which separates the parts of the ledger's keys.
+_CODE = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")]
 
 
 class KeyFileError(ValueError):
@@ -36,8 +38,8 @@ class KeyFileError(ValueError):
 class _KeyIn(msgspec.Struct, forbid_unknown_fields=True, rename="camel", kw_only=True):
     key_sha256: str
     name: _NAME
-    store: _NAME
-    till: _NAME | None = None
+    store: _CODE
+    till: _CODE | None = None
     scopes: Annotated[list[Scope], msgspec.Meta(min_length=1)]
     rate_per_second: Annotated[float, msgspec.Meta(gt=0, le=100_000)] | None = None
     burst: Annotated[float, msgspec.Meta(ge=1, le=1_000_000)] | None = None
@@ -59,7 +61,8 @@ class ApiKey:
 
 
 def digest_of(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode()).digest()
+    # surrogateescape: header bytes that are not UTF-8 still hash (to no key) instead of failing the request
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
 
 
 def parse_keys(raw: bytes) -> dict[bytes, ApiKey]:

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import IO, Final, Literal
 
+from service.observability.logging import mask
+
 IdentifierType = Literal["MOBILE", "EXTERNAL_ID", "EMAIL", "USER_ID", "NOT_TAGGED"]
 CustomerIdentifierType = Literal["MOBILE", "EXTERNAL_ID", "EMAIL", "USER_ID"]
 CouponIdentifierType = Literal["COUPON_ID", "COUPON_CODE"]
@@ -288,11 +290,11 @@ def _identifier_problem(kind: str, value: str) -> str | None:
     if not value:
         return "the customer identifier is empty"
     if kind == "MOBILE" and not _MOBILE.match(value):
-        return f"not a mobile number (6 to 16 digits, country code first): {value!r}"
+        return f"not a mobile number (6 to 16 digits, country code first): {mask(value)!r}"
     if kind == "EMAIL" and (len(value) > 254 or not _EMAIL.match(value)):
-        return f"not an email address: {value!r}"
+        return f"not an email address: {mask(value)!r}"
     if kind == "USER_ID" and (not digits(value) or int(value) == 0 or len(value) > 18):
-        return f"not a customer id (a positive number): {value!r}"
+        return f"not a customer id (a positive number): {mask(value)!r}"
     if kind == "EXTERNAL_ID" and len(value) > 128:
         return "an external id has at most 128 characters"
     return None

@@ -270,6 +270,8 @@ class CapillaryClient:
         breaker = self._upload_breaker if session is self._upload else self._api_breaker
         priority = Priority.REDEEM if URGENT.get() else PRIORITIES.get(operation, Priority.BACKOFFICE)
         limit = timeout or self.settings.timeout
+        # A call given more time than the usual (a file upload) is not judged slow by the usual yardstick.
+        long_call = limit > self.settings.timeout
         self.retry_budget.deposit()
         attempt = 0
         while True:
@@ -304,7 +306,7 @@ class CapillaryClient:
                 per_call = None if budget == self.settings.timeout else budget  # None: the session's own timeout
                 value = await self._observed(operation, method, url, reader, session, per_call, authenticate, options)
             except CapillaryError as exc:
-                seconds = time.monotonic() - started
+                seconds = 0.0 if long_call else time.monotonic() - started
                 if is_outage(exc) and (
                     not isinstance(exc, CapillaryTimeoutError)
                     or budget >= limit
@@ -333,7 +335,7 @@ class CapillaryClient:
             except BaseException:
                 breaker.release(ticket)
                 raise
-            breaker.record(ticket, failed=False, seconds=time.monotonic() - started)
+            breaker.record(ticket, failed=False, seconds=0.0 if long_call else time.monotonic() - started)
             return value
 
     async def _observed(

@@ -185,7 +185,9 @@ class OutboundLimiter:
     def __init__(self, per_minute: float, *, clock: Clock = time.monotonic) -> None:
         self.enabled = per_minute > 0
         self.rate = per_minute / 60.0
-        self.capacity = max(1.0, per_minute / 10.0)  # a burst of six seconds' worth
+        # A burst of six seconds' worth; at least enough that every class can hold its reserve and still take one
+        # (a tiny budget would otherwise starve validation and back office for good).
+        self.capacity = max(1.0 / (1.0 - max(self.RESERVE)) + 1.0, per_minute / 10.0)
         self._floors = tuple(share * self.capacity for share in self.RESERVE)
         self._clock = clock
         self._tokens = self.capacity

@@ -78,6 +78,7 @@ __all__ = ["BACKOFFICE", "MAX_UPLOAD_BYTES", "BackOfficeHandlers", "add_routes"]
 
 CHUNK: Final = 64 * 1024
 MAX_FIELD_BYTES: Final = 16 * 1024
+MAX_FORM_PARTS: Final = 32  # the file and its few options; more is not a form of ours
 #: An upload of a large file may take much longer than an ordinary call.
 UPLOAD_TIMEOUT: Final = 300.0
 CSV_TYPES: Final = ("text/csv", "application/csv", "text/plain")
@@ -278,10 +279,16 @@ async def _read_form(request: web.Request, spool: _Spool, options: dict[str, str
     """Stream the part named ``file`` to ``spool``; take the other parts as options. Whether a file came."""
     reader = await request.multipart()
     found = False
+    fields = 0
     while (part := await reader.next()) is not None:
         if isinstance(part, MultipartReader):
             raise ApiError.invalid("body: nested multipart parts are not taken")
+        fields += 1
+        if fields > MAX_FORM_PARTS:
+            raise ApiError.invalid(f"body: at most {MAX_FORM_PARTS} form parts")
         if part.name == "file":
+            if found:
+                raise ApiError.invalid("file: send one file per upload")
             found = True
             spool.file_name = part.filename or "upload.csv"
             await spool.take(_part_chunks(part), limit)
@@ -602,9 +609,9 @@ class BackOfficeHandlers:
             created_at=time.time(),
             options={"rules": repr(rules), "details": details},
         )
+        await self._keep(content_key, job_id)  # ...then for the whole window, first: it guards the upload
         try:
             await self._jobs.save(record, JOB_TTL)
-            await self._jobs.keep(content_key, job_id, self.duplicate_window)  # ...then for the whole window
         except JobStoreUnavailable:
             log.warning("upload job not recorded", job_id=job_id)
         structlog.contextvars.bind_contextvars(upload_job=job_id, upstream_job=record.upstream_job_id)

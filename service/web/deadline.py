@@ -25,7 +25,7 @@ def _asked(request: web.Request) -> float | None:
     if raw is None:
         return None
     raw = raw.strip()
-    if not raw.isdigit() or not MIN_HEADER_MS <= int(raw) <= MAX_HEADER_MS:
+    if not (raw.isascii() and raw.isdigit()) or not MIN_HEADER_MS <= int(raw) <= MAX_HEADER_MS:
         raise ApiError.invalid(f"{DEADLINE_HEADER}: whole milliseconds, {MIN_HEADER_MS} to {MAX_HEADER_MS}")
     return int(raw) / 1000.0
 

@@ -56,6 +56,10 @@ async def test_every_v1_route_needs_a_bearer_key(start_gateway: StartGateway, up
         error = await _error(response)
         assert error["code"] == "UNAUTHENTICATED"
         assert message in error["message"]
+    raw = await client.post(  # a key that is not even UTF-8 is just another unknown key
+        "/v1/redemptions/validate", json=_redeem_body("ABS-ALICE-1"), headers={"Authorization": "Bearer \udcff\udcfe"}
+    )
+    assert raw.status == 401
     # an unknown /v1/ path tells nothing without a key
     assert (await client.get("/v1/no-such-route")).status == 401
     assert upstream.sandbox.call_count() == 0  # nothing reached Capillary
@@ -256,6 +260,7 @@ def test_a_key_file_with_plain_keys_or_duplicates_is_refused(tmp_path: Path) -> 
         ([{**good, "scopes": ["everything"]}], "scopes"),
         ([{**good, "scopes": []}], "scopes"),
         ([{**good, "stores": "S002"}], "stores"),
+        ([{**good, "store": "S0:01"}], "store"),
     ]:
         path.write_text(json.dumps(entries))
         with pytest.raises(KeyFileError, match=problem):

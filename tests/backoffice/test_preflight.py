@@ -333,6 +333,23 @@ async def test_dry_run_of_a_good_file_uploads_nothing(gateway: GatewayClient, up
         ("multipart/form-data; boundary=xyz", b"garbage"),
         ("multipart/form-data; boundary=xyz", b'--xyz\r\nContent-Disposition: form-data; name="file"\r\n\r\nabc'),
         ("multipart/form-data; boundary=xyz", b"--xyz\r\n\r\nabc\r\n--xyz--\r\n"),
+        # a part's headers that are not HTTP headers at all
+        (
+            "multipart/form-data; boundary=xyz",
+            b'--xyz\r\nContent-Disposition: form-data; name="\xc3\xa4l\x16"\r\n\r\nx\r\n',
+        ),
+        # two files in one upload
+        (
+            "multipart/form-data; boundary=xyz",
+            b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.csv"\r\n\r\nmobile\r\n'
+            b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="b.csv"\r\n\r\nmobile\r\n--xyz--\r\n',
+        ),
+        # more form parts than any upload of ours has
+        (
+            "multipart/form-data; boundary=xyz",
+            b"".join(b'--xyz\r\nContent-Disposition: form-data; name="f%d"\r\n\r\nv\r\n' % i for i in range(40))
+            + b"--xyz--\r\n",
+        ),
     ],
 )
 async def test_a_broken_multipart_body_is_a_bad_request(

@@ -212,7 +212,22 @@ async def test_a_till_cannot_ask_for_more_than_the_configured_deadline(make_gate
     assert response.status == 504
 
 
-@pytest.mark.parametrize("value", ["0", "-5", "1.5", "soon", "99999999999", "199"])
+async def test_a_short_deadline_does_not_cut_a_shared_lookup_for_the_others(
+    make_gateway: Any, upstream: Upstream
+) -> None:
+    """Two requests wait on one series fetch: the one in a hurry gets its 504, the other its answer."""
+    gateway = await make_gateway(deadline=10.0)
+    upstream.sandbox.add_fault(Fault(FaultKind.LATENCY, "series_get", delay_seconds=0.6))
+    hurried = asyncio.ensure_future(gateway.get(f"/v1/series/{ABS}", headers={"X-Request-Deadline-Ms": "200"}))
+    await asyncio.sleep(0.05)  # the hurried request starts the fetch
+    patient = await gateway.get(f"/v1/series/{ABS}")
+    assert (await hurried).status == 504
+    assert patient.status == 200
+    assert (await patient.json())["id"] == ABS
+    assert upstream.sandbox.call_count("series_get") == 1  # one fetch, shared
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "1.5", "soon", "99999999999", "199", "²²²"])
 async def test_a_bad_deadline_header_is_a_400(make_gateway: Any, upstream: Upstream, value: str) -> None:
     gateway = await make_gateway()
     response = await gateway.get(f"/v1/series/{ABS}", headers={"X-Request-Deadline-Ms": value})

@@ -1,5 +1,5 @@
-"""The in-memory ledger and series cache stay bounded: records expire with their TTL and the oldest go first
-beyond the cap, without ever forgetting a redemption whose outcome is still open."""
+"""The in-memory ledger and series cache stay bounded: ledger records expire with their TTL, and at its cap the
+ledger refuses new redemptions rather than forget one; the caches forget their oldest keys."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from service.idempotency.models import Entry, State, StoredCommand
-from service.idempotency.store import MemoryStore
+from service.idempotency.store import MemoryStore, StoreUnavailable
 from service.redemption.models import SeriesSummary
 from service.series import MemoryCache, MsgspecSerializer
 
@@ -54,41 +54,59 @@ async def test_records_expire_with_their_ttl_as_the_ledger_is_written() -> None:
     assert await store.claim(_entry(0), ttl=60) is None  # its key is free again
 
 
-async def test_beyond_the_cap_the_oldest_go_first_and_the_newest_are_kept() -> None:
-    store = MemoryStore(Clock(), max_entries=5)
-    for n in range(12):
-        await store.claim(_entry(n), ttl=3600)
-    assert len(store) == 5
-    assert len(store._keys) == 5
-    assert [await store.load(_entry(n).ref) is not None for n in range(12)] == [False] * 7 + [True] * 5
-    existing = await store.claim(_entry(11), ttl=3600)  # a replay of a kept request still finds its record
-    assert existing is not None
-    assert existing.ref == _entry(11).ref
-
-
-async def test_a_record_written_again_is_kept_by_its_latest_write() -> None:
+async def test_at_the_cap_new_redemptions_are_refused_and_none_is_forgotten() -> None:
+    """Forgetting a record a till may still retry could redeem a multi-use coupon twice: the ledger fails closed."""
     clock = Clock()
-    store = MemoryStore(clock, max_entries=3)
+    store = MemoryStore(clock, max_entries=5)
+    for n in range(5):
+        await store.claim(_entry(n), ttl=3600)
+    with pytest.raises(StoreUnavailable, match="LEDGER_MEMORY_MAX_ENTRIES"):
+        await store.claim(_entry(5), ttl=3600)
+    assert all([await store.load(_entry(n).ref) is not None for n in range(5)])
+    existing = await store.claim(_entry(0), ttl=3600)  # a replay still finds its record, full or not
+    assert existing is not None
+    assert existing.ref == _entry(0).ref
+    clock.now += 3601
+    assert await store.claim(_entry(5), ttl=3600) is None  # room again once records expire
+    assert len(store) == 1
+
+
+async def test_records_of_different_ttls_expire_each_on_time() -> None:
+    clock = Clock()
+    store = MemoryStore(clock)
+    await store.claim(_entry(0, "pending"), ttl=3600)  # a long one first...
+    for n in range(1, 50):
+        await store.claim(_entry(n), ttl=10)  # ...does not hold up the short ones behind it
+    clock.now += 11
+    await store.claim(_entry(50), ttl=10)
+    assert len(store) == 2
+    assert await store.unresolved() == [_entry(0).ref]
+
+
+async def test_a_record_written_again_expires_by_its_latest_write() -> None:
+    clock = Clock()
+    store = MemoryStore(clock)
     first = _entry(0, "in_flight")
     await store.claim(first, ttl=60)
-    for n in range(1, 3):
-        await store.claim(_entry(n), ttl=60)
+    clock.now += 50
     first.state = "done"
-    await store.save(first, ttl=60)  # written again: now the newest
-    await store.claim(_entry(3), ttl=60)
+    await store.save(first, ttl=60)  # written again: it lives 60 s from now
+    clock.now += 20
+    await store.claim(_entry(1), ttl=60)
     assert await store.load(first.ref) is not None
-    assert await store.load(_entry(1).ref) is None  # the oldest write went instead
 
 
-async def test_an_unresolved_redemption_is_never_evicted_by_the_cap() -> None:
-    store = MemoryStore(Clock(), max_entries=3)
-    pending = _entry(0, "pending")
-    await store.claim(pending, ttl=3600)
-    for n in range(1, 10):
-        await store.claim(_entry(n), ttl=3600)
-    assert await store.load(pending.ref) is not None
-    assert await store.unresolved() == [pending.ref]
-    assert len(store) == 3
+async def test_locks_expire_on_time_behind_a_long_one() -> None:
+    clock = Clock()
+    store = MemoryStore(clock)
+    assert await store.lock(["PENDING"], "slow", ttl=3600) == []
+    for n in range(100):
+        assert await store.lock([f"C{n}"], f"o{n}", ttl=5) == []
+        await store.unlock([f"C{n}"], f"o{n}")
+    clock.now += 6
+    assert await store.lock(["X"], "x", ttl=5) == []
+    assert set(store._locks.items) == {"PENDING", "X"}
+    assert len(store._locks._heap) <= 2  # the expired writes were swept, not queued behind the long one
 
 
 async def test_expired_locks_are_swept() -> None:
@@ -98,7 +116,7 @@ async def test_expired_locks_are_swept() -> None:
     assert await store.lock(["A"], "two", ttl=5) == ["A"]
     clock.now += 6
     assert await store.lock(["C"], "two", ttl=5) == []
-    assert set(store._locks) == {"C"}
+    assert set(store._locks.items) == {"C"}
 
 
 def test_the_cap_must_be_positive() -> None:
