@@ -63,14 +63,22 @@ from service.backoffice.schemas import (
 )
 from service.capillary import codes
 from service.capillary.client import CapillaryClient
-from service.capillary.coupons import customer_of
+from service.capillary.coupons import customer_of, upstream_failure
 from service.capillary.errors import CapillaryConnectionError, CapillaryError, CapillaryTimeoutError
 from service.capillary.models import Coupon, Customer, SeriesSpec, UploadJob, UploadResponse
 from service.deadline import DEADLINE
 from service.redemption.catalog import CATALOG, LocalError
 from service.redemption.flow import UpstreamFailure
 from service.series import SeriesCatalog, summarize
-from service.web.errors import REQUEST_ID, ApiError, ErrorDetail, UpstreamDetail, encoder, retry_headers
+from service.web.errors import (
+    REQUEST_ID,
+    ApiError,
+    ErrorDetail,
+    UpstreamDetail,
+    json_response,
+    retry_headers,
+    upstream_error,
+)
 from service.web.schemas import CustomerIn, InvalidRequest
 from service.web.schemas import _customer as customer_ref
 
@@ -93,16 +101,8 @@ _SERIES_FIELDS: Final = frozenset(f.encode_name for f in msgspec.structs.fields(
 log = structlog.get_logger("service.backoffice")
 
 
-def _json(status: int, body: msgspec.Struct) -> web.Response:
-    return web.Response(status=status, body=encoder.encode(body), content_type="application/json")
-
-
 def _upstream_error(exc: CapillaryError) -> ApiError:
-    error = codes.for_failure(exc)
-    upstream = None
-    if exc.code is not None or exc.upstream_message is not None:
-        upstream = UpstreamDetail(exc.code, exc.upstream_message)
-    return ApiError(error, upstream=upstream, headers=retry_headers(error))
+    return upstream_error(upstream_failure(exc))
 
 
 def _detail(error: LocalError, request_id: str, code: int | None = None, message: str | None = None) -> ErrorDetail:
@@ -403,7 +403,7 @@ class BackOfficeHandlers:
             coupon = await self._client.issue(body.series_id, customer)
         except CapillaryError as exc:
             raise _upstream_error(exc) from None
-        return _json(201, coupon_out(coupon))
+        return json_response(201, coupon_out(coupon))
 
     async def bulk_issue(self, request: web.Request) -> web.Response:
         body: BulkIssueIn = _decode(_BULK_ISSUE, await request.read())
@@ -430,7 +430,7 @@ class BackOfficeHandlers:
                 results.append(BulkIssuedOut(series_id=series_id, coupon=coupon_out(entry.result), error=None))
         issued = sum(1 for r in results if r.coupon is not None)
         status = 200 if issued or first_error is None else first_error.http_status
-        return _json(status, BulkIssueOut(results=results, issued=issued, failed=len(results) - issued))
+        return json_response(status, BulkIssueOut(results=results, issued=issued, failed=len(results) - issued))
 
     async def coupons(self, request: web.Request) -> web.Response:
         query = request.query
@@ -460,7 +460,7 @@ class BackOfficeHandlers:
         if not reply.data and errors:
             first = reply.errors[0]
             raise ApiError(codes.for_code(first.code), upstream=UpstreamDetail(first.code, first.message))
-        return _json(200, CouponsOut(coupons=[coupon_out(c) for c in reply.data], errors=errors))
+        return json_response(200, CouponsOut(coupons=[coupon_out(c) for c in reply.data], errors=errors))
 
     # ---- series
 
@@ -470,7 +470,7 @@ class BackOfficeHandlers:
             created = await self._client.create_series(spec)
         except CapillaryError as exc:
             raise _upstream_error(exc) from None
-        return _json(201, summarize(created))
+        return json_response(201, summarize(created))
 
     @staticmethod
     def _series_spec(raw: bytes) -> SeriesSpec:
@@ -580,7 +580,7 @@ class BackOfficeHandlers:
             report = await asyncio.to_thread(check_csv, spool.rewind(), rules, limits, spool.size)
             structlog.contextvars.bind_contextvars(upload_rows=report.rows, upload_errors=report.error_count)
             if dry_run:
-                return _json(200, DryRunOut(dry_run=True, report=report_out(report, spool.sha256)))
+                return json_response(200, DryRunOut(dry_run=True, report=report_out(report, spool.sha256)))
             if not report.valid:
                 await self._release(content_key, job_id)
                 return self._refused(request, report, spool.sha256)
@@ -618,7 +618,7 @@ class BackOfficeHandlers:
         body = UploadAcceptedOut(
             job=job_out(kind, series_id, upstream, record), report=report_out(report, spool.sha256), duplicate=False
         )
-        return _json(202, body)
+        return json_response(202, body)
 
     async def _send(
         self,
@@ -662,7 +662,7 @@ class BackOfficeHandlers:
     def _refused(self, request: web.Request, report: Report, sha256: str) -> web.Response:
         error = CATALOG["INVALID_UPLOAD"]
         detail = ErrorDetail(error.code, error.message, error.retryable, None, request[REQUEST_ID])
-        return _json(error.http_status, InvalidUploadOut(error=detail, report=report_out(report, sha256)))
+        return json_response(error.http_status, InvalidUploadOut(error=detail, report=report_out(report, sha256)))
 
     async def _claim(self, content_key: str, job_id: str, ttl: float) -> str | None:
         try:
@@ -697,7 +697,7 @@ class BackOfficeHandlers:
         upstream = await self._upstream_job(record.kind, record.series_id, record.upstream_job_id)
         structlog.contextvars.bind_contextvars(upload_job=job_id, duplicate=True)
         body = UploadAcceptedOut(job=job_out(kind, series_id, upstream, record), report=None, duplicate=True)
-        return _json(200, body)
+        return json_response(200, body)
 
     # ---- jobs
 
@@ -747,7 +747,7 @@ class BackOfficeHandlers:
             job_out(kind, series_id, job, None, ours.get(job.job_id))
             for job in sorted(upstream, key=lambda j: j.job_id, reverse=True)
         ]
-        return _json(200, JobsOut(jobs=listing))
+        return json_response(200, JobsOut(jobs=listing))
 
     async def _job(self, request: web.Request, kind: UploadKind) -> web.Response:
         series_id = _series_id(request)
@@ -755,7 +755,7 @@ class BackOfficeHandlers:
         if record is None or record.kind != kind or record.series_id != series_id:
             raise ApiError(CATALOG["UPLOAD_JOB_NOT_FOUND"])
         upstream = await self._upstream_job(kind, series_id, record.upstream_job_id)
-        return _json(200, job_out(kind, series_id, upstream, record))
+        return json_response(200, job_out(kind, series_id, upstream, record))
 
 
 def _camel(name: str) -> str:

@@ -15,6 +15,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from service.redemption.catalog import CATALOG, LocalError
+from service.redemption.flow import UpstreamFailure
 from service.redemption.models import Failure
 
 REQUEST_ID_HEADER: Final = "X-Request-ID"
@@ -85,6 +86,22 @@ def detail(failure: Failure, request_id: str) -> ErrorDetail:
 
 def retry_headers(error: LocalError) -> dict[str, str]:
     return {"Retry-After": "1"} if error.http_status in (429, 503) else {}
+
+
+def json_response(status: int, body: msgspec.Struct, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=encoder.encode(body), content_type="application/json", headers=headers)
+
+
+def upstream_error(exc: UpstreamFailure) -> ApiError:
+    """A whole request refused because of Capillary: its local code, Capillary's own, and when to try again."""
+    failure = exc.failure
+    upstream = None
+    if failure.upstream_code is not None or failure.upstream_message is not None:
+        upstream = UpstreamDetail(failure.upstream_code, failure.upstream_message)
+    headers = retry_headers(failure.error)
+    if exc.retry_after is not None:  # the breaker's cool-down, or when the outbound budget has room again
+        headers["Retry-After"] = str(exc.retry_after)
+    return ApiError(failure.error, upstream=upstream, headers=headers)
 
 
 def error_response(

@@ -21,7 +21,15 @@ from service.redemption.flow import RedemptionFlow, UpstreamFailure
 from service.redemption.models import CodeOutcome, Failure, Outcome, RedemptionCommand
 from service.series import SeriesCatalog
 from service.web.access import API_KEY
-from service.web.errors import REQUEST_ID, ApiError, UpstreamDetail, detail, encoder, retry_headers
+from service.web.errors import (
+    REQUEST_ID,
+    ApiError,
+    detail,
+    encoder,
+    json_response,
+    retry_headers,
+    upstream_error,
+)
 from service.web.schemas import (
     DiscountOut,
     InvalidRequest,
@@ -41,10 +49,6 @@ B = TypeVar("B", ValidateIn, RedeemIn)
 
 VALIDATE_DECODER: Final = msgspec.json.Decoder(ValidateIn)
 REDEEM_DECODER: Final = msgspec.json.Decoder(RedeemIn)
-
-
-def _json(status: int, body: msgspec.Struct, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=encoder.encode(body), content_type="application/json", headers=headers)
 
 
 def _store(request: web.Request) -> str | None:
@@ -76,17 +80,6 @@ def _discount(outcome: CodeOutcome) -> DiscountOut | None:
     if outcome.rule is None:
         return None
     return DiscountOut(type=outcome.rule.kind, value=outcome.rule.value, amount=outcome.amount)
-
-
-def _upstream_error(exc: UpstreamFailure) -> ApiError:
-    failure = exc.failure
-    upstream = None
-    if failure.upstream_code is not None or failure.upstream_message is not None:
-        upstream = UpstreamDetail(failure.upstream_code, failure.upstream_message)
-    headers = retry_headers(failure.error)
-    if exc.retry_after is not None:  # the breaker's cool-down, or when the outbound budget has room again
-        headers["Retry-After"] = str(exc.retry_after)
-    return ApiError(failure.error, upstream=upstream, headers=headers)
 
 
 IDEMPOTENCY_KEY_HEADER: Final = "Idempotency-Key"
@@ -125,7 +118,7 @@ async def _exactly_once(call: Awaitable[Reply]) -> Reply:
         error = CATALOG["STATE_STORE_UNAVAILABLE"]
         raise ApiError(error, headers=retry_headers(error)) from None
     except UpstreamFailure as exc:
-        raise _upstream_error(exc) from None
+        raise upstream_error(exc) from None
 
 
 def _refusal_status(outcome: Outcome) -> int:
@@ -165,7 +158,7 @@ class RedemptionHandlers:
             try:
                 outcome = await self._flow.validate(command)
             except UpstreamFailure as exc:
-                raise _upstream_error(exc) from None
+                raise upstream_error(exc) from None
         except ApiError as exc:
             self._metrics.validated("error", exc.error.code)
             structlog.contextvars.bind_contextvars(outcome="error", error_code=exc.error.code)
@@ -186,7 +179,7 @@ class RedemptionHandlers:
         ]
         error = detail(outcome.failure, request_id) if outcome.failure else None
         body = ValidateOut(coupons=coupons, total_discount=outcome.total_discount, error=error)
-        return _json(_refusal_status(outcome) if outcome.failure else 200, body)
+        return json_response(_refusal_status(outcome) if outcome.failure else 200, body)
 
     async def redeem(self, request: web.Request) -> web.Response:
         try:
@@ -235,10 +228,10 @@ class RedemptionHandlers:
         try:
             summary = await self._series.get(int(raw))
         except UpstreamFailure as exc:
-            raise _upstream_error(exc) from None
+            raise upstream_error(exc) from None
         if summary is None:
             raise ApiError(CATALOG["SERIES_NOT_FOUND"])
-        return _json(200, summary)
+        return json_response(200, summary)
 
 
 def _redeemed_coupons(outcome: Outcome, request_id: str) -> list[RedeemedCoupon]:
