@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
+from service.text import digits
+
 AuthScheme = Literal["oauth", "basic"]
 
 
@@ -157,7 +159,7 @@ class _Env:
         raw = self.optional(name)
         if raw is None:
             return default
-        if not raw.isdigit() or not 0 <= int(raw) <= 65535:
+        if not digits(raw) or not 0 <= int(raw) <= 65535:
             raise ConfigError(name, f"must be a TCP port number (0-65535), got {raw!r}")
         return int(raw)
 

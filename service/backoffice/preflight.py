@@ -35,6 +35,7 @@ from functools import partial
 from typing import IO, Final, Literal
 
 from service.observability.logging import mask
+from service.text import digits
 
 IdentifierType = Literal["MOBILE", "EXTERNAL_ID", "EMAIL", "USER_ID", "NOT_TAGGED"]
 CustomerIdentifierType = Literal["MOBILE", "EXTERNAL_ID", "EMAIL", "USER_ID"]
@@ -139,11 +140,6 @@ class RedemptionRules:
     @property
     def coupon_key(self) -> str:
         return "couponId" if self.coupon_identifier == "COUPON_ID" else "couponCode"
-
-
-def digits(value: str) -> bool:
-    """Only the ASCII digits 0-9 (``str.isdigit`` also takes "²", which ``int`` refuses)."""
-    return value.isascii() and value.isdigit()
 
 
 def _check_column(column: Column | None, name: str) -> None:

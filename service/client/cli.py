@@ -33,9 +33,10 @@ from rich.progress import (
 from rich.table import Table
 
 from service.backoffice.jobs import UploadKind
-from service.backoffice.preflight import COUPON_IDENTIFIER_TYPES, IDENTIFIER_TYPES, digits
+from service.backoffice.preflight import COUPON_IDENTIFIER_TYPES, IDENTIFIER_TYPES
 from service.backoffice.schemas import CouponOut, DryRunOut, JobOut, ReportOut, UploadAcceptedOut
 from service.client.client import GatewayClient, GatewayError, GatewayUnavailable
+from service.text import digits
 from service.web.schemas import CustomerIn
 
 DEFAULT_URL: Final = "http://127.0.0.1:8080"

@@ -42,7 +42,6 @@ from service.backoffice.preflight import (
     RowError,
     RulesError,
     check_csv,
-    digits,
 )
 from service.backoffice.schemas import (
     MAX_LOOKUPS,
@@ -70,6 +69,7 @@ from service.deadline import DEADLINE
 from service.redemption.catalog import CATALOG, LocalError
 from service.redemption.flow import UpstreamFailure
 from service.series import SeriesCatalog, summarize
+from service.text import digits
 from service.web.errors import (
     REQUEST_ID,
     ApiError,
@@ -77,6 +77,7 @@ from service.web.errors import (
     UpstreamDetail,
     json_response,
     retry_headers,
+    series_id_of,
     upstream_error,
 )
 from service.web.schemas import CustomerIn, InvalidRequest
@@ -127,13 +128,6 @@ def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
         raise ApiError.invalid(f"body: {exc}") from None
     except msgspec.DecodeError:
         raise ApiError.invalid("body: not valid JSON") from None
-
-
-def _series_id(request: web.Request) -> int:
-    raw = request.match_info["seriesId"]
-    if not digits(raw) or not 0 < int(raw) < 2**63:
-        raise ApiError.invalid("seriesId: a positive number")
-    return int(raw)
 
 
 def coupon_out(coupon: Coupon) -> CouponOut:
@@ -537,7 +531,7 @@ class BackOfficeHandlers:
         return await self._upload(request, "redemptions")
 
     async def _upload(self, request: web.Request, kind: UploadKind) -> web.Response:
-        series_id = _series_id(request)
+        series_id = series_id_of(request)
         await self._known_series(series_id)
         limits = self.limits
         spool, options = await _receive(request, limits.max_bytes)
@@ -736,7 +730,7 @@ class BackOfficeHandlers:
         return await self._job(request, "redemptions")
 
     async def _jobs_of(self, request: web.Request, kind: UploadKind) -> web.Response:
-        series_id = _series_id(request)
+        series_id = series_id_of(request)
         await self._known_series(series_id)
         upstream = await self._upstream_jobs(kind, series_id)
         try:
@@ -750,7 +744,7 @@ class BackOfficeHandlers:
         return json_response(200, JobsOut(jobs=listing))
 
     async def _job(self, request: web.Request, kind: UploadKind) -> web.Response:
-        series_id = _series_id(request)
+        series_id = series_id_of(request)
         record = await self._load(request.match_info["jobId"])
         if record is None or record.kind != kind or record.series_id != series_id:
             raise ApiError(CATALOG["UPLOAD_JOB_NOT_FOUND"])

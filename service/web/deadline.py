@@ -10,6 +10,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from service.deadline import DEADLINE, set_deadline
+from service.text import digits
 from service.web.errors import ApiError
 
 DEADLINE_HEADER: Final = "X-Request-Deadline-Ms"
@@ -25,7 +26,7 @@ def _asked(request: web.Request) -> float | None:
     if raw is None:
         return None
     raw = raw.strip()
-    if not (raw.isascii() and raw.isdigit()) or not MIN_HEADER_MS <= int(raw) <= MAX_HEADER_MS:
+    if not digits(raw) or not MIN_HEADER_MS <= int(raw) <= MAX_HEADER_MS:
         raise ApiError.invalid(f"{DEADLINE_HEADER}: whole milliseconds, {MIN_HEADER_MS} to {MAX_HEADER_MS}")
     return int(raw) / 1000.0
 

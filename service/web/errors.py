@@ -17,6 +17,7 @@ from aiohttp.typedefs import Handler
 from service.redemption.catalog import CATALOG, LocalError
 from service.redemption.flow import UpstreamFailure
 from service.redemption.models import Failure
+from service.text import digits
 
 REQUEST_ID_HEADER: Final = "X-Request-ID"
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -86,6 +87,14 @@ def detail(failure: Failure, request_id: str) -> ErrorDetail:
 
 def retry_headers(error: LocalError) -> dict[str, str]:
     return {"Retry-After": "1"} if error.http_status in (429, 503) else {}
+
+
+def series_id_of(request: web.Request) -> int:
+    """The ``{seriesId}`` of a route, or a 400 naming it."""
+    raw = request.match_info["seriesId"]
+    if not digits(raw) or not 0 < int(raw) < 2**63:
+        raise ApiError.invalid("seriesId: a positive number")
+    return int(raw)
 
 
 def json_response(status: int, body: msgspec.Struct, headers: dict[str, str] | None = None) -> web.Response:

@@ -28,6 +28,7 @@ from service.web.errors import (
     encoder,
     json_response,
     retry_headers,
+    series_id_of,
     upstream_error,
 )
 from service.web.schemas import (
@@ -222,11 +223,8 @@ class RedemptionHandlers:
         return _reply(await _exactly_once(reply))
 
     async def series(self, request: web.Request) -> web.Response:
-        raw = request.match_info["seriesId"]
-        if not raw.isdigit() or not 0 < int(raw) < 2**63:
-            raise ApiError.invalid("seriesId: a positive number")
         try:
-            summary = await self._series.get(int(raw))
+            summary = await self._series.get(series_id_of(request))
         except UpstreamFailure as exc:
             raise upstream_error(exc) from None
         if summary is None:

@@ -366,5 +366,6 @@ async def test_get_series(gateway: GatewayClient, upstream: Upstream) -> None:
     missing = await gateway.get("/v1/series/99999")
     assert missing.status == 404
     assert (await missing.json())["error"]["code"] == "SERIES_NOT_FOUND"
-    bad = await gateway.get("/v1/series/abc")
-    assert bad.status == 400
+    for raw in ("abc", "%C2%B2"):  # "²" is a digit to str.isdigit, not to int
+        bad = await gateway.get(f"/v1/series/{raw}")
+        assert bad.status == 400, raw

@@ -52,6 +52,7 @@ def test_secrets_never_appear_in_repr() -> None:
         ({k: v for k, v in BASIC.items() if k != "CAPILLARY_TILL_PASSWORD"}, "CAPILLARY_TILL_PASSWORD"),
         ({**OAUTH, "GATEWAY_PORT": "80a"}, "GATEWAY_PORT"),
         ({**OAUTH, "GATEWAY_PORT": "70000"}, "GATEWAY_PORT"),
+        ({**OAUTH, "GATEWAY_PORT": "²"}, "GATEWAY_PORT"),
         ({**OAUTH, "CAPILLARY_TIMEOUT_SECONDS": "fast"}, "CAPILLARY_TIMEOUT_SECONDS"),
         ({**OAUTH, "CAPILLARY_TIMEOUT_SECONDS": "0"}, "CAPILLARY_TIMEOUT_SECONDS"),
         ({**OAUTH, "CAPILLARY_CONNECT_TIMEOUT_SECONDS": "9"}, "CAPILLARY_CONNECT_TIMEOUT_SECONDS"),
