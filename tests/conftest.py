@@ -155,7 +155,9 @@ def free_port() -> int:
         return port
 
 
-REDIS_TEST_DB = "redis://127.0.0.1:6379/15"  # the tests' own database; our keys are removed after each test
+#: The tests' own database; our keys are removed after each test. Two checkouts testing side by side on one Redis
+#: set ``TEST_REDIS_DB`` (and ``TEST_REDIS_CACHE_DB``) to different numbers.
+REDIS_TEST_DB = f"redis://127.0.0.1:6379/{os.environ.get('TEST_REDIS_DB', '15')}"
 
 
 def redis_up() -> bool:

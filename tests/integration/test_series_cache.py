@@ -17,7 +17,8 @@ from service.sandbox import DEMO
 from service.series import SeriesCatalog, open_cache, open_catalog
 from tests.conftest import StartGateway, Upstream
 
-REDIS_URL = "redis://127.0.0.1:6379/14"  # the tests' own database, emptied of our keys after each test
+# The tests' own database, emptied of our keys after each test.
+REDIS_URL = f"redis://127.0.0.1:6379/{os.environ.get('TEST_REDIS_CACHE_DB', '14')}"
 NAMESPACES = ("pos_coupon:series:", "pos_coupon:code:")
 
 
