@@ -1,4 +1,4 @@
-"""Sample payloads extracted from the upstream documents in ../shared/capillary-docs (never retyped)."""
+"""Sample payloads extracted from the upstream documents (never retyped), vendored in tests/fixtures/capillary-docs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-DOCS = Path(__file__).resolve().parents[3] / "shared" / "capillary-docs"
+DOCS = Path(__file__).resolve().parents[1] / "fixtures" / "capillary-docs"
+#: The originals, when a checkout has them beside it (compared with the vendored copies).
+ORIGINAL_DOCS = Path(__file__).resolve().parents[3] / "shared" / "capillary-docs"
 
 _FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 _HEADING = re.compile(r"^(#{1,2}) (.+?)\s*$", re.M)
