@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Final
 
@@ -145,11 +144,9 @@ def create_app(
     *,
     capillary: CapillaryClient | None = None,
     keys: KeyRing | None = None,
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> web.Application:
     """Build the gateway. ``capillary`` may be given (tests); otherwise one is opened from ``settings``.
-    ``keys``: the API keys, else read from ``settings.access.keys_file`` (none: every ``/v1/`` call is refused).
-    ``clock`` is "now" for the series pre-checks."""
+    ``keys``: the API keys, else read from ``settings.access.keys_file`` (none: every ``/v1/`` call is refused)."""
     instruments = Metrics()
     access = settings.access
     if keys is None:
@@ -194,6 +191,11 @@ def create_app(
             return
         client = CapillaryClient(settings.capillary, observer=UpstreamObserver(instruments))
         app[CAPILLARY] = client
+        if not client.uploads_configured:
+            log.warning(
+                "uploads disabled: the upload host takes OAuth only; set CAPILLARY_CLIENT_KEY and "
+                "CAPILLARY_CLIENT_SECRET to use them (POS routes are unaffected)"
+            )
         try:
             yield
         finally:
@@ -222,7 +224,7 @@ def create_app(
             log.warning("redemption ledger: in memory (one process only; lost on restart). Set REDIS_URL for more")
         app[LEDGER_STORE] = store
         coupons = CapillaryCoupons(app[CAPILLARY])
-        flow = RedemptionFlow(coupons, app[SERIES], clock=clock)
+        flow = RedemptionFlow(coupons, app[SERIES])
         timing = Timing(
             deadline=state.redeem_deadline,
             upstream_timeout=settings.capillary.timeout,

@@ -182,6 +182,9 @@ def capillary_from_env(env: Mapping[str, str]) -> CapillarySettings:
     else:
         username = read.text("CAPILLARY_TILL_USERNAME")
         password = read.text("CAPILLARY_TILL_PASSWORD")
+        # The upload host takes OAuth only: client credentials, when given, serve the uploads.
+        key = read.optional("CAPILLARY_CLIENT_KEY") or ""
+        secret = read.optional("CAPILLARY_CLIENT_SECRET") or ""
     connect_timeout = read.number("CAPILLARY_CONNECT_TIMEOUT_SECONDS", 2.0, minimum=0.05, maximum=60)
     timeout = read.number("CAPILLARY_TIMEOUT_SECONDS", 8.0, minimum=0.1, maximum=300)
     if connect_timeout > timeout:

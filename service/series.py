@@ -386,9 +386,13 @@ class SeriesCatalog:
         """Record code -> series pairs learnt elsewhere (a redeem answer's ``seriesCode``)."""
         await self._cache_set(self._codes, self.stats.code, list(code_series.items()), self._code_ttl)
 
-    async def series_ids(self, codes: Sequence[str]) -> dict[str, int]:
+    async def _cached_ids(self, codes: Sequence[str]) -> dict[str, int]:
         cached = await self._cache_get(self._codes, self.stats.code, codes)
-        known = {c: v for c, v in zip(codes, cached, strict=True) if v is not None}
+        return {c: v for c, v in zip(codes, cached, strict=True) if v is not None}
+
+    async def series_ids(self, codes: Sequence[str]) -> dict[str, int]:
+        """Each code's series: from the cache, else one coupon-details call for all the others."""
+        known = await self._cached_ids(codes)
         missing = [c for c in codes if c not in known]
         if missing:
             try:
@@ -406,6 +410,20 @@ class SeriesCatalog:
         ids = await self.series_ids(codes)
         summaries = await self.get_many(ids.values())
         return {code: summaries[sid] for code, sid in ids.items() if sid in summaries}
+
+    async def known(self, codes: Sequence[str]) -> dict[str, SeriesSummary]:
+        """The series of the codes whose series is already known (learnt from an earlier check, lookup or
+        redeem answer): no upstream call to learn a code's series. Never raises for an upstream or cache
+        failure."""
+        ids = await self._cached_ids(codes)
+        if not ids:
+            return {}
+        summaries = await self.get_many(ids.values())
+        return {code: summaries[sid] for code, sid in ids.items() if sid in summaries}
+
+    async def by_ids(self, ids: Iterable[int]) -> dict[int, SeriesSummary]:
+        """Summaries of the series among ``ids`` that exist (one upstream call for all those not cached)."""
+        return await self.get_many(ids)
 
 
 @contextlib.asynccontextmanager

@@ -135,7 +135,7 @@ async def start_gateway(aiohttp_client: Any) -> StartGateway:
             state=state or StateSettings(),
             access=access or TEST_ACCESS,
         )
-        app = create_app(settings, keys=keys, clock=upstream.sandbox.now)  # the sandbox's "now" for the series
+        app = create_app(settings, keys=keys)
         client: GatewayClient = await aiohttp_client(app, headers=bearer(key) if key else None)
         return client
 

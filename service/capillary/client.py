@@ -23,12 +23,16 @@ from yarl import URL
 
 from service.capillary.auth import BasicAuth, OAuthTokens
 from service.capillary.errors import (
+    DONE_CODES,
     SUCCESS_CODES,
+    TRY_LATER_STATUSES,
+    UNKNOWN_OUTCOME_CODE,
     CapillaryAuthError,
     CapillaryBadResponse,
     CapillaryConnectionError,
     CapillaryError,
     CapillaryHTTPError,
+    CapillaryNotConfigured,
     CapillaryTimeoutError,
     CapillaryUnavailable,
     extract_status,
@@ -113,7 +117,10 @@ REJECTION_REASONS: Final = ("circuit_open", "rate_limited", "no_time")
 # Less time than this left before the deadline: the call is not even started.
 MIN_ATTEMPT_SECONDS: Final = 0.01
 
+# Bill amounts go as decimal strings, as the redeem samples send them ("billAmount": "2000"); a new series' amounts
+# as numbers, as the create-series sample sends them ("discountValue": 500).
 _encoder = msgspec.json.Encoder(decimal_format="string")
+_number_encoder = msgspec.json.Encoder(decimal_format="number")
 _any_decoder = msgspec.json.Decoder()
 
 
@@ -137,6 +144,25 @@ _CUSTOMER_COUPONS = _Reader(CustomerCouponsResponse)
 _REACTIVATE = _Reader(ReactivateResponse, lambda r: r.success)
 _TOKEN = _Reader(TokenResponse, lambda r: r.data is not None and bool(r.data.access_token))
 _UPLOAD = _Reader(UploadResponse, lambda r: r.success and r.result is not None)
+
+
+def _names_refusals(reader: _Reader[Any], value: Any, status: int, operation: str, request_id: str | None) -> bool:
+    """Is an error status's body one to read per code? Only when it names refusals and nothing done: such a body
+    is a refusal whatever the HTTP status (a 5xx included). A body that names a code as done under an error
+    status contradicts itself: its outcome is unknown (raised, and never read as a refusal). A body naming no
+    code says nothing: the HTTP status decides (the caller raises by status)."""
+    codes: list[int] = value.named_codes()
+    if not codes:
+        return False
+    if any(c in DONE_CODES for c in codes) and not any(c == UNKNOWN_OUTCOME_CODE for c in codes):
+        raise CapillaryBadResponse(
+            operation,
+            f"HTTP {status} with a body that reports success",
+            http_status=status,
+            request_id=request_id,
+            maybe_applied=True,
+        )
+    return True
 
 
 def _check_codes(codes: Sequence[str]) -> list[str]:
@@ -198,10 +224,15 @@ class CapillaryClient:
         self._upload_url = URL(settings.upload_url)
         self.tokens: OAuthTokens | None = None
         auth: BasicAuth | OAuthTokens
+        if settings.auth == "oauth" or (settings.client_key and settings.client_secret):
+            self.tokens = OAuthTokens(self._fetch_token, clock=clock)
         if settings.auth == "oauth":
-            auth = self.tokens = OAuthTokens(self._fetch_token, clock=clock)
+            auth = self.tokens or OAuthTokens(self._fetch_token, clock=clock)
         else:
             auth = BasicAuth(settings.till_username, settings.till_password)
+        # The v1 upload host documents OAuth only: with Basic for the v2 API, uploads use OAuth when client
+        # credentials are given, and are not sent at all without them.
+        upload_auth = self.tokens
         policy = BreakerPolicy(
             failure_ratio=settings.breaker_failure_ratio,
             slow_call_seconds=settings.breaker_slow_call_seconds,
@@ -222,11 +253,25 @@ class CapillaryClient:
         self._api, self._upload = (
             aiohttp.ClientSession(
                 timeout=timeout,
-                middlewares=(auth,),
+                middlewares=middlewares,
                 headers={"Accept": "application/json", "User-Agent": "pos-coupon-gateway"},
             )
-            for _ in range(2)
+            for middlewares in ((auth,), (upload_auth,) if upload_auth is not None else ())
         )
+
+    @property
+    def uploads_configured(self) -> bool:
+        """Whether the upload host can be called: it takes OAuth only."""
+        return self.tokens is not None
+
+    def require_uploads(self, operation: str) -> None:
+        """Raise ``CapillaryNotConfigured`` naming the settings the upload host needs, if they are missing."""
+        if self.tokens is None:
+            raise CapillaryNotConfigured(
+                operation,
+                "the upload host takes OAuth only: set CAPILLARY_CLIENT_KEY and CAPILLARY_CLIENT_SECRET "
+                "(alongside CAPILLARY_AUTH=basic) to use uploads and their job status",
+            )
 
     @property
     def breakers(self) -> tuple[Breaker, ...]:
@@ -383,13 +428,13 @@ class CapillaryClient:
     ) -> tuple[M, int, str | None]:
         """Send one request and return its decoded, usable body, or raise a typed CapillaryError.
 
-        ``per_item_errors``: a 4xx whose body carries per-coupon results (redeem, is_redeemable) is returned
-        like a 200, since the caller needs each coupon's verdict.
+        ``per_item_errors``: an error status (4xx or 5xx) whose body names per-coupon refusals (redeem,
+        is_redeemable) is returned like a 200, since the caller needs each coupon's verdict.
         """
         headers: CIMultiDict[str] = CIMultiDict()
         data: bytes | aiohttp.FormData | None = form
         if body is not None:
-            data = _encoder.encode(body)
+            data = (_number_encoder if isinstance(body, CreateSeriesRequest) else _encoder).encode(body)
             headers["Content-Type"] = "application/json"
         if store:
             headers[ATTRIBUTION_TYPE_HEADER] = "STORE_CODE"
@@ -431,13 +476,13 @@ class CapillaryClient:
         per_item_errors: bool,
     ) -> M:
         ok = 200 <= status < 300
-        if ok or (per_item_errors and 400 <= status < 500 and status != 401):
+        if ok or (per_item_errors and status >= 400 and status != 401 and status not in TRY_LATER_STATUSES):
             try:
                 value = decode(reader.model, raw)
             except msgspec.DecodeError:
                 pass
             else:
-                if reader.usable(value):
+                if reader.usable(value) and (ok or _names_refusals(reader, value, status, operation, request_id)):
                     return value
         try:
             found = extract_status(_any_decoder.decode(raw)) if raw else None
@@ -460,7 +505,8 @@ class CapillaryClient:
             code=code,
             upstream_message=message,
             request_id=request_id,
-            maybe_applied=status >= 500,
+            # A 5xx may come after the action was applied; "busy, try later" (461, 521) refused it.
+            maybe_applied=status >= 500 and status not in TRY_LATER_STATUSES,
         )
 
     def _v2(self, path: str) -> URL:
@@ -500,7 +546,8 @@ class CapillaryClient:
         store: str | None = None,
         timeout: float | None = None,
     ) -> IsRedeemableResponse:
-        """``GET /v2/coupon/is_redeemable``: one verdict per code, in one call for all codes."""
+        """``GET /v2/coupon/is_redeemable``: one verdict per code, in one call for all codes. ``details=true``
+        asks for the series' details too (documented; no sample shows them, so they are read where present)."""
         params = [
             *customer.query().items(),
             ("code", ",".join(_check_codes(codes))),
@@ -718,6 +765,7 @@ class CapillaryClient:
         form.add_field("customerIdentifier", identifier_type)
         if identifier_column is not None:
             form.add_field("customerIdentifierColumn", str(identifier_column))
+        self.require_uploads("upload_coupons")
         return await self._call(
             "upload_coupons",
             "POST",
@@ -747,7 +795,8 @@ class CapillaryClient:
         form.add_field("couponIdentifier", coupon_identifier)
         form.add_field("uploadHeaders", _encoder.encode(dict(upload_headers)).decode())
         if details is not None:
-            form.add_field("details", details)
+            form.add_field("Details", details)  # capitalised, as documented
+        self.require_uploads("upload_redeemed")
         return await self._call(
             "upload_redeemed",
             "POST",
@@ -760,6 +809,7 @@ class CapillaryClient:
 
     async def upload_status(self, series_id: int, *, timeout: float | None = None) -> UploadResponse:
         """``GET {upload host}/coupon/api/v1/upload/getUploadStatus/{seriesId}``."""
+        self.require_uploads("upload_status")
         return await self._call(
             "upload_status",
             "GET",
@@ -771,6 +821,7 @@ class CapillaryClient:
 
     async def redeemed_upload_status(self, series_id: int, *, timeout: float | None = None) -> UploadResponse:
         """``GET {upload host}/coupon/api/v1/upload/getUploadRedeemedCouponStatus/{seriesId}``."""
+        self.require_uploads("redeemed_upload_status")
         return await self._call(
             "redeemed_upload_status",
             "GET",

@@ -10,6 +10,7 @@ from typing import Final
 
 from service.capillary.errors import (
     SUCCESS_CODES,
+    TRY_LATER_STATUSES,
     CapillaryBadResponse,
     CapillaryConnectionError,
     CapillaryError,
@@ -26,17 +27,16 @@ def _rows(code: str, *upstream: int | range) -> dict[int, str]:
     return result
 
 
-# Codes that report a side problem while the main action succeeded.
-WARNING_CODES: Final = frozenset({704, 724})
-
 CAPILLARY_CODES: Final[dict[int, str]] = {
     **_rows("INVALID_REQUEST", 629, 718, 746, 781, 661),
     **_rows("COUPON_REVOKED", 660),
     **_rows("CUSTOMER_NOT_FOUND", 701, 8015, 816, 1011, 1012),
     **_rows("COUPON_NOT_FOUND", 702, 719, 780),
     **_rows("COUPON_NOT_ISSUED", 703, 723),
-    **_rows("COUPON_VALIDATION_REQUIRED", 705, 725, 726),
-    **_rows("COUPON_NOT_REDEEMABLE", 706, 709, 759),
+    **_rows("COUPON_VALIDATION_REQUIRED", 705, 725),
+    # 726 "validation not required": never a reason the till can act on; 706 is generic in v1.1 wording and
+    # "cannot redeem same voucher multiple times" elsewhere (reconciliation reads it as used; see coupons.py).
+    **_rows("COUPON_NOT_REDEEMABLE", 706, 709, 726, 759),
     **_rows("SERIES_NOT_FOUND", 707, 755),
     **_rows("COUPON_NOT_FOR_CUSTOMER", 710),
     **_rows("COUPON_ALREADY_REDEEMED", 711, 716, 747),
@@ -78,10 +78,10 @@ def for_failure(error: CapillaryError) -> LocalError:
         return CATALOG["UPSTREAM_TIMEOUT"]
     if isinstance(error, CapillaryConnectionError):
         return CATALOG["UPSTREAM_UNAVAILABLE"]
-    if isinstance(error, CapillaryBadResponse):
-        return CATALOG["UPSTREAM_ERROR"]
+    if isinstance(error, CapillaryBadResponse):  # a check's answer we cannot read: asking again may help
+        return CATALOG["UPSTREAM_BAD_RESPONSE"]
     status = error.http_status or 0
-    if status == 429 or status >= 500:
+    if status == 429 or status >= 500 or status in TRY_LATER_STATUSES:  # 461: "search engine busy, try later"
         return CATALOG["UPSTREAM_UNAVAILABLE"]
     if status in (401, 403):
         return CATALOG["UPSTREAM_MISCONFIGURED"]

@@ -10,13 +10,22 @@ from collections.abc import Sequence
 
 from service.capillary import codes
 from service.capillary.client import CapillaryClient
-from service.capillary.errors import SUCCESS_CODES, CapillaryError, CapillaryUnavailable
-from service.capillary.models import BulkRedeemResponse, Customer, RedeemItem, RedeemResponse
+from service.capillary.errors import (
+    SUCCESS_CODES,
+    UNKNOWN_OUTCOME_CODE,
+    CapillaryError,
+    CapillaryUnavailable,
+)
+from service.capillary.models import BulkRedeemResponse, Customer, RedeemItem, RedeemResponse, Said
 from service.capillary.resilience import retry_after_seconds
 from service.redemption.catalog import CATALOG
 from service.redemption.discount import DiscountRule
 from service.redemption.flow import Redeemed, UpstreamFailure, Verdict
 from service.redemption.models import CustomerRef, Failure, RedemptionCommand
+
+# "Already used" in the words of each cluster: 711, 716, 747, and 706 ("cannot redeem the same voucher multiple
+# times"). Reconciliation reads them as "our redeem went through" for a single-use code we hold the lock on.
+USED_CODES = frozenset({706, 711, 716, 747})
 
 
 def customer_of(ref: CustomerRef) -> Customer:
@@ -42,15 +51,31 @@ def upstream_failure(error: CapillaryError) -> UpstreamFailure:
     return UpstreamFailure(failure, maybe_applied=error.maybe_applied, retry_after=retry_after)
 
 
-def _redeemed(item: RedeemItem, entry_failure: Failure | None = None) -> Redeemed:
-    rule = DiscountRule.parse(item.discount_type, item.discount_value, item.discount_upto)
-    if entry_failure is None and item.succeeded:
-        return Redeemed(True, redemption_id=item.capillary_redemption_id, series_id=item.series_id, rule=rule)
-    failure = entry_failure or failure_of(item.status_code, item.status_message)
-    return Redeemed(False, failure=failure, series_id=item.series_id, rule=rule)
+def _rule(item: RedeemItem | None) -> tuple[DiscountRule | None, bool]:
+    """The discount an answer states for an item, and whether it stated the cap too."""
+    stated = item.discount_rule if item is not None else None
+    if stated is None:
+        return None, True
+    kind, value, cap = stated
+    return DiscountRule.parse(kind, value, cap), cap is not None or kind.upper() != "PERC"
 
 
-UNKNOWN_OUTCOME_CODE = 748  # "Coupon service timed out": Capillary itself does not know
+def _redeemed(item: RedeemItem | None, verdict: Said | None) -> Redeemed:
+    """One code's result. No verdict anywhere in the body: the HTTP status decides, and the client returns a
+    body without verdicts only for a 2xx: done."""
+    rule, cap_stated = _rule(item)
+    series_id = item.series_id if item is not None else None
+    if verdict is None or verdict.ok:
+        redemption_id = item.capillary_redemption_id if item is not None else None
+        return Redeemed(True, redemption_id=redemption_id, series_id=series_id, rule=rule, cap_stated=cap_stated)
+    failure = failure_of(verdict.code, verdict.message)
+    return Redeemed(False, failure=failure, series_id=series_id, rule=rule, cap_stated=cap_stated)
+
+
+def _warned(item: RedeemItem | None, counts: dict[int, int]) -> None:
+    for warning in item.warnings if item is not None else ():
+        if warning.code is not None:
+            counts[warning.code] = counts.get(warning.code, 0) + 1
 
 
 def _check_known(results: dict[str, Redeemed]) -> dict[str, Redeemed]:
@@ -61,11 +86,16 @@ def _check_known(results: dict[str, Redeemed]) -> dict[str, Redeemed]:
     return results
 
 
-def _single(reply: RedeemResponse) -> dict[str, Redeemed]:
-    return _check_known({item.code: _redeemed(item) for item in reply.redemption if item.code})
+def _single(reply: RedeemResponse, warnings: dict[int, int]) -> dict[str, Redeemed]:
+    results = {}
+    for item in reply.redemption:
+        if item.code:
+            _warned(item, warnings)
+            results[item.code] = _redeemed(item, reply.verdict(item))
+    return _check_known(results)
 
 
-def _bulk(reply: BulkRedeemResponse, sent: Sequence[str]) -> dict[str, Redeemed]:
+def _bulk(reply: BulkRedeemResponse, sent: Sequence[str], warnings: dict[int, int]) -> dict[str, Redeemed]:
     results: dict[str, Redeemed] = {}
     for position, entry in enumerate(reply.response):
         code = entry.result.code if entry.result and entry.result.code else None
@@ -73,32 +103,37 @@ def _bulk(reply: BulkRedeemResponse, sent: Sequence[str]) -> dict[str, Redeemed]
             code = sent[position]  # an entry without its code: Capillary answers in request order
         if code is None:
             continue
-        failure = failure_of(entry.status_code, entry.status_message) if entry.errors else None
-        if entry.result is not None:
-            results[code] = _redeemed(entry.result, failure)
-        else:
-            results[code] = Redeemed(False, failure=failure or failure_of(None, None))
+        _warned(entry.result, warnings)
+        results[code] = _redeemed(entry.result, reply.verdict(entry))
     return _check_known(results)
 
 
 class CapillaryCoupons:
     def __init__(self, client: CapillaryClient) -> None:
         self._client = client
+        #: Warnings on redemptions that went through (704/724: the customer was not notified), by code: counted
+        #: and logged, never a refusal.
+        self.warnings: dict[int, int] = {}
 
     async def check(self, customer: CustomerRef, codes: Sequence[str], *, store: str | None) -> dict[str, Verdict]:
+        """``is_redeemable`` with ``details=true`` (the series' details, where the answer carries them). A code
+        the answer gives no verdict for, when it names none at all, makes the answer unusable: a 502 the till
+        may retry (``UPSTREAM_BAD_RESPONSE``)."""
         try:
-            reply = await self._client.is_redeemable(customer_of(customer), codes, store=store)
+            reply = await self._client.is_redeemable(customer_of(customer), codes, details=True, store=store)
         except CapillaryError as exc:
             raise upstream_failure(exc) from exc
         verdicts = {}
         for item in reply.redemption:
-            if item.is_redeemable:
-                verdicts[item.code] = Verdict(True)
+            verdict = reply.verdict(item)
+            if verdict is None:
+                failure = Failure(CATALOG["UPSTREAM_BAD_RESPONSE"], None, "Capillary's check gave no verdict")
+                raise UpstreamFailure(failure)
+            if verdict.ok:
+                verdicts[item.code] = Verdict(True, series_id=item.series_id)
             else:
-                code, message = item.status_code, item.status_message
-                if code is None and reply.redemption_status is not None:
-                    code, message = reply.redemption_status.code, reply.redemption_status.message
-                verdicts[item.code] = Verdict(False, failure_of(code, message))
+                failure = failure_of(verdict.code, verdict.message)
+                verdicts[item.code] = Verdict(False, failure, series_id=item.series_id)
         return verdicts
 
     async def redeem(self, command: RedemptionCommand, codes: Sequence[str]) -> dict[str, Redeemed]:
@@ -110,11 +145,11 @@ class CapillaryCoupons:
                 single = await self._client.redeem(
                     customer, codes[0], bill_amount=bill, transaction_number=number, redemption_time=time, store=store
                 )
-                return _single(single)
+                return _single(single, self.warnings)
             bulk = await self._client.bulk_redeem(
                 customer, codes, bill_amount=bill, transaction_number=number, redemption_time=time, store=store
             )
-            return _bulk(bulk, codes)
+            return _bulk(bulk, codes, self.warnings)
         except CapillaryError as exc:
             raise upstream_failure(exc) from exc
 
@@ -153,5 +188,4 @@ class CapillaryCoupons:
 
     async def _find_by_verdicts(self, customer: CustomerRef, codes: Sequence[str]) -> dict[str, int]:
         verdicts = await self.check(customer, codes, store=None)
-        used = {"COUPON_ALREADY_REDEEMED"}
-        return {c: 0 for c, v in verdicts.items() if v.failure is not None and v.failure.error.code in used}
+        return {c: 0 for c, v in verdicts.items() if v.failure is not None and v.failure.upstream_code in USED_CODES}

@@ -12,6 +12,16 @@ from typing import Any
 
 # Capillary codes that mean "this item succeeded".
 SUCCESS_CODES = frozenset({200, 700, 731})
+# "Error sending coupon" / "unable to communicate to customer": a notification failed while the main action
+# succeeded. Warnings, never verdicts: a redeem that carries one consumed the coupon.
+WARNING_CODES = frozenset({704, 724})
+# Codes under which the action itself went through.
+DONE_CODES = SUCCESS_CODES | WARNING_CODES
+# "Coupon service timed out": Capillary itself does not know whether a redeem was applied.
+UNKNOWN_OUTCOME_CODE = 748
+# Request-level HTTP statuses that say "busy, try later" and refuse the call: 461 "search engine busy", 521
+# "multiple actions are running for the same customer". Nothing applied; not a sign of a host outage.
+TRY_LATER_STATUSES = frozenset({461, 521})
 # "Failed because another coupon in the batch failed": never the coupon's own fault.
 SIBLING_FAILURE_CODE = 749
 
@@ -72,6 +82,15 @@ class CapillaryUnavailable(CapillaryConnectionError):
         super().__init__(operation, message, maybe_applied=False)
         self.reason = reason
         self.retry_after = retry_after
+
+
+class CapillaryNotConfigured(CapillaryUnavailable):
+    """Not sent: the gateway lacks the settings this call needs (named in the message)."""
+
+    kind = "not_configured"
+
+    def __init__(self, operation: str, message: str) -> None:
+        super().__init__(operation, message, reason="not_configured", retry_after=60.0)
 
 
 class CapillaryTimeoutError(CapillaryError):

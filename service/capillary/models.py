@@ -11,11 +11,11 @@ Requests are encoded with ``omit_defaults`` so optional fields we were not given
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import msgspec
 
-from service.capillary.errors import SIBLING_FAILURE_CODE, SUCCESS_CODES
+from service.capillary.errors import DONE_CODES, SIBLING_FAILURE_CODE
 
 M = TypeVar("M")
 
@@ -96,15 +96,41 @@ class Customer(Outbound):
         return {"externalId": self.external_id or ""}
 
 
-def _item_code(status: Any, warnings: list[Status]) -> tuple[int | None, str | None]:
-    if isinstance(status, ItemRedemptionStatus):
-        if status.status_code is not None and status.status_code.code is not None:
-            return status.status_code.code, status.status_code.message
-        if status.code is not None:
-            return status.code, status.message
-    if warnings:
-        return warnings[0].code, warnings[0].message
-    return None, None
+class Said(NamedTuple):
+    """What an answer says of one code: done or refused, with Capillary's code and message when it gave them."""
+
+    ok: bool
+    code: int | None = None
+    message: str | None = None
+
+
+def status_verdict(status: Status | None) -> Said | None:
+    """A ``{status, code, message}`` triple as a verdict: by its numeric code (704/724 count as done: they are
+    warnings), by ``status`` only when no code is given; None when it says nothing."""
+    if status is None:
+        return None
+    if status.code is not None:
+        return Said(status.code in DONE_CODES, status.code, status.message)
+    if status.status is not None:
+        return Said(status.status, None, status.message)
+    return None
+
+
+def _reason(warnings: list[Status], appended: str | None) -> tuple[int | None, str | None]:
+    """Why an item already known to have failed was refused, from its warnings: the first one that is not a
+    notification warning. Never a verdict by itself."""
+    for warning in warnings:
+        if warning.code is not None and warning.code not in DONE_CODES:
+            return warning.code, warning.message or appended or None
+    return None, appended or None
+
+
+def refusal(verdict: Said, warnings: list[Status], appended: str | None) -> Said:
+    """A refusal, its reason filled in from the item's warnings or message when the verdict named none."""
+    if verdict.code is not None and verdict.code not in DONE_CODES:
+        return verdict
+    code, message = _reason(warnings, appended)
+    return Said(False, code, message or verdict.message)
 
 
 # --------------------------------------------------------------------------------------------- is_redeemable
@@ -112,22 +138,16 @@ def _item_code(status: Any, warnings: list[Status]) -> tuple[int | None, str | N
 
 class IsRedeemableItem(Upstream):
     code: str
-    is_redeemable: bool = False
+    #: The verdict. Absent (never in a sample, but read defensively): the top-level status decides.
+    is_redeemable: bool | None = None
     appended_error_message: str | None = None
     warnings: list[Status] = []
     number_of_redemptions_by_user: int | None = None
     redemptions_left: int | None = None
     is_absolute: bool | None = None
-    # Only present with ``details=true``, which is undocumented: read opportunistically, never relied on.
+    #: ``details=true`` is documented to add the series' details, but no sample shows where: read when present,
+    #: else the series is learnt from coupon details.
     series_id: int | None = None
-
-    @property
-    def status_code(self) -> int | None:
-        return _item_code(None, self.warnings)[0]
-
-    @property
-    def status_message(self) -> str | None:
-        return _item_code(None, self.warnings)[1] or self.appended_error_message or None
 
 
 class IsRedeemableResponse(Upstream):
@@ -135,6 +155,26 @@ class IsRedeemableResponse(Upstream):
     redemption_status: Status | None = None
     customer: CustomerInfo | None = None
     warnings: list[Any] = []
+
+    def verdict(self, item: IsRedeemableItem) -> Said | None:
+        """``isRedeemable`` first, else the top-level status; None when the answer says nothing of this code.
+        A refusal's reason: the top-level code, else the item's first warning."""
+        top = status_verdict(self.redemption_status)
+        if item.is_redeemable is True:
+            return Said(True)
+        if item.is_redeemable is None and (top is None or top.ok):
+            return top
+        failed = top if top is not None and not top.ok else Said(False)
+        own, message = _reason(item.warnings, item.appended_error_message)
+        if own is not None:  # the item's own reason beats the aggregate's
+            return Said(False, own, message)
+        return refusal(failed, item.warnings, item.appended_error_message)
+
+    def named_codes(self) -> list[int]:
+        """Every status code the body names (for judging an error status's body)."""
+        codes = [w.code for i in self.redemption for w in i.warnings if w.code is not None]
+        top = self.redemption_status
+        return codes + ([top.code] if top is not None and top.code is not None else [])
 
 
 # ----------------------------------------------------------------------------------------------------- redeem
@@ -178,22 +218,40 @@ class RedeemItem(Upstream):
     discount_code: str | None = None
     appended_error_message: str | None = None
     warnings: list[Status] = []
+    #: Per-item status: in the "Redeem Coupon (Single)" and bulk samples; absent from the "Redeem Coupons"
+    #: sample, whose outcome is only the top-level ``redemptionStatus``.
     redemption_status: ItemRedemptionStatus | None = None
 
-    @property
-    def status_code(self) -> int | None:
-        return _item_code(self.redemption_status, self.warnings)[0]
+    def own_verdict(self) -> Said | None:
+        """The item's own status, when it carries one: its numeric code first, then ``success``."""
+        status = self.redemption_status
+        if status is None:
+            return None
+        nested = status.status_code
+        if nested is not None and nested.code is not None:
+            return Said(nested.code in DONE_CODES, nested.code, nested.message or status.message)
+        if status.code is not None:
+            return Said(status.code in DONE_CODES, status.code, status.message)
+        if status.success is not None:
+            return Said(status.success, None, status.message)
+        return status_verdict(nested)
+
+    def named_codes(self) -> list[int]:
+        own = self.own_verdict()
+        return [w.code for w in self.warnings if w.code is not None] + (
+            [own.code] if own is not None and own.code is not None else []
+        )
 
     @property
-    def status_message(self) -> str | None:
-        return _item_code(self.redemption_status, self.warnings)[1] or self.appended_error_message or None
-
-    @property
-    def succeeded(self) -> bool:
-        if self.redemption_status is not None and self.redemption_status.success is not None:
-            return self.redemption_status.success
-        code = self.status_code
-        return code is None or code in SUCCESS_CODES
+    def discount_rule(self) -> tuple[str, Decimal, Decimal | None] | None:
+        """What this redemption takes off: ``(kind, value, cap)``. From ``discountType``/``discountValue``/
+        ``discountUpto`` where the cluster sends them, else from ``isAbsolute``/``couponValue`` (the "Redeem
+        Coupons" sample: the coupon's value, an amount or a percent; its cap, if any, is the series')."""
+        if self.discount_type is not None and self.discount_value is not None:
+            return self.discount_type, self.discount_value, self.discount_upto
+        if self.is_absolute is not None and self.coupon_value is not None:
+            return ("ABS" if self.is_absolute else "PERC"), self.coupon_value, None
+        return None
 
     @property
     def capillary_redemption_id(self) -> int | None:
@@ -217,39 +275,58 @@ class RedeemResponse(Upstream):
     customer: CustomerInfo | None = None
     warnings: list[Any] = []
 
+    def verdict(self, item: RedeemItem) -> Said | None:
+        """The item's own status, else the top-level ``redemptionStatus`` (a top-level failure refuses every
+        code without its own success); None when the body says nothing (the HTTP status decides). Warnings
+        never turn a success into a failure; they may name the reason of a failure."""
+        found = item.own_verdict() or status_verdict(self.redemption_status)
+        if found is None or found.ok:
+            return found
+        return refusal(found, item.warnings, item.appended_error_message)
+
+    def named_codes(self) -> list[int]:
+        top = self.redemption_status
+        codes = [c for item in self.redemption for c in item.named_codes()]
+        return codes + ([top.code] if top is not None and top.code is not None else [])
+
 
 class BulkRedeemEntry(Upstream):
     entity_id: int | None = None
     result: RedeemItem | None = None
     errors: list[Status] = []
 
-    @property
-    def status_code(self) -> int | None:
-        if self.errors and self.errors[0].code is not None:
-            return self.errors[0].code
-        return self.result.status_code if self.result else None
+    def own_verdict(self) -> Said | None:
+        """``errors[0]`` (a refusal, unless its code says done), then the result's own status."""
+        for error in self.errors:
+            if error.code is not None and error.code not in DONE_CODES:
+                return Said(False, error.code, error.message)
+        if self.errors and self.errors[0].code is None:
+            return Said(False, None, self.errors[0].message)
+        return self.result.own_verdict() if self.result is not None else None
 
-    @property
-    def status_message(self) -> str | None:
-        if self.errors and self.errors[0].code is not None:
-            return self.errors[0].message
-        return self.result.status_message if self.result else None
-
-    @property
-    def succeeded(self) -> bool:
-        if self.errors:
-            return False
-        return self.result is not None and self.result.succeeded
-
-    @property
-    def sibling_failure(self) -> bool:
-        return self.status_code == SIBLING_FAILURE_CODE
+    def named_codes(self) -> list[int]:
+        codes = [e.code for e in self.errors if e.code is not None]
+        return codes + (self.result.named_codes() if self.result is not None else [])
 
 
 class BulkRedeemResponse(Upstream):
     response: list[BulkRedeemEntry] = []
     total_count: int | None = None
     failure_count: int | None = None
+
+    def verdict(self, entry: BulkRedeemEntry) -> Said | None:
+        """The entry's own verdict; else, when the batch reports failures, a sibling's failure (all or nothing:
+        749); else None (the HTTP status decides)."""
+        found = entry.own_verdict()
+        if found is None and self.failure_count:
+            return Said(False, SIBLING_FAILURE_CODE, None)
+        if found is None or found.ok:
+            return found
+        result = entry.result
+        return refusal(found, result.warnings if result else [], result.appended_error_message if result else None)
+
+    def named_codes(self) -> list[int]:
+        return [c for entry in self.response for c in entry.named_codes()]
 
 
 # ----------------------------------------------------------------------------------------------------- series
@@ -376,9 +453,8 @@ class Coupon(Upstream):
     discount_on: str | None = None
     detailed_info: str | None = None
     redemption_count: int | None = None
+    #: The owner, as issue answers show it; coupon details show none (the owner is then unknown).
     customer: CustomerInfo | None = None
-    #: The owner in coupon details, when the cluster sends it (undocumented; -1: issued to nobody).
-    issued_to: int | None = None
     warnings: list[Any] = []
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from service.capillary.errors import (
+    TRY_LATER_STATUSES,
     CapillaryAuthError,
     CapillaryBadResponse,
     CapillaryConnectionError,
@@ -259,7 +260,7 @@ def is_outage(error: CapillaryError) -> bool:
         return False
     if isinstance(error, CapillaryHTTPError):
         status = error.http_status or 0
-        return status >= 500 or status == 429
+        return (status >= 500 or status == 429) and status not in TRY_LATER_STATUSES
     return isinstance(error, CapillaryConnectionError | CapillaryTimeoutError | CapillaryBadResponse)
 
 

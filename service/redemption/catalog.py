@@ -77,6 +77,9 @@ CATALOG: Final = _catalog(
     LocalError("UPSTREAM_TIMEOUT", 504, True, "The coupon service did not answer in time; try again."),
     LocalError("UPSTREAM_ERROR", 502, False, "The coupon service refused the request."),
     LocalError("UPSTREAM_MISCONFIGURED", 502, False, "The coupon service is misconfigured; call support."),
+    LocalError(
+        "UPSTREAM_BAD_RESPONSE", 502, True, "The coupon service sent an answer the gateway cannot read; try again."
+    ),
     LocalError("INTERNAL_ERROR", 500, False, "Internal error; quote the request id to support."),
 )
 

@@ -1,29 +1,21 @@
-"""Local pre-checks from cached series data: a coupon that cannot pass costs no upstream redeem call.
+"""The one local check: the bill amount against the series' limits. Pure: series and bill in, the local error
+code (or None) out.
 
-Pure: series, bill, time and store in, the local error code (or None) out.
+Capillary's ``is_redeemable`` takes no bill amount, so the series' ``minBillAmount``/``maxBillAmount`` (shown in
+the series samples) are the gateway's to check before it spends a redeem call. Everything else a series
+describes (expiry, start, stores, redemption window, per-user limits) Capillary evaluates itself, and its
+verdict is never overruled: those fields' exact meanings are not documented.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
 from decimal import Decimal
 
 from service.redemption.models import SeriesSummary
 
 
-def local_failure(series: SeriesSummary, bill: Decimal, now: datetime, store: str | None) -> str | None:
-    """The first rule of ``series`` this redemption breaks, as a local error code; None if it passes.
-
-    Checked in the order Capillary reports them: expiry, start, window, store, bill amount.
-    """
-    if series.valid_till is not None and now > series.valid_till:
-        return "CAMPAIGN_EXPIRED"
-    if series.redemption_valid_from is not None and now < series.redemption_valid_from:
-        return "COUPON_NOT_YET_VALID"
-    if series.redemption_range is not None and not series.redemption_range.allows(now):
-        return "OUTSIDE_REDEMPTION_WINDOW"
-    if store is not None and series.stores is not None and store not in series.stores:
-        return "STORE_NOT_ALLOWED"
+def bill_failure(series: SeriesSummary, bill: Decimal) -> str | None:
+    """``BILL_AMOUNT_NOT_ELIGIBLE`` when ``bill`` is outside the series' limits; None if it passes."""
     if series.min_bill_amount is not None and bill < series.min_bill_amount:
         return "BILL_AMOUNT_NOT_ELIGIBLE"
     if series.max_bill_amount is not None and bill > series.max_bill_amount:

@@ -1,23 +1,30 @@
 """The redemption flow over two ports: the coupon upstream and the series lookup.
 
-validate: one upstream check for all codes, alongside the series lookup; per-code verdicts with the discount.
-redeem:   the same, then no redeem call at all when ``mode=all`` and any code fails; otherwise one redeem call
-          (single or bulk) for the codes that pass. In ``partial`` mode a batch refused because of some codes is
-          sent once more without them: the refusal was definitive and all-or-nothing, so nothing was applied.
+Capillary decides; the gateway adds only what Capillary cannot know. ``is_redeemable`` takes no bill amount, so the
+bill against the series' limits and the discount preview are the gateway's; every other verdict is Capillary's.
+
+validate: one upstream check for all codes, beside the series already known; the series of the codes that pass
+          and are not yet known is then learnt once for all of them (from the check's details when it gives them,
+          else one batched coupon-details call); per-code verdicts with the discount on this bill.
+redeem:   the same check, with only the series already known (no lookup that costs an upstream call before the
+          redeem: Capillary checks the bill itself at redeem); no redeem call at all when ``mode=all`` and any code
+          fails; otherwise one redeem call (single or bulk) for the codes that pass. The answer names each code's
+          series and discount, so two upstream calls in all once a series' summary is cached. In ``partial`` mode
+          a batch refused because of some codes is sent once more without them: the refusal was definitive and
+          all-or-nothing, so nothing was applied.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Protocol
 
 from service.redemption.catalog import CATALOG
-from service.redemption.checks import local_failure
+from service.redemption.checks import bill_failure
 from service.redemption.discount import ZERO, DiscountRule, allocate, coupon_discount
 from service.redemption.models import (
     CodeOutcome,
@@ -33,21 +40,24 @@ SIBLING_FAILED = Failure(CATALOG["SIBLING_COUPON_FAILED"])
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """The upstream's answer for one code at check time."""
+    """The upstream's answer for one code at check time (and the code's series, when the answer names it)."""
 
     ok: bool
     failure: Failure | None = None
+    series_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Redeemed:
-    """The upstream's answer for one code at redeem time."""
+    """The upstream's answer for one code at redeem time. ``rule`` is the discount the answer states;
+    ``cap_stated`` says whether it stated the cap (``discountUpto``) too, or whether the series must tell it."""
 
     ok: bool
     failure: Failure | None = None
     redemption_id: int | None = None
     series_id: int | None = None
     rule: DiscountRule | None = None
+    cap_stated: bool = True
 
 
 class UpstreamFailure(Exception):
@@ -69,7 +79,15 @@ class CouponUpstream(Protocol):
 
 
 class SeriesLookup(Protocol):
-    async def for_codes(self, codes: Sequence[str]) -> dict[str, SeriesSummary]: ...
+    async def known(self, codes: Sequence[str]) -> dict[str, SeriesSummary]:
+        """The series of the codes whose series is already known (no upstream call to learn a code's series)."""
+        ...
+
+    async def for_codes(self, codes: Sequence[str]) -> dict[str, SeriesSummary]:
+        """The series of each code where it can be learnt (one batched upstream call for those not known)."""
+        ...
+
+    async def by_ids(self, ids: Iterable[int]) -> dict[int, SeriesSummary]: ...
 
     async def remember(self, code_series: dict[str, int]) -> None: ...
 
@@ -80,11 +98,11 @@ def new_ref() -> str:
 
 def price(outcomes: Sequence[CodeOutcome], bill: Decimal, counted: Callable[[CodeOutcome], bool]) -> Decimal:
     """Set each counted code's discount on this bill (together capped at the bill), zero for the others;
-    return the total."""
-    counted_codes = [o for o in outcomes if counted(o)]
+    return the total. A code whose cap is unknown gets no amount (None) and is left out of the total."""
+    counted_codes = [o for o in outcomes if counted(o) and not o.cap_unknown]
     alone = [coupon_discount(o.rule, bill) if o.rule else ZERO for o in counted_codes]
     for outcome in outcomes:
-        outcome.amount = ZERO if outcome.rule else None
+        outcome.amount = ZERO if outcome.rule and not (outcome.cap_unknown and counted(outcome)) else None
     for outcome, amount in zip(counted_codes, allocate(alone, bill), strict=True):
         outcome.amount = amount
     return sum((o.amount or ZERO for o in counted_codes), ZERO)
@@ -98,27 +116,22 @@ def _first_failure(outcomes: Sequence[CodeOutcome]) -> Failure | None:
 
 
 class RedemptionFlow:
-    def __init__(
-        self,
-        upstream: CouponUpstream,
-        series: SeriesLookup,
-        *,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    ) -> None:
+    def __init__(self, upstream: CouponUpstream, series: SeriesLookup) -> None:
         self._upstream = upstream
         self._series = series
-        self._clock = clock
 
-    async def _assess(self, command: RedemptionCommand) -> list[CodeOutcome]:
-        """Upstream check and series lookup side by side; then each code's verdict, upstream first."""
+    async def _assess(self, command: RedemptionCommand, *, learn: bool) -> list[CodeOutcome]:
+        """The upstream check beside the series already known; with ``learn``, the series of passing codes not
+        yet known are learnt after it. Then each code's verdict: Capillary's, then the bill against its series."""
         try:
             async with asyncio.TaskGroup() as group:
                 checking = group.create_task(self._upstream.check(command.customer, command.codes, store=command.store))
-                looking = group.create_task(self._series.for_codes(command.codes))
+                looking = group.create_task(self._series.known(command.codes))
         except* UpstreamFailure as failures:
             raise failures.exceptions[0] from None
         verdicts, known = checking.result(), looking.result()
-        now = self._clock()
+        if learn:
+            known.update(await self._learn(command.codes, verdicts, known))
         outcomes = []
         for code in command.codes:
             series = known.get(code)
@@ -128,11 +141,28 @@ class RedemptionFlow:
                 outcome.failure = Failure(CATALOG["UPSTREAM_ERROR"], None, "Capillary gave no verdict for this code")
             elif not verdict.ok:
                 outcome.failure = verdict.failure
-            elif series is not None and (local := local_failure(series, command.bill_amount, now, command.store)):
+                outcome.series_id = outcome.series_id or verdict.series_id
+            elif series is not None and (local := bill_failure(series, command.bill_amount)):
                 outcome.failure = Failure(CATALOG[local])
             outcome.ok = outcome.failure is None
             outcomes.append(outcome)
         return outcomes
+
+    async def _learn(
+        self, codes: Sequence[str], verdicts: dict[str, Verdict], known: dict[str, SeriesSummary]
+    ) -> dict[str, SeriesSummary]:
+        """The series of the passing codes not yet known: from the series the check named, else from a lookup."""
+        wanted = [c for c in codes if c not in known and (v := verdicts.get(c)) is not None and v.ok]
+        named = {c: verdicts[c].series_id for c in wanted if verdicts[c].series_id is not None}
+        found: dict[str, SeriesSummary] = {}
+        if named:
+            await self._series.remember({c: i for c, i in named.items() if i is not None})
+            summaries = await self._series.by_ids(i for i in named.values() if i is not None)
+            found = {c: summaries[i] for c, i in named.items() if i in summaries}
+        rest = [c for c in wanted if c not in named]
+        if rest:
+            found.update(await self._series.for_codes(rest))
+        return found
 
     @staticmethod
     def _refused(failure: Failure, command: RedemptionCommand, ref: str | None = None) -> Outcome:
@@ -142,7 +172,7 @@ class RedemptionFlow:
 
     async def validate(self, command: RedemptionCommand) -> Outcome:
         try:
-            outcomes = await self._assess(command)
+            outcomes = await self._assess(command, learn=True)
         except UpstreamFailure as exc:
             if exc.failure.error.retryable or exc.failure.error.http_status >= 500:
                 raise
@@ -157,7 +187,7 @@ class RedemptionFlow:
         answer leaves the outcome unknown."""
         ref = ref or new_ref()
         try:
-            outcomes = await self._assess(command)
+            outcomes = await self._assess(command, learn=False)
         except UpstreamFailure as exc:
             if exc.failure.error.retryable or exc.failure.error.http_status >= 500:
                 raise
@@ -170,7 +200,7 @@ class RedemptionFlow:
             outcome.ok = False
             if outcome.failure is None and outcome.code not in passing:
                 outcome.failure = SIBLING_FAILED
-        learnt: dict[str, int] = {}
+        answers: dict[str, Redeemed] = {}
         for attempt in range(2):
             if not passing:
                 break
@@ -183,10 +213,7 @@ class RedemptionFlow:
                 if result is None:
                     outcome.failure = Failure(CATALOG["UPSTREAM_ERROR"], None, "Capillary gave no result for this code")
                     continue
-                if result.series_id is not None:
-                    learnt[code] = result.series_id
-                    outcome.series_id = outcome.series_id or result.series_id
-                outcome.rule = result.rule or outcome.rule
+                answers[code] = result
                 if result.ok:
                     outcome.ok, outcome.redemption_id, outcome.failure = True, result.redemption_id, None
                 elif result.failure is not None and result.failure.error.code == "SIBLING_COUPON_FAILED":
@@ -196,8 +223,45 @@ class RedemptionFlow:
                     outcome.failure = result.failure
             own_failures = any(by_code[c].failure not in (None, SIBLING_FAILED) for c in passing)
             passing = retry if command.mode == "partial" and own_failures and attempt == 0 else []
-        if learnt:
-            await self._series.remember(learnt)
+        await self._apply_answers(outcomes, answers)
         total = price(outcomes, command.bill_amount, lambda o: o.ok)
         failure = None if any(o.ok for o in outcomes) else _first_failure(outcomes)
         return Outcome(outcomes, failure=failure, total_discount=total, ref=ref)
+
+    async def _apply_answers(self, outcomes: list[CodeOutcome], answers: dict[str, Redeemed]) -> None:
+        """Each code's series and discount as the redeem answer states them. Where the answer gives a percent
+        without its cap (the documented "Redeem Coupons" shape), the cap is the series': known before the
+        redeem, or fetched once for all such series (then cached). A cap that cannot be learnt leaves that
+        code's amount unstated (null) rather than a guess."""
+        learnt = {c: r.series_id for c, r in answers.items() if r.series_id is not None}
+        if learnt:
+            await self._series.remember(learnt)
+
+        def cap_missing(outcome: CodeOutcome) -> bool:
+            result = answers.get(outcome.code)
+            return (
+                outcome.ok
+                and result is not None
+                and result.rule is not None
+                and result.rule.kind == "PERC"
+                and not result.cap_stated
+                and outcome.rule is None
+            )
+
+        wanted = {i for o in outcomes if cap_missing(o) and (i := answers[o.code].series_id or o.series_id)}
+        fetched = await self._series.by_ids(wanted) if wanted else {}
+        for outcome in outcomes:
+            result = answers.get(outcome.code)
+            if result is None:
+                continue
+            outcome.series_id = result.series_id or outcome.series_id
+            rule = result.rule
+            if rule is None:
+                continue  # the answer states no discount: the series' rule stands
+            if rule.kind == "PERC" and not result.cap_stated:
+                source = outcome.rule or (fetched[outcome.series_id].rule if outcome.series_id in fetched else None)
+                if source is not None:
+                    rule = replace(rule, cap=source.cap)
+                elif outcome.ok:
+                    outcome.cap_unknown = True
+            outcome.rule = rule

@@ -90,6 +90,7 @@ class CodeOutcome:
     ok: bool = False
     redemption_id: int | None = None
     failure: Failure | None = None
+    cap_unknown: bool = False  # a percent whose cap neither the answer nor the series could tell: no amount
 
 
 @dataclass(slots=True)

@@ -63,7 +63,12 @@ from service.backoffice.schemas import (
 from service.capillary import codes
 from service.capillary.client import CapillaryClient
 from service.capillary.coupons import customer_of, upstream_failure
-from service.capillary.errors import CapillaryConnectionError, CapillaryError, CapillaryTimeoutError
+from service.capillary.errors import (
+    CapillaryConnectionError,
+    CapillaryError,
+    CapillaryNotConfigured,
+    CapillaryTimeoutError,
+)
 from service.capillary.models import Coupon, Customer, SeriesSpec, UploadJob, UploadResponse
 from service.deadline import DEADLINE
 from service.redemption.catalog import CATALOG, LocalError
@@ -103,6 +108,8 @@ log = structlog.get_logger("service.backoffice")
 
 
 def _upstream_error(exc: CapillaryError) -> ApiError:
+    if isinstance(exc, CapillaryNotConfigured):  # a missing setting: say which
+        return ApiError(CATALOG["UPSTREAM_UNAVAILABLE"], exc.args[0])
     return upstream_error(upstream_failure(exc))
 
 
@@ -131,7 +138,7 @@ def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
 
 
 def coupon_out(coupon: Coupon) -> CouponOut:
-    customer_id = coupon.customer.id if coupon.customer and coupon.customer.id else coupon.issued_to
+    customer_id = coupon.customer.id if coupon.customer else None  # coupon details name no owner
     return CouponOut(
         code=coupon.code,
         id=coupon.id,
@@ -532,6 +539,10 @@ class BackOfficeHandlers:
 
     async def _upload(self, request: web.Request, kind: UploadKind) -> web.Response:
         series_id = series_id_of(request)
+        try:
+            self._client.require_uploads(f"upload_{kind}")  # before reading a byte of the file
+        except CapillaryError as exc:
+            raise _upstream_error(exc) from None
         await self._known_series(series_id)
         limits = self.limits
         spool, options = await _receive(request, limits.max_bytes)

@@ -135,11 +135,26 @@ async def test_redeem_several_codes_in_one_bulk_call(gateway: GatewayClient, ups
 async def test_a_bill_outside_the_series_limits_costs_no_redeem_call(
     gateway: GatewayClient, upstream: Upstream
 ) -> None:
-    payload = await _post(gateway, REDEEM, _redeem_body("BILL-ALICE-1", bill="100.00"), 422)
+    """Scanned first (validate learns the code's series), then tendered: the bill check needs no redeem call."""
+    body = _redeem_body("BILL-ALICE-1", bill="100.00")
+    checked = await _post(gateway, VALIDATE, {k: v for k, v in body.items() if k != "transactionNumber"}, 200)
+    assert checked["coupons"][0]["error"]["code"] == "BILL_AMOUNT_NOT_ELIGIBLE"
+    payload = await _post(gateway, REDEEM, body, 422)
     assert payload["status"] == "rejected"
     assert payload["error"]["code"] == "BILL_AMOUNT_NOT_ELIGIBLE"
     assert payload["coupons"][0]["redeemed"] is False
     assert upstream.sandbox.call_count("redeem") + upstream.sandbox.call_count("bulk_redeem") == 0
+    assert not upstream.sandbox.redemptions_of("BILL-ALICE-1")
+
+
+async def test_a_bill_outside_the_limits_of_a_code_never_seen_is_capillarys_to_refuse(
+    gateway: GatewayClient, upstream: Upstream
+) -> None:
+    """No lookup before the redeem for a code never seen: Capillary checks the bill itself, and says so."""
+    payload = await _post(gateway, REDEEM, _redeem_body("BILL-ALICE-1", bill="100.00"), 422)
+    assert payload["error"]["code"] == "BILL_AMOUNT_NOT_ELIGIBLE"
+    assert payload["error"]["upstream"]["code"] == 733
+    assert upstream.sandbox.call_count("coupon_details") == 0
     assert not upstream.sandbox.redemptions_of("BILL-ALICE-1")
 
 
@@ -262,7 +277,10 @@ async def test_validate_refuses_redeem_only_fields(gateway: GatewayClient) -> No
         (Fault(FaultKind.HTTP_ERROR, "is_redeemable", times=3, status=503), VALIDATE, 503, "UPSTREAM_UNAVAILABLE"),
         (Fault(FaultKind.RATE_LIMIT, "is_redeemable", times=3), VALIDATE, 503, "UPSTREAM_UNAVAILABLE"),
         (Fault(FaultKind.TIMEOUT, "is_redeemable", times=3, delay_seconds=2), VALIDATE, 504, "UPSTREAM_TIMEOUT"),
-        (Fault(FaultKind.MALFORMED, "is_redeemable"), VALIDATE, 502, "UPSTREAM_ERROR"),
+        (Fault(FaultKind.MALFORMED, "is_redeemable"), VALIDATE, 502, "UPSTREAM_BAD_RESPONSE"),
+        # "search engine busy" and "multiple actions for the same customer": try later, nothing applied
+        (Fault(FaultKind.HTTP_ERROR, "is_redeemable", times=3, status=461), VALIDATE, 503, "UPSTREAM_UNAVAILABLE"),
+        (Fault(FaultKind.HTTP_ERROR, "redeem", status=521), REDEEM, 503, "UPSTREAM_UNAVAILABLE"),
         (Fault(FaultKind.HTTP_ERROR, "is_redeemable", times=3, status=500), REDEEM, 503, "UPSTREAM_UNAVAILABLE"),
         (Fault(FaultKind.TIMEOUT, "is_redeemable", times=3, delay_seconds=2), REDEEM, 504, "UPSTREAM_TIMEOUT"),
     ],
@@ -283,7 +301,7 @@ async def test_upstream_failures_are_retryable_5xx(
     assert response.status == status, payload
     assert_matches(path, "post", status, payload)
     assert payload["error"]["code"] == local
-    assert payload["error"]["retryable"] is (local != "UPSTREAM_ERROR")
+    assert payload["error"]["retryable"] is True
     if status == 503:
         assert response.headers["Retry-After"] == "1"
 

@@ -100,6 +100,10 @@ class Sink:
     async def series(self, request: web.Request) -> web.Response:
         return web.json_response({"entity": [{"id": SERIES, "description": "bulk"}]})
 
+    async def token(self, request: web.Request) -> web.Response:
+        """The upload host takes OAuth only, so the gateway fetches a token even under Basic auth."""
+        return web.json_response({"data": {"accessToken": "sink-token", "ttlSeconds": 300}, "errors": None})
+
 
 async def test_a_100_mb_file_is_streamed_in_bounded_memory(
     start_gateway: StartGateway, upstream: Upstream, aiohttp_server: Any, tmp_path: Path
@@ -111,6 +115,7 @@ async def test_a_100_mb_file_is_streamed_in_bounded_memory(
     app = web.Application()
     app.router.add_post("/coupon/api/v1/upload/file/{seriesId}", sink.upload)
     app.router.add_get("/v2/coupon/series", sink.series)
+    app.router.add_post("/v3/oauth/token/generate", sink.token)
     server = await aiohttp_server(app)
     gateway = await start_gateway(Upstream(upstream.sandbox, str(server.make_url("")).rstrip("/")), auth="basic")
 

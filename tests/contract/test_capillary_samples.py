@@ -159,18 +159,30 @@ def test_redeem_samples_give_what_the_gateway_needs() -> None:
     reply = decode(m.RedeemResponse, single.raw)
     item = reply.redemption[0]
     assert (item.code, item.capillary_redemption_id, item.series_id) == ("MGU9Y4PM", 369455787, 12313)
-    assert item.succeeded
-    assert item.status_code == 700
-    assert (item.discount_type, item.discount_value, item.coupon_value) == ("ABS", Decimal(10), Decimal("10.0"))
+    assert item.own_verdict() == m.Said(True, 700, "Coupon processing successful")
+    assert reply.verdict(item) == m.Said(True, 700, "Coupon processing successful")
+    assert item.discount_rule == ("ABS", Decimal(10), Decimal(0))
+
+    # The older shape: no per-item status; the outcome is the top-level redemptionStatus, the discount the
+    # coupon's value (10, a percent here: isAbsolute false, on a bill of 2000) and the series its seriesCode.
+    older = next(s for s in SAMPLES if s.heading == "Redeem Coupons" and s.role == "response")
+    reply = decode(m.RedeemResponse, older.raw)
+    item = reply.redemption[0]
+    assert item.own_verdict() is None
+    assert reply.verdict(item) == m.Said(True, 700, "Coupon processing successful")
+    assert (item.capillary_redemption_id, item.series_id) == (33138363, 14162)
+    assert item.discount_rule == ("PERC", Decimal(10), None)
 
     bulk = next(s for s in SAMPLES if s.heading == "Redeem Customer Coupons (Bulk)" and s.role == "response")
-    entries = decode(m.BulkRedeemResponse, bulk.raw).response
-    assert [(e.entity_id, e.succeeded, e.result and e.result.code) for e in entries] == [(369454015, True, "U6ER8MJ5")]
+    bulk_reply = decode(m.BulkRedeemResponse, bulk.raw)
+    assert [(e.entity_id, bulk_reply.verdict(e), e.result and e.result.code) for e in bulk_reply.response] == [
+        (369454015, m.Said(True, 700, "Coupon processing successful"), "U6ER8MJ5")
+    ]
 
     check = decode(m.IsRedeemableResponse, next(s for s in SAMPLES if s.heading.startswith("Check")).raw)
-    assert [(i.code, i.is_redeemable, i.redemptions_left) for i in check.redemption] == [
-        ("6B88U6ED", True, -1),
-        ("V080OLI6", True, -1),
+    assert [(i.code, check.verdict(i), i.redemptions_left) for i in check.redemption] == [
+        ("6B88U6ED", m.Said(True), -1),
+        ("V080OLI6", m.Said(True), -1),
     ]
 
 

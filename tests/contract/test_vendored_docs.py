@@ -20,3 +20,6 @@ def test_the_vendored_documents_equal_the_originals() -> None:
     originals = {p.name: p.read_bytes() for p in ORIGINAL_DOCS.glob("*.txt")}
     vendored = {p.name: p.read_bytes() for p in DOCS.glob("*.txt")}
     assert vendored == originals
+    notes = ORIGINAL_DOCS.parent / "design" / "capillary-notes.md"
+    if notes.is_file():
+        assert (DOCS.parent / "capillary-notes.md").read_bytes() == notes.read_bytes()

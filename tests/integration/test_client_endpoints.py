@@ -8,7 +8,7 @@ import pytest
 
 from service.capillary.client import CapillaryClient
 from service.capillary.errors import CapillaryHTTPError
-from service.capillary.models import Customer, SeriesSpec
+from service.capillary.models import Customer, Said, SeriesSpec
 from service.sandbox import DEMO
 from tests.conftest import Upstream
 
@@ -18,8 +18,8 @@ BOB = Customer(mobile=DEMO.customer("bob").mobile)
 
 async def test_is_redeemable_gives_one_verdict_per_code(capillary: CapillaryClient) -> None:
     reply = await capillary.is_redeemable(ALICE, ["ABS-ALICE-1", "ABS-ALICE-USED", "ABS-BOB-1", "NOPE-0000"])
-    verdicts = {item.code: (item.is_redeemable, item.status_code) for item in reply.redemption}
-    assert verdicts == {
+    verdicts = {item.code: reply.verdict(item) for item in reply.redemption}
+    assert {code: (v.ok, v.code) if v else None for code, v in verdicts.items()} == {
         "ABS-ALICE-1": (True, None),
         "ABS-ALICE-USED": (False, 711),
         "ABS-BOB-1": (False, 710),
@@ -45,9 +45,10 @@ async def test_a_code_with_a_comma_is_refused_before_any_call(
 async def test_redeem_one_code(capillary: CapillaryClient, upstream: Upstream) -> None:
     reply = await capillary.redeem(ALICE, "ABS-ALICE-1", bill_amount=Decimal("2000.00"), transaction_number="T-1")
     item = reply.redemption[0]
-    assert item.succeeded
+    assert reply.verdict(item) == Said(True, 700, "Coupon processing successful")
     assert item.series_id == DEMO.series_of("abs").id
-    assert (item.discount_type, item.discount_value) == ("ABS", Decimal(100))
+    assert item.discount_rule is not None
+    assert item.discount_rule[:2] == ("ABS", Decimal(100))
     [redemption] = upstream.sandbox.redemptions_of("ABS-ALICE-1")
     assert item.capillary_redemption_id == redemption.id
     assert (redemption.transaction_number, redemption.bill_amount) == ("T-1", Decimal("2000.00"))
@@ -55,9 +56,9 @@ async def test_redeem_one_code(capillary: CapillaryClient, upstream: Upstream) -
 
 async def test_a_refused_redeem_returns_its_verdict(capillary: CapillaryClient, upstream: Upstream) -> None:
     reply = await capillary.redeem(ALICE, "ABS-ALICE-USED", bill_amount=Decimal(10), transaction_number="T-2")
-    item = reply.redemption[0]
-    assert not item.succeeded
-    assert item.status_code == 711
+    verdict = reply.verdict(reply.redemption[0])
+    assert verdict is not None
+    assert (verdict.ok, verdict.code) == (False, 711)
     assert len(upstream.sandbox.redemptions_of("ABS-ALICE-USED")) == 1  # only the seeded one
 
 
@@ -65,7 +66,7 @@ async def test_bulk_redeem_and_its_all_or_nothing_refusal(capillary: CapillaryCl
     refused = await capillary.bulk_redeem(
         ALICE, ["ABS-ALICE-2", "ABS-ALICE-EXP"], bill_amount=Decimal(500), transaction_number="T-3"
     )
-    assert {e.result.code: e.status_code for e in refused.response if e.result} == {
+    assert {e.result.code: getattr(refused.verdict(e), "code", None) for e in refused.response if e.result} == {
         "ABS-ALICE-2": 749,
         "ABS-ALICE-EXP": 713,
     }
@@ -74,7 +75,7 @@ async def test_bulk_redeem_and_its_all_or_nothing_refusal(capillary: CapillaryCl
     done = await capillary.bulk_redeem(
         ALICE, ["ABS-ALICE-2", "PERC-ALICE-1"], bill_amount=Decimal(500), transaction_number="T-4"
     )
-    assert all(e.succeeded for e in done.response)
+    assert all(getattr(done.verdict(e), "ok", False) for e in done.response)
     assert {e.result.code for e in done.response if e.result} == {"ABS-ALICE-2", "PERC-ALICE-1"}
     assert [r.transaction_number for r in upstream.sandbox.redemptions_of("PERC-ALICE-1")] == ["T-4"]
 
@@ -98,7 +99,7 @@ async def test_reactivate_undoes_a_redemption(capillary: CapillaryClient, upstre
     assert redemption_id is not None
     assert (await capillary.reactivate([redemption_id])).success
     again = await capillary.redeem(ALICE, "ABS-ALICE-1", bill_amount=Decimal(300), transaction_number="T-6")
-    assert again.redemption[0].succeeded
+    assert getattr(again.verdict(again.redemption[0]), "ok", False)
     with pytest.raises(CapillaryHTTPError) as caught:
         await capillary.reactivate([987654321])
     assert caught.value.code == 510

@@ -81,15 +81,17 @@ async def test_faults_after_apply_say_the_outcome_is_unknown(
 async def test_business_code_fault_748(oauth_client: CapillaryClient, upstream: Upstream) -> None:
     upstream.sandbox.add_fault(Fault(FaultKind.CODE, "redeem", code=748))
     reply = await oauth_client.redeem(ALICE, "ABS-ALICE-1", bill_amount=Decimal(500), transaction_number="T")
-    assert reply.redemption[0].status_code == 748
-    assert not reply.redemption[0].succeeded
+    verdict = reply.verdict(reply.redemption[0])
+    assert verdict is not None
+    assert (verdict.ok, verdict.code) == (False, 748)
 
 
 async def test_a_failing_http_200_is_never_taken_for_success(oauth_client: CapillaryClient, upstream: Upstream) -> None:
     upstream.sandbox.options.failure_http_status = 200
     reply = await oauth_client.redeem(ALICE, "ABS-ALICE-USED", bill_amount=Decimal(500), transaction_number="T")
-    assert not reply.redemption[0].succeeded
-    assert reply.redemption[0].status_code == 711
+    verdict = reply.verdict(reply.redemption[0])
+    assert verdict is not None
+    assert (verdict.ok, verdict.code) == (False, 711)
 
 
 async def test_a_garbage_body_on_a_read_is_an_upstream_fault(oauth_client: CapillaryClient, upstream: Upstream) -> None:

@@ -43,7 +43,7 @@ def make_gateway(aiohttp_client: Any, upstream: Upstream) -> Any:
             access=TEST_ACCESS,
             request_deadline=deadline,
         )
-        app = create_app(settings, keys=TEST_KEYS, clock=upstream.sandbox.now)
+        app = create_app(settings, keys=TEST_KEYS)
         client: TestClient[Any, Any] = await aiohttp_client(app, headers=bearer(ADMIN_KEY))
         return client
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from service.capillary.codes import CAPILLARY_CODES, WARNING_CODES, for_code, for_failure
+from service.capillary.codes import CAPILLARY_CODES, for_code, for_failure
 from service.capillary.errors import (
     SUCCESS_CODES,
+    WARNING_CODES,
     CapillaryBadResponse,
     CapillaryConnectionError,
     CapillaryError,
@@ -18,7 +19,8 @@ from service.capillary.errors import (
 )
 from service.redemption.catalog import CATALOG
 
-NOTES = Path(__file__).resolve().parents[3] / "shared" / "design" / "capillary-notes.md"
+#: capillary-notes.md (the design notes on Capillary beyond its documents), vendored beside the documents.
+NOTES = Path(__file__).resolve().parents[1] / "fixtures" / "capillary-notes.md"
 
 
 def _documented_codes() -> set[int]:
@@ -75,6 +77,8 @@ def test_every_row_names_a_catalog_entry() -> None:
         ((707, 755), "SERIES_NOT_FOUND"),
         ((510,), "REDEMPTION_NOT_FOUND"),
         ((99999, 730), "UPSTREAM_ERROR"),
+        ((706, 726, 709, 759), "COUPON_NOT_REDEEMABLE"),
+        ((705, 725), "COUPON_VALIDATION_REQUIRED"),
     ],
 )
 def test_codes_map_to_local_errors(codes: tuple[int, ...], local: str) -> None:
@@ -93,7 +97,9 @@ def test_codes_map_to_local_errors(codes: tuple[int, ...], local: str) -> None:
         (CapillaryHTTPError("redeem", "h", http_status=500, code=790), "UPSTREAM_UNAVAILABLE", 503, True),
         (CapillaryHTTPError("redeem", "h", http_status=400), "UPSTREAM_ERROR", 502, False),
         (CapillaryHTTPError("redeem", "h", http_status=403), "UPSTREAM_MISCONFIGURED", 502, False),
-        (CapillaryBadResponse("redeem", "b", http_status=200), "UPSTREAM_ERROR", 502, False),
+        (CapillaryBadResponse("redeem", "b", http_status=200), "UPSTREAM_BAD_RESPONSE", 502, True),
+        (CapillaryHTTPError("redeem", "h", http_status=461), "UPSTREAM_UNAVAILABLE", 503, True),
+        (CapillaryHTTPError("redeem", "h", http_status=521), "UPSTREAM_UNAVAILABLE", 503, True),
     ],
 )
 def test_failures_map_by_code_then_kind(error: CapillaryError, local: str, status: int, retryable: bool) -> None:

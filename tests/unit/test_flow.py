@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterable, Sequence
 from decimal import Decimal as D
 
 import pytest
 
 from service.redemption.catalog import CATALOG
+from service.redemption.discount import DiscountRule
 from service.redemption.flow import Redeemed, RedemptionFlow, UpstreamFailure, Verdict
 from service.redemption.models import CustomerRef, Failure, Mode, RedemptionCommand, SeriesSummary
 
-NOW = datetime(2030, 1, 15, 10, tzinfo=UTC)
 USED = Failure(CATALOG["COUPON_ALREADY_REDEEMED"], 711, "Coupon is already used")
 SIBLING = Failure(CATALOG["SIBLING_COUPON_FAILED"], 749, "failure on other coupons")
 SERIES = {
@@ -42,11 +41,26 @@ class FakeUpstream:
 
 
 class FakeSeries:
-    def __init__(self) -> None:
+    """The series of ``SERIES``; ``cached`` codes are known without a lookup (all of them by default). Records the
+    lookups that would cost an upstream call."""
+
+    def __init__(self, cached: set[str] | None = None) -> None:
+        self.cached = set(SERIES) if cached is None else cached
         self.learnt: dict[str, int] = {}
+        self.looked_up: list[tuple[str, ...]] = []
+        self.fetched: list[tuple[int, ...]] = []
+
+    async def known(self, codes: Sequence[str]) -> dict[str, SeriesSummary]:
+        return {c: SERIES[c] for c in codes if c in SERIES and (c in self.cached or c in self.learnt)}
 
     async def for_codes(self, codes: Sequence[str]) -> dict[str, SeriesSummary]:
+        self.looked_up.append(tuple(codes))
         return {c: SERIES[c] for c in codes if c in SERIES}
+
+    async def by_ids(self, ids: Iterable[int]) -> dict[int, SeriesSummary]:
+        wanted = tuple(sorted(set(ids)))
+        self.fetched.append(wanted)
+        return {s.id: s for s in SERIES.values() if s.id in wanted}
 
     async def remember(self, code_series: dict[str, int]) -> None:
         self.learnt.update(code_series)
@@ -56,8 +70,8 @@ def _command(*codes: str, mode: Mode = "all", bill: str = "1000") -> RedemptionC
     return RedemptionCommand(CustomerRef("mobile", "919900000001"), codes, D(bill), "T-1", mode=mode)
 
 
-def _flow(upstream: FakeUpstream) -> RedemptionFlow:
-    return RedemptionFlow(upstream, FakeSeries(), clock=lambda: NOW)
+def _flow(upstream: FakeUpstream, series: FakeSeries | None = None) -> RedemptionFlow:
+    return RedemptionFlow(upstream, series or FakeSeries())
 
 
 async def test_validate_prices_each_code_and_caps_the_total_at_the_bill() -> None:
@@ -141,6 +155,82 @@ async def test_series_learnt_from_the_redeem_answer_is_remembered() -> None:
             return {c: Redeemed(True, redemption_id=7, series_id=42) for c in codes}
 
     series = FakeSeries()
-    outcome = await RedemptionFlow(WithSeries(), series, clock=lambda: NOW).redeem(_command("NEW-1"))
+    outcome = await RedemptionFlow(WithSeries(), series).redeem(_command("NEW-1"))
     assert outcome.codes[0].series_id == 42
     assert series.learnt == {"NEW-1": 42}
+
+
+async def test_a_redeem_looks_up_no_series_before_it_is_sent() -> None:
+    """Codes never seen: no coupon-details lookup before the redeem (Capillary checks the bill itself)."""
+    series = FakeSeries(cached=set())
+    upstream = FakeUpstream()
+    outcome = await _flow(upstream, series).redeem(_command("A", "C", bill="1000"))
+    assert series.looked_up == []
+    assert upstream.redeemed == [("A", "C")]  # C's min bill was unknown: Capillary's to judge
+    assert all(o.ok for o in outcome.codes)
+
+
+async def test_validate_learns_the_series_of_passing_codes_once_for_all() -> None:
+    series = FakeSeries(cached={"A"})
+    outcome = await _flow(FakeUpstream(), series).validate(_command("A", "B", "USED-1", "C"))
+    assert series.looked_up == [("B", "C")]  # one lookup, only the passing codes not known
+    assert {o.code: o.failure.error.code for o in outcome.codes if o.failure} == {
+        "USED-1": "COUPON_ALREADY_REDEEMED",
+        "C": "BILL_AMOUNT_NOT_ELIGIBLE",
+    }
+
+
+async def test_validate_takes_the_series_the_check_names() -> None:
+    class Detailed(FakeUpstream):
+        async def check(self, customer: CustomerRef, codes: Sequence[str], *, store: str | None) -> dict[str, Verdict]:
+            return {c: Verdict(True, series_id=SERIES[c].id) for c in codes}
+
+    series = FakeSeries(cached=set())
+    outcome = await _flow(Detailed(), series).validate(_command("A", "B", bill="1000"))
+    assert series.looked_up == []
+    assert series.fetched == [(1, 2)]
+    assert series.learnt == {"A": 1, "B": 2}
+    assert [o.amount for o in outcome.codes] == [D("100.00"), D("100.00")]
+
+
+class StatedDiscounts(FakeUpstream):
+    """Answers in the documented "Redeem Coupons" shape: a value and isAbsolute, no cap."""
+
+    def __init__(self, rules: dict[str, tuple[int, DiscountRule]]) -> None:
+        super().__init__()
+        self.rules = rules
+
+    async def redeem(self, command: RedemptionCommand, codes: Sequence[str]) -> dict[str, Redeemed]:
+        self.redeemed.append(tuple(codes))
+        return {
+            c: Redeemed(True, redemption_id=9, series_id=self.rules[c][0], rule=self.rules[c][1], cap_stated=False)
+            for c in codes
+        }
+
+
+async def test_the_discount_is_the_one_the_answer_states() -> None:
+    upstream = StatedDiscounts({"A": (1, DiscountRule("ABS", D(150)))})  # the cached series said 100
+    outcome = await _flow(upstream).redeem(_command("A", bill="1000"))
+    assert (outcome.codes[0].amount, outcome.total_discount) == (D("150.00"), D("150.00"))
+
+
+async def test_a_percent_without_its_cap_takes_the_series_cap() -> None:
+    capped = SeriesSummary(id=5, discount_type="PERC", discount_value=D(10), discount_upto=D(30))
+    SERIES["CAPPED"] = capped
+    try:
+        series = FakeSeries(cached=set())
+        upstream = StatedDiscounts({"CAPPED": (5, DiscountRule("PERC", D(10)))})
+        outcome = await _flow(upstream, series).redeem(_command("CAPPED", bill="1000"))
+        assert series.fetched == [(5,)]  # learnt from the answer's seriesCode, fetched once
+        assert outcome.codes[0].amount == D("30.00")
+    finally:
+        del SERIES["CAPPED"]
+
+
+async def test_a_percent_whose_cap_cannot_be_learnt_states_no_amount() -> None:
+    series = FakeSeries(cached=set())
+    upstream = StatedDiscounts({"NEW": (77, DiscountRule("PERC", D(10)))})  # series 77: not to be had
+    outcome = await _flow(upstream, series).redeem(_command("NEW", bill="1000"))
+    assert outcome.codes[0].ok
+    assert outcome.codes[0].amount is None  # never a guess: 100.00 could be over its cap
+    assert outcome.total_discount == D("0.00")
