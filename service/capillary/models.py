@@ -576,4 +576,3 @@ class UploadResponse(Upstream):
     success: bool = False
     status: int | None = None
     result: UploadResult | None = None
-    message: str | None = None

@@ -8,6 +8,7 @@ values equal the sample's.
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -38,16 +39,25 @@ MODELS: dict[str, tuple[type[msgspec.Struct] | None, type[msgspec.Struct]]] = {
     "Get Status of Redeemed Coupons": (None, m.UploadResponse),
 }
 
-# Declared fields that no sample shows; each is known from capillary-notes.md or another Capillary API.
-NOT_IN_SAMPLES: dict[type[msgspec.Struct], set[str]] = {
-    m.Status: set(),
-    m.IsRedeemableItem: {"seriesId"},  # details=true, undocumented: read opportunistically
-    m.RedeemItem: {"redemptionId"},  # newer clusters (capillary-notes.md)
-    m.Series: {"warnings"},  # create-series only
-    m.Coupon: {"id", "customer", "redemptionCount", "warnings", "issuedTo"},  # issuedTo: undocumented, if sent
-    m.SeriesSpec: {"discountUpto"},  # in the series response; a PERC series needs its cap when created
-    m.UploadResponse: {"message"},  # v1 failure bodies carry a message (inferred)
+# Fields the client reads that no sample shows: each is optional, and the named test proves the fallback that
+# serves when it is absent (as it is in every documented answer).
+FALLBACKS: dict[tuple[type[msgspec.Struct], str], tuple[str, str]] = {
+    # details=true is documented to add series details, no sample shows them: else one coupon-details lookup
+    (m.IsRedeemableItem, "seriesId"): (
+        "tests/unit/test_flow.py",
+        "test_validate_learns_the_series_of_passing_codes_once_for_all",
+    ),
+    # newer clusters (capillary-notes.md); else the item's own ``id``, as in the "Redeem Coupons" sample
+    (m.RedeemItem, "redemptionId"): (
+        "tests/api/test_doc_shapes.py",
+        "test_a_success_with_a_notification_warning_is_redeemed",
+    ),
 }
+# Declared fields that no sample shows and the client only sends: a PERC series needs its cap when created.
+SENT_ONLY = {(m.SeriesSpec, "discountUpto")}
+NOT_IN_SAMPLES: dict[type[msgspec.Struct], set[str]] = {}
+for _model_type, _name in (*FALLBACKS, *SENT_ONLY):
+    NOT_IN_SAMPLES.setdefault(_model_type, set()).add(_name)
 ENDPOINT_ONLY_IN_NOTES = (m.CustomerCouponsResponse, m.ReactivateResponse, m.TokenResponse)
 
 
@@ -192,3 +202,52 @@ def test_request_samples_round_trip() -> None:
         model = _model(sample)
         encoded = msgspec.json.decode(msgspec.json.encode(decode(model, sample.raw)))
         assert _compare(model, decode(model, msgspec.json.encode(encoded)), sample.payload, "$") == [], sample.id
+
+
+def test_every_field_read_has_provenance() -> None:
+    """The provenance of every field the client reads: the first documented sample that shows it, or a fallback
+    (optional, with the test that proves what serves when it is absent)."""
+    provenance: dict[tuple[str, str], str] = {}
+    for sample in SAMPLES:
+        seen: dict[type, set[str]] = {}
+        _seen_fields(_model(sample), sample.payload, seen)
+        for model, names in seen.items():
+            for name in names:
+                provenance.setdefault((model.__name__, name), sample.id)
+    for (model, name), (path, test) in FALLBACKS.items():
+        provenance[(model.__name__, name)] = f"fallback: {path}::{test}"
+    responses = {_model(s) for s in SAMPLES if s.role == "response"}
+    read = {
+        (sub.__name__, f.encode_name)
+        for model in responses
+        for sub in [model, *_nested(model)]
+        for f in msgspec.structs.fields(sub)
+    }
+    assert not read - set(provenance), f"fields read without provenance: {sorted(read - set(provenance))}"
+    assert provenance[("RedeemResponse", "redemptionStatus")].startswith("003#")
+
+
+def _nested(model: type[msgspec.Struct]) -> list[type[msgspec.Struct]]:
+    found: list[type[msgspec.Struct]] = []
+    todo = [model]
+    while todo:
+        info = msgspec.inspect.type_info(todo.pop())
+        assert isinstance(info, msgspec.inspect.StructType)
+        for f in info.fields:
+            for sub in _struct_types(f.type):
+                if sub not in found and sub is not model:
+                    found.append(sub)
+                    todo.append(sub)
+    return found
+
+
+@pytest.mark.parametrize(("field", "proof"), list(FALLBACKS.items()), ids=lambda v: getattr(v, "__name__", str(v)))
+def test_a_field_no_sample_shows_is_optional_with_a_tested_fallback(
+    field: tuple[type[msgspec.Struct], str], proof: tuple[str, str]
+) -> None:
+    model, name = field
+    [declared] = [f for f in msgspec.structs.fields(model) if f.encode_name == name]
+    assert declared.default is None, f"{model.__name__}.{name} must be optional"
+    path, test = proof
+    source = (Path(__file__).resolve().parents[2] / path).read_text()
+    assert f"def {test}(" in source, f"{path} has no test {test}"
