@@ -5,7 +5,8 @@ Request pipeline for every upstream operation (see `_Dispatcher.dispatch`):
 1. record the call (operation name, request id) and run the upload jobs that are due;
 2. global latency (``options.latency_ms``);
 3. authentication (all operations but ``token``): ``X-CAP-API-OAUTH-TOKEN`` (or ``Authorization: Bearer``
-   on the v1 upload routes) with a live token, or ``Authorization: Basic base64(till:md5hex)``; else 401;
+   on the v1 upload routes) with a live token, or, on the v2 routes only, ``Authorization: Basic
+   base64(till:md5hex)`` (the upload host documents OAuth only); else 401;
 4. fault lookup (only authenticated calls draw faults, so a client's re-authentication does not eat them):
    latency faults sleep; HTTP_ERROR / RATE_LIMIT / RESET / MALFORMED / TIMEOUT answer without parsing or
    applying anything;
@@ -42,6 +43,7 @@ from .state import message_for
 SANDBOX_KEY: Final = web.AppKey("sandbox", Sandbox)
 REQUEST_ID_KEY: Final = web.RequestKey("sandbox_request_id", str)
 ADMIN_PREFIX: Final = "/__sandbox"
+_UPLOAD_PREFIX: Final = "/coupon/api/v1/"
 _MAX_UPLOAD_BYTES: Final = 160 * 1024 * 1024  # CSV uploads: above the gateway's own default limit (128 MiB)
 
 _log = logging.getLogger(__name__)
@@ -189,7 +191,7 @@ class _Dispatcher:
 
         store = sandbox.config.default_store
         if name != "token":
-            auth = self._authenticate(request, allow_bearer=request.path.startswith("/coupon/api/v1/"))
+            auth = self._authenticate(request, upload_host=request.path.startswith(_UPLOAD_PREFIX))
             if auth is None:
                 return self._finish(call, _UNAUTHORIZED)
             call.auth = "oauth" if auth.scheme == "oauth" else "basic"
@@ -220,19 +222,22 @@ class _Dispatcher:
 
     # ---- auth -----------------------------------------------------------------------------------------------
 
-    def _authenticate(self, request: web.Request, *, allow_bearer: bool) -> _Auth | None:
+    def _authenticate(self, request: web.Request, *, upload_host: bool) -> _Auth | None:
+        """v2: the OAuth token header or Basic till credentials. The v1 upload host documents OAuth only: the
+        ``x-cap-api-oauth-token`` header, or (as the redeemFile sample's curl sends it) ``Authorization: Bearer``
+        with the same token; Basic credentials there get 401."""
         sandbox = self._sandbox
         headers = request.headers
         token = headers.get("X-CAP-API-OAUTH-TOKEN")
         authorization = headers.get("Authorization", "").strip()
         scheme, _, credentials = authorization.partition(" ")
-        if token is None and allow_bearer and scheme.lower() == "bearer":
+        if token is None and upload_host and scheme.lower() == "bearer":
             token = credentials
         if token is not None:
             if not sandbox.token_valid(token.strip()):
                 return None
             return _Auth("oauth", self._attributed_store(request))
-        if scheme.lower() == "basic":
+        if scheme.lower() == "basic" and not upload_host:
             try:
                 decoded = base64.b64decode(credentials.strip(), validate=True).decode()
             except (binascii.Error, UnicodeDecodeError):

@@ -800,6 +800,22 @@ async def _multipart(request: web.Request) -> _Form:
     return form
 
 
+#: The form fields each upload documents (besides ``file``). Field names are case-sensitive.
+_COUPON_UPLOAD_FIELDS: Final = ("customerIdentifier", "customerIdentifierColumn")
+_REDEEMED_UPLOAD_FIELDS: Final = ("customerIdentifier", "couponIdentifier", "uploadHeaders", "Details")
+
+
+def _documented_fields(form: _Form, documented: tuple[str, ...]) -> None:
+    """Only documented field names: an undocumented one (e.g. ``details`` for ``Details``) is refused with 400
+    rather than ignored, so a client that misspells a field learns it here and not in production."""
+    for name in form.fields:
+        if name in documented:
+            continue
+        twin = next((d for d in documented if d.lower() == name.lower()), None)
+        hint = f"; the documented field is {twin!r}" if twin else f"; documented fields: file, {', '.join(documented)}"
+        raise _v1_reject(f"unknown field {name!r}{hint}")
+
+
 def _rows(form: _Form) -> list[list[str]]:
     assert form.file_data is not None
     try:
@@ -816,6 +832,7 @@ def _due(sandbox: Sandbox, now: datetime) -> datetime:
 async def upload_coupons(ctx: OpContext) -> Prepared:
     series = _path_series(ctx)
     form = await _multipart(ctx.request)
+    _documented_fields(form, _COUPON_UPLOAD_FIELDS)
     try:
         settings = coupon_upload_settings(
             form.fields.get("customerIdentifier"), form.fields.get("customerIdentifierColumn")
@@ -844,12 +861,13 @@ async def upload_coupons(ctx: OpContext) -> Prepared:
 async def upload_redeemed(ctx: OpContext) -> Prepared:
     series = _path_series(ctx)
     form = await _multipart(ctx.request)
+    _documented_fields(form, _REDEEMED_UPLOAD_FIELDS)
     try:
         settings = redeemed_upload_settings(
             form.fields.get("customerIdentifier"),
             form.fields.get("couponIdentifier"),
             form.fields.get("uploadHeaders"),
-            form.fields.get("details") or form.fields.get("Details"),
+            form.fields.get("Details"),
         )
     except UploadError as exc:
         raise _v1_reject(str(exc)) from None

@@ -205,7 +205,7 @@ async def test_faults_only_hit_their_operation(kit):
 
 async def test_fault_on_v1_upload_status(kit):
     kit.sandbox.faults.add(Fault(FaultKind.RATE_LIMIT, operation="upload_status"))
-    response = await kit.client.get("/coupon/api/v1/upload/getUploadStatus/10001", headers=kit.basic())
+    response = await kit.client.get("/coupon/api/v1/upload/getUploadStatus/10001", headers=await kit.oauth())
     assert response.status == 429
 
 
