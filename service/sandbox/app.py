@@ -6,7 +6,8 @@ Request pipeline for every upstream operation (see `_Dispatcher.dispatch`):
 2. global latency (``options.latency_ms``);
 3. authentication (all operations but ``token``): ``X-CAP-API-OAUTH-TOKEN`` (or ``Authorization: Bearer``
    on the v1 upload routes) with a live token, or, on the v2 routes only, ``Authorization: Basic
-   base64(till:md5hex)`` (the upload host documents OAuth only); else 401;
+   base64(till:md5hex)`` (the upload host documents OAuth only); else 401; redeem and bulk redeem then draw
+   their response style (`Sandbox.next_style`);
 4. fault lookup (only authenticated calls draw faults, so a client's re-authentication does not eat them):
    latency faults sleep; HTTP_ERROR / RATE_LIMIT / RESET / MALFORMED / TIMEOUT answer without parsing or
    applying anything;
@@ -33,7 +34,7 @@ import msgspec
 from aiohttp import web
 
 from . import operations as ops
-from .config import SandboxConfig
+from .config import RESPONSE_STYLES, SandboxConfig, Style
 from .faults import PRE_APPLY_KINDS, Fault, FaultKind
 from .operations import OpContext, Operation, Prepared, Rejected, Reply
 from .sandbox import Call, Sandbox
@@ -44,6 +45,8 @@ SANDBOX_KEY: Final = web.AppKey("sandbox", Sandbox)
 REQUEST_ID_KEY: Final = web.RequestKey("sandbox_request_id", str)
 ADMIN_PREFIX: Final = "/__sandbox"
 _UPLOAD_PREFIX: Final = "/coupon/api/v1/"
+#: Operations whose answers take the configured response style (doc / nested / mixed).
+_STYLED_OPERATIONS: Final = frozenset({"redeem", "bulk_redeem"})
 _MAX_UPLOAD_BYTES: Final = 160 * 1024 * 1024  # CSV uploads: above the gateway's own default limit (128 MiB)
 
 _log = logging.getLogger(__name__)
@@ -196,6 +199,9 @@ class _Dispatcher:
                 return self._finish(call, _UNAUTHORIZED)
             call.auth = "oauth" if auth.scheme == "oauth" else "basic"
             call.store = store = auth.store
+        style: Style = "doc"
+        if name in _STYLED_OPERATIONS:
+            call.style = style = sandbox.next_style()
 
         taken = sandbox.faults.take(name)
         fault = taken.fault
@@ -209,7 +215,7 @@ class _Dispatcher:
                 return await self._fault_without_apply(request, call, fault)
 
         try:
-            prepared = await operation(OpContext(request=request, sandbox=sandbox, store=store))
+            prepared = await operation(OpContext(request=request, sandbox=sandbox, store=store, style=style))
         except Rejected as rejected:
             return self._finish(call, rejected.reply)
 
@@ -340,6 +346,15 @@ def _add_admin_routes(app: web.Application, sandbox: Sandbox) -> None:
     router.add_post(f"{ADMIN_PREFIX}/tokens/revoke", admin.revoke_tokens)
     router.add_get(f"{ADMIN_PREFIX}/options", admin.options)
     router.add_post(f"{ADMIN_PREFIX}/options", admin.set_options)
+
+
+_OPTION_KEYS: Final = (
+    "failureHttpStatus",
+    "latencyMs",
+    "isRedeemableAllOrNothing",
+    "responseStyle",
+    "isRedeemableSeries",
+)
 
 
 def _admin_error(message: str, status: int = 400) -> web.Response:
@@ -482,6 +497,8 @@ class _Admin:
             "failureHttpStatus": options.failure_http_status,
             "latencyMs": options.latency_ms,
             "isRedeemableAllOrNothing": options.is_redeemable_all_or_nothing,
+            "responseStyle": options.response_style,
+            "isRedeemableSeries": options.is_redeemable_series,
         }
 
     async def set_options(self, request: web.Request) -> web.Response:
@@ -489,19 +506,28 @@ class _Admin:
         if not isinstance(body, dict):
             return _admin_error("expected a JSON object")
         options = self._sandbox.options
-        unknown = set(body) - {"failureHttpStatus", "latencyMs", "isRedeemableAllOrNothing"}
+        unknown = set(body) - set(_OPTION_KEYS)
         if unknown:
             return _admin_error(f"unknown option(s): {', '.join(sorted(unknown))}")
         status = body.get("failureHttpStatus", options.failure_http_status)
         latency = body.get("latencyMs", options.latency_ms)
         all_or_nothing = body.get("isRedeemableAllOrNothing", options.is_redeemable_all_or_nothing)
+        style = body.get("responseStyle", options.response_style)
+        series = body.get("isRedeemableSeries", options.is_redeemable_series)
         if status not in (200, 400):
             return _admin_error("failureHttpStatus must be 200 or 400")
         if isinstance(latency, bool) or not isinstance(latency, int | float) or latency < 0:
             return _admin_error("latencyMs must be a non-negative number")
         if not isinstance(all_or_nothing, bool):
             return _admin_error("isRedeemableAllOrNothing must be a boolean")
+        if style not in RESPONSE_STYLES:
+            return _admin_error(f"responseStyle must be one of {', '.join(RESPONSE_STYLES)}")
+        if not isinstance(series, bool):
+            return _admin_error("isRedeemableSeries must be a boolean")
         options.failure_http_status = status
         options.latency_ms = float(latency)
         options.is_redeemable_all_or_nothing = all_or_nothing
+        options.is_redeemable_series = series
+        if "responseStyle" in body:
+            self._sandbox.set_response_style(style)
         return _json(200, self._options_json())

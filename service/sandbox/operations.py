@@ -20,6 +20,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from . import wire
+from .config import Style
 from .sandbox import Sandbox
 from .state import (
     IDENTIFIER_KINDS,
@@ -67,6 +68,8 @@ class OpContext:
     sandbox: Sandbox
     #: Store the call is attributed to (Basic till's store, attribution header, or the default store).
     store: str
+    #: Response style drawn for this call (redeem and bulk redeem only; see `Sandbox.next_style`).
+    style: Style = "doc"
 
 
 Operation = Callable[[OpContext], Awaitable[Prepared]]
@@ -172,6 +175,9 @@ async def token(ctx: OpContext) -> Prepared:
 # ---- is_redeemable -------------------------------------------------------------------------------------------
 
 
+_DETAILS_VALUES: Final = ("true", "false", "extended")
+
+
 async def is_redeemable(ctx: OpContext) -> Prepared:
     query = ctx.request.query
     ref = customer_ref(query, "query")
@@ -181,8 +187,14 @@ async def is_redeemable(ctx: OpContext) -> Prepared:
     codes = split_values(query, "code")
     if len(codes) > MAX_CODES:
         raise invalid(f"at most {MAX_CODES} coupon codes per request")
+    details = query.get("details", "false").strip().lower()
+    if details not in _DETAILS_VALUES:
+        raise invalid("details must be true, false or extended")
     sandbox = ctx.sandbox
     customer = find_customer(sandbox, ref)
+    # No sample shows what details=true adds: the answer keeps the sample's shape unless the sandbox is told
+    # to add each item's seriesId (SANDBOX_IS_REDEEMABLE_SERIES).
+    series_id = details != "false" and sandbox.options.is_redeemable_series
 
     def envelope(items: list[wire.Json], status: Mapping[str, Any]) -> Reply:
         return Reply(
@@ -201,7 +213,10 @@ async def is_redeemable(ctx: OpContext) -> Prepared:
         )
         first_bad = next((v for v in verdicts if not v.ok), None)
         sibling_749 = first_bad is not None and sandbox.options.is_redeemable_all_or_nothing
-        items = [wire.is_redeemable_item(v, status=749 if sibling_749 and v.ok else None) for v in verdicts]
+        items = [
+            wire.is_redeemable_item(v, status=749 if sibling_749 and v.ok else None, series_id=series_id)
+            for v in verdicts
+        ]
         if first_bad is None:
             return envelope(items, wire.top_status(SUCCESS, "Coupon isRedeem successful"))
         return envelope(items, wire.top_status(first_bad.status))
@@ -262,11 +277,14 @@ async def _redeem_request(ctx: OpContext, *, max_codes: int) -> _RedeemRequest:
 async def redeem(ctx: OpContext) -> Prepared:
     req = await _redeem_request(ctx, max_codes=1)
     sandbox = ctx.sandbox
-    customer_json = wire.customer_json(req.customer)
+    doc = ctx.style == "doc"
+    shape = wire.DOC_ITEM if doc else wire.NESTED_ITEM
+    # The "Redeem Coupons" sample's customer has no identifiersAll; the "Redeem Coupon (Single)" one has.
+    customer_json = wire.customer_json(req.customer, identifiers_all=not doc)
 
-    def failure(items: list[wire.Json], code: int, message: str | None = None) -> Reply:
+    def envelope(status: int, items: list[wire.Json], code: int, message: str | None = None) -> Reply:
         return Reply(
-            sandbox.options.failure_http_status,
+            status,
             {
                 "redemption": items,
                 "redemptionStatus": wire.top_status(code, message),
@@ -277,8 +295,8 @@ async def redeem(ctx: OpContext) -> Prepared:
 
     def fail(code: int, message: str) -> Reply:
         series = _series_of(sandbox, req.codes)
-        items = [wire.failed_item(c, s, code, message) for c, s in zip(req.codes, series, strict=True)]
-        return failure(items, code, message)
+        items = [wire.failed_item(c, s, code, shape, message) for c, s in zip(req.codes, series, strict=True)]
+        return envelope(sandbox.options.failure_http_status, items, code, message)
 
     def apply() -> Reply:
         if not req.transaction_number:
@@ -289,7 +307,8 @@ async def redeem(ctx: OpContext) -> Prepared:
         )
         bad = [v for v in verdicts if not v.ok]
         if bad:
-            return failure([wire.failed_item(v.code, v.series, v.status) for v in verdicts], bad[0].status)
+            items = [wire.failed_item(v.code, v.series, v.status, shape) for v in verdicts]
+            return envelope(sandbox.options.failure_http_status, items, bad[0].status)
         redemptions = sandbox.state.redeem(
             req.customer,
             verdicts,
@@ -298,16 +317,8 @@ async def redeem(ctx: OpContext) -> Prepared:
             transaction_number=req.transaction_number,
             bill_amount=req.bill_amount,
         )
-        items = [wire.redeemed_item(r, sandbox.state.series[r.series_id]) for r in redemptions]
-        return Reply(
-            200,
-            {
-                "redemption": items,
-                "redemptionStatus": wire.top_status(SUCCESS),
-                "customer": customer_json,
-                "warnings": [],
-            },
-        )
+        items = [wire.redeemed_item(r, sandbox.state.series[r.series_id], shape) for r in redemptions]
+        return envelope(200, items, SUCCESS)
 
     return Prepared(apply, fail)
 
@@ -323,6 +334,8 @@ async def bulk_redeem(ctx: OpContext) -> Prepared:
     dry_run = ctx.request.query.get("is_redeemable", "").lower() == "true"
     req = await _redeem_request(ctx, max_codes=MAX_CODES)
     sandbox = ctx.sandbox
+    # The bulk sample's result has the nested status but no redemptionId; the nested style adds it.
+    shape = wire.BULK_ITEM if ctx.style == "doc" else wire.NESTED_ITEM
 
     def failure(entries: list[wire.Json]) -> Reply:
         return Reply(
@@ -330,18 +343,21 @@ async def bulk_redeem(ctx: OpContext) -> Prepared:
             {"response": entries, "totalCount": len(entries), "failureCount": len(entries)},
         )
 
-    def fail(code: int, message: str) -> Reply:
+    def refused(codes: list[int], messages: list[str | None]) -> Reply:
         series = _series_of(sandbox, req.codes)
         return failure(
             [
                 {
                     "entityId": -1,
-                    "result": wire.failed_item(c, s, code, message),
+                    "result": wire.failed_item(c, s, code, shape, message),
                     "errors": [wire.status_entry(code, message)],
                 }
-                for c, s in zip(req.codes, series, strict=True)
+                for c, s, code, message in zip(req.codes, series, codes, messages, strict=True)
             ]
         )
+
+    def fail(code: int, message: str) -> Reply:
+        return refused([code] * len(req.codes), [message] * len(req.codes))
 
     def apply() -> Reply:
         if not req.transaction_number:
@@ -357,13 +373,13 @@ async def bulk_redeem(ctx: OpContext) -> Prepared:
                 entries.append(
                     {
                         "entityId": -1,
-                        "result": wire.failed_item(v.code, v.series, code),
+                        "result": wire.failed_item(v.code, v.series, code, shape),
                         "errors": [wire.status_entry(code)],
                     }
                 )
             return failure(entries)
         if dry_run:
-            entries = [{"entityId": -1, "result": wire.dry_run_item(v), "errors": []} for v in verdicts]
+            entries = [{"entityId": -1, "result": wire.dry_run_item(v, shape), "errors": []} for v in verdicts]
         else:
             redemptions = sandbox.state.redeem(
                 req.customer,
@@ -376,7 +392,7 @@ async def bulk_redeem(ctx: OpContext) -> Prepared:
             entries = [
                 {
                     "entityId": r.id,
-                    "result": wire.redeemed_item(r, sandbox.state.series[r.series_id]),
+                    "result": wire.redeemed_item(r, sandbox.state.series[r.series_id], shape),
                     "errors": [],
                 }
                 for r in redemptions
