@@ -19,7 +19,8 @@ Admin endpoints (no auth; JSON; never part of the upstream contract):
     GET    /__sandbox/faults          pending faults with remaining uses
     POST   /__sandbox/faults          one fault or a list: {"kind": "apply_then_timeout", "operation": "redeem",
                                       "times": 1, "status": 502, "delaySeconds": 0.5, "code": 748,
-                                      "apply": false, "body": "<raw body>"}  (201)
+                                      "apply": false, "body": "<raw body>", "target": "<coupon code>",
+                                      "scope": "both"}  (201; see `faults` for the kinds and their shapes)
     DELETE /__sandbox/faults          clear
     GET    /__sandbox/calls           {"calls": [...], "counts": {"redeem": 2, ...}};  DELETE clears
     GET    /__sandbox/clock           {"now": ...};  POST {"advanceSeconds": n} or {"now": "<ISO with offset>"}

@@ -35,11 +35,12 @@ from aiohttp import web
 
 from . import operations as ops
 from .config import RESPONSE_STYLES, SandboxConfig, Style
-from .faults import PRE_APPLY_KINDS, Fault, FaultKind
+from .faults import PRE_APPLY_KINDS, TRY_LATER_MESSAGES, Fault, FaultKind
 from .operations import OpContext, Operation, Prepared, Rejected, Reply
 from .sandbox import Call, Sandbox
 from .seed import DEMO
 from .state import message_for
+from .wire import status_entry
 
 SANDBOX_KEY: Final = web.AppKey("sandbox", Sandbox)
 REQUEST_ID_KEY: Final = web.RequestKey("sandbox_request_id", str)
@@ -288,7 +289,12 @@ class _Dispatcher:
                 return self._finish(call, _html_error(status))
             case _:  # HTTP_ERROR
                 body = fault.body
-                return self._finish(call, _custom_body(status, body) if body is not None else _html_error(status))
+                if body is not None:
+                    return self._finish(call, _custom_body(status, body))
+                if status in TRY_LATER_MESSAGES:
+                    flat = {"status": False, "code": status, "message": TRY_LATER_MESSAGES[status]}
+                    return self._finish(call, Reply(status, flat))
+                return self._finish(call, _html_error(status))
 
     async def _fault_after_apply(
         self, request: web.Request, call: Call, fault: Fault, prepared: Prepared, reply: Reply
@@ -306,13 +312,21 @@ class _Dispatcher:
                 return self._finish(call, _custom_body(status, body) if body is not None else _html_error(status))
             case FaultKind.CODE:
                 return self._finish(call, self._code_reply(prepared, fault))
+            case FaultKind.WARNING:
+                if prepared.warn is None:
+                    return self._finish(call, reply)
+                code = fault.warning_code
+                return self._finish(call, prepared.warn(reply, status_entry(code), fault.warning_scope))
             case _:
                 return self._finish(call, reply)
 
     @staticmethod
     def _code_reply(prepared: Prepared, fault: Fault) -> Reply:
         code = fault.code if fault.code is not None else 709
-        reply = prepared.fail(code, message_for(code))
+        if fault.target is not None and prepared.refuse is not None:
+            reply = prepared.refuse(code, message_for(code), fault.target)
+        else:
+            reply = prepared.fail(code, message_for(code))
         if fault.status is not None:
             return Reply(fault.status, reply.body, reply.text, reply.content_type)
         return reply

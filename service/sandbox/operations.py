@@ -60,6 +60,11 @@ class Rejected(Exception):
 class Prepared:
     apply: Callable[[], Reply]
     fail: Callable[[int, str], Reply]
+    #: Batch operations: the failure envelope where only coupon `target` carries the code, the others 749
+    #: (falls back to `fail` when absent, or when the request does not name `target`).
+    refuse: Callable[[int, str, str], Reply] | None = None
+    #: Redeem operations: the success reply with a warning entry added (`scope`: both, top, items).
+    warn: Callable[[Reply, wire.Json, str], Reply] | None = None
 
 
 @dataclass(frozen=True)
@@ -225,7 +230,18 @@ async def is_redeemable(ctx: OpContext) -> Prepared:
         items = [wire.is_redeemable_item(Verdict(c, code), message=message) for c in codes]
         return envelope(items, wire.top_status(code, message))
 
-    return Prepared(apply, fail)
+    def refuse(code: int, message: str, target: str) -> Reply:
+        if target not in codes:
+            return fail(code, message)
+        items = [
+            wire.is_redeemable_item(Verdict(c, code), message=message)
+            if c == target
+            else wire.is_redeemable_item(Verdict(c, 749))
+            for c in codes
+        ]
+        return envelope(items, wire.top_status(code, message))
+
+    return Prepared(apply, fail, refuse=refuse)
 
 
 # ---- redeem / bulk redeem ------------------------------------------------------------------------------------
@@ -274,6 +290,18 @@ async def _redeem_request(ctx: OpContext, *, max_codes: int) -> _RedeemRequest:
     return _RedeemRequest(find_customer(ctx.sandbox, ref), codes, bill, txn.strip())
 
 
+def _with_warning(
+    reply: Reply, items: list[wire.Json], top: list[list[wire.Json]], warning: wire.Json, scope: str
+) -> Reply:
+    if scope in ("both", "items"):
+        for item in items:
+            wire.add_warning(item, warning)
+    if scope in ("both", "top"):
+        for warnings in top:
+            warnings.append(dict(warning))
+    return reply
+
+
 async def redeem(ctx: OpContext) -> Prepared:
     req = await _redeem_request(ctx, max_codes=1)
     sandbox = ctx.sandbox
@@ -320,7 +348,13 @@ async def redeem(ctx: OpContext) -> Prepared:
         items = [wire.redeemed_item(r, sandbox.state.series[r.series_id], shape) for r in redemptions]
         return envelope(200, items, SUCCESS)
 
-    return Prepared(apply, fail)
+    def warn(reply: Reply, warning: wire.Json, scope: str) -> Reply:
+        body = reply.body
+        if reply.status != 200 or not isinstance(body, dict) or not body["redemptionStatus"]["status"]:
+            return reply
+        return _with_warning(reply, body["redemption"], [body["warnings"]], warning, scope)
+
+    return Prepared(apply, fail, warn=warn)
 
 
 def _series_of(sandbox: Sandbox, codes: list[str]) -> list[Series | None]:
@@ -358,6 +392,14 @@ async def bulk_redeem(ctx: OpContext) -> Prepared:
 
     def fail(code: int, message: str) -> Reply:
         return refused([code] * len(req.codes), [message] * len(req.codes))
+
+    def refuse(code: int, message: str, target: str) -> Reply:
+        if target not in req.codes:
+            return fail(code, message)
+        return refused(
+            [code if c == target else 749 for c in req.codes],
+            [message if c == target else None for c in req.codes],
+        )
 
     def apply() -> Reply:
         if not req.transaction_number:
@@ -399,7 +441,19 @@ async def bulk_redeem(ctx: OpContext) -> Prepared:
             ]
         return Reply(200, {"response": entries, "totalCount": len(entries), "failureCount": 0})
 
-    return Prepared(apply, fail)
+    def warn(reply: Reply, warning: wire.Json, scope: str) -> Reply:
+        body = reply.body
+        if reply.status != 200 or not isinstance(body, dict) or body["failureCount"]:
+            return reply
+        entries: list[wire.Json] = body["response"]
+        if scope in ("both", "top"):
+            for entry in entries:
+                entry["warnings"] = []
+        return _with_warning(
+            reply, [e["result"] for e in entries], [e["warnings"] for e in entries if "warnings" in e], warning, scope
+        )
+
+    return Prepared(apply, fail, refuse=refuse, warn=warn)
 
 
 # ---- series --------------------------------------------------------------------------------------------------

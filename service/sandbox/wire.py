@@ -405,6 +405,15 @@ def dry_run_item(verdict: Verdict, shape: ItemShape) -> Json:
     return redeem_item(shape, item_id=-1, code=verdict.code, series=verdict.series)
 
 
+def add_warning(item: Json, warning: Json) -> None:
+    """A warning on a redeem item: in its ``warnings`` and, in the nested shapes, its status' warnings."""
+    item["warnings"].append(dict(warning))
+    nested = item.get("redemptionStatus")
+    if isinstance(nested, dict):
+        nested["warnings"].append(dict(warning))
+        nested["warningsAsStatusCode"].append(dict(warning))
+
+
 def top_status(code: int, message: str | None = None) -> Json:
     """The top-level ``redemptionStatus`` (key order of the "Redeem Coupons" sample)."""
     return {"status": code == SUCCESS, "code": code, "message": message or message_for(code)}
