@@ -39,10 +39,11 @@ Speaking as the documents do (capillary-docs/003_e644c1dd603b2cb4.txt):
 - Redeem answers take the response style (`SandboxConfig.response_style`, ``options.response_style``): ``doc``
   is the "Redeem Coupons" sample key for key (items ``{id, warnings, appendedErrorMessage, code, discountCode,
   seriesCode, isAbsolute, couponValue}``, the verdict only in the top-level ``redemptionStatus {status, code,
-  message}``, refusals included: item id -1, the reason in its ``warnings``), and bulk redeem the "Redeem
-  Customer Coupons (Bulk)" sample; ``nested`` adds the per-item nested ``redemptionStatus``, ``redemptionId``,
-  ``discountType``/``discountValue``/``discountUpto`` ("Redeem Coupon (Single)"); ``mixed`` alternates per
-  redeem or bulk redeem call, doc first (`Sandbox.next_style`; each call records its ``style``).
+  message}``, refusals included: item id -1, ``warnings`` empty, only ``appendedErrorMessage`` says why), and
+  bulk redeem the "Redeem Customer Coupons (Bulk)" sample; ``nested`` adds the per-item nested
+  ``redemptionStatus``, ``redemptionId``, ``discountType``/``discountValue``/``discountUpto`` ("Redeem Coupon
+  (Single)"), a refused item naming its code in ``warnings`` too; ``mixed`` alternates per redeem or bulk redeem
+  call, doc first (`Sandbox.next_style`; each call records its ``style``).
 - ``couponValue`` is the coupon's face value (ABS: the amount; PERC: the percent), never the discount given.
 - ``is_redeemable`` answers the sample's shape whatever ``details`` (true|false|extended) says; with
   ``is_redeemable_series`` each item also carries ``seriesId`` when details are asked.

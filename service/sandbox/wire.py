@@ -357,9 +357,13 @@ def redeem_item(
     status: int = SUCCESS,
     message: str | None = None,
 ) -> Json:
-    """One item of a redeem / bulk redeem answer. A refused item names its reason in ``warnings`` and
-    ``appendedErrorMessage`` (and in the nested status when the shape has one). Series fields are omitted when
-    the code is unknown, so a tolerant decoder must treat them as optional."""
+    """One item of a redeem / bulk redeem answer. Series fields are omitted when the code is unknown, so a
+    tolerant decoder must treat them as optional.
+
+    A refused item says so in ``appendedErrorMessage`` (text). In the nested shapes it also carries its own
+    status and names the reason in ``warnings``; in the doc shape it carries no code at all (``warnings``
+    empty, as in the sample), so the top-level ``redemptionStatus`` is the only verdict: the hardest case
+    for a client, and the one the documents show."""
     ok = status == SUCCESS
     text = message or message_for(status)
     body: Json = {"id": item_id}
@@ -369,7 +373,7 @@ def redeem_item(
         body.update({"currencyInput": False, "localToBaseCurrencyExchangeRate": 0})
     body.update(
         {
-            "warnings": [] if ok else [status_entry(status, text)],
+            "warnings": [] if ok or not shape.nested else [status_entry(status, text)],
             "appendedErrorMessage": "" if ok else text,
             "code": code,
         }
