@@ -5,7 +5,9 @@ Request pipeline for every upstream operation (see `_Dispatcher.dispatch`):
 1. record the call (operation name, request id) and run the upload jobs that are due;
 2. global latency (``options.latency_ms``);
 3. authentication (all operations but ``token``): ``X-CAP-API-OAUTH-TOKEN`` (or ``Authorization: Bearer``
-   on the v1 upload routes) with a live token, or ``Authorization: Basic base64(till:md5hex)``; else 401;
+   on the v1 upload routes) with a live token, or, on the v2 routes only, ``Authorization: Basic
+   base64(till:md5hex)`` (the upload host documents OAuth only); else 401; redeem and bulk redeem then draw
+   their response style (`Sandbox.next_style`);
 4. fault lookup (only authenticated calls draw faults, so a client's re-authentication does not eat them):
    latency faults sleep; HTTP_ERROR / RATE_LIMIT / RESET / MALFORMED / TIMEOUT answer without parsing or
    applying anything;
@@ -32,16 +34,20 @@ import msgspec
 from aiohttp import web
 
 from . import operations as ops
-from .config import SandboxConfig
-from .faults import PRE_APPLY_KINDS, Fault, FaultKind
+from .config import RESPONSE_STYLES, SandboxConfig, Style
+from .faults import PRE_APPLY_KINDS, TRY_LATER_MESSAGES, Fault, FaultKind
 from .operations import OpContext, Operation, Prepared, Rejected, Reply
 from .sandbox import Call, Sandbox
 from .seed import DEMO
 from .state import message_for
+from .wire import status_entry
 
 SANDBOX_KEY: Final = web.AppKey("sandbox", Sandbox)
 REQUEST_ID_KEY: Final = web.RequestKey("sandbox_request_id", str)
 ADMIN_PREFIX: Final = "/__sandbox"
+_UPLOAD_PREFIX: Final = "/coupon/api/v1/"
+#: Operations whose answers take the configured response style (doc / nested / mixed).
+_STYLED_OPERATIONS: Final = frozenset({"redeem", "bulk_redeem"})
 _MAX_UPLOAD_BYTES: Final = 160 * 1024 * 1024  # CSV uploads: above the gateway's own default limit (128 MiB)
 
 _log = logging.getLogger(__name__)
@@ -189,11 +195,14 @@ class _Dispatcher:
 
         store = sandbox.config.default_store
         if name != "token":
-            auth = self._authenticate(request, allow_bearer=request.path.startswith("/coupon/api/v1/"))
+            auth = self._authenticate(request, upload_host=request.path.startswith(_UPLOAD_PREFIX))
             if auth is None:
                 return self._finish(call, _UNAUTHORIZED)
             call.auth = "oauth" if auth.scheme == "oauth" else "basic"
             call.store = store = auth.store
+        style: Style = "doc"
+        if name in _STYLED_OPERATIONS:
+            call.style = style = sandbox.next_style()
 
         taken = sandbox.faults.take(name)
         fault = taken.fault
@@ -207,7 +216,7 @@ class _Dispatcher:
                 return await self._fault_without_apply(request, call, fault)
 
         try:
-            prepared = await operation(OpContext(request=request, sandbox=sandbox, store=store))
+            prepared = await operation(OpContext(request=request, sandbox=sandbox, store=store, style=style))
         except Rejected as rejected:
             return self._finish(call, rejected.reply)
 
@@ -220,19 +229,22 @@ class _Dispatcher:
 
     # ---- auth -----------------------------------------------------------------------------------------------
 
-    def _authenticate(self, request: web.Request, *, allow_bearer: bool) -> _Auth | None:
+    def _authenticate(self, request: web.Request, *, upload_host: bool) -> _Auth | None:
+        """v2: the OAuth token header or Basic till credentials. The v1 upload host documents OAuth only: the
+        ``x-cap-api-oauth-token`` header, or (as the redeemFile sample's curl sends it) ``Authorization: Bearer``
+        with the same token; Basic credentials there get 401."""
         sandbox = self._sandbox
         headers = request.headers
         token = headers.get("X-CAP-API-OAUTH-TOKEN")
         authorization = headers.get("Authorization", "").strip()
         scheme, _, credentials = authorization.partition(" ")
-        if token is None and allow_bearer and scheme.lower() == "bearer":
+        if token is None and upload_host and scheme.lower() == "bearer":
             token = credentials
         if token is not None:
             if not sandbox.token_valid(token.strip()):
                 return None
             return _Auth("oauth", self._attributed_store(request))
-        if scheme.lower() == "basic":
+        if scheme.lower() == "basic" and not upload_host:
             try:
                 decoded = base64.b64decode(credentials.strip(), validate=True).decode()
             except (binascii.Error, UnicodeDecodeError):
@@ -277,7 +289,12 @@ class _Dispatcher:
                 return self._finish(call, _html_error(status))
             case _:  # HTTP_ERROR
                 body = fault.body
-                return self._finish(call, _custom_body(status, body) if body is not None else _html_error(status))
+                if body is not None:
+                    return self._finish(call, _custom_body(status, body))
+                if status in TRY_LATER_MESSAGES:
+                    flat = {"status": False, "code": status, "message": TRY_LATER_MESSAGES[status]}
+                    return self._finish(call, Reply(status, flat))
+                return self._finish(call, _html_error(status))
 
     async def _fault_after_apply(
         self, request: web.Request, call: Call, fault: Fault, prepared: Prepared, reply: Reply
@@ -295,13 +312,21 @@ class _Dispatcher:
                 return self._finish(call, _custom_body(status, body) if body is not None else _html_error(status))
             case FaultKind.CODE:
                 return self._finish(call, self._code_reply(prepared, fault))
+            case FaultKind.WARNING:
+                if prepared.warn is None:
+                    return self._finish(call, reply)
+                code = fault.warning_code
+                return self._finish(call, prepared.warn(reply, status_entry(code), fault.warning_scope))
             case _:
                 return self._finish(call, reply)
 
     @staticmethod
     def _code_reply(prepared: Prepared, fault: Fault) -> Reply:
         code = fault.code if fault.code is not None else 709
-        reply = prepared.fail(code, message_for(code))
+        if fault.target is not None and prepared.refuse is not None:
+            reply = prepared.refuse(code, message_for(code), fault.target)
+        else:
+            reply = prepared.fail(code, message_for(code))
         if fault.status is not None:
             return Reply(fault.status, reply.body, reply.text, reply.content_type)
         return reply
@@ -335,6 +360,15 @@ def _add_admin_routes(app: web.Application, sandbox: Sandbox) -> None:
     router.add_post(f"{ADMIN_PREFIX}/tokens/revoke", admin.revoke_tokens)
     router.add_get(f"{ADMIN_PREFIX}/options", admin.options)
     router.add_post(f"{ADMIN_PREFIX}/options", admin.set_options)
+
+
+_OPTION_KEYS: Final = (
+    "failureHttpStatus",
+    "latencyMs",
+    "isRedeemableAllOrNothing",
+    "responseStyle",
+    "isRedeemableSeries",
+)
 
 
 def _admin_error(message: str, status: int = 400) -> web.Response:
@@ -477,6 +511,8 @@ class _Admin:
             "failureHttpStatus": options.failure_http_status,
             "latencyMs": options.latency_ms,
             "isRedeemableAllOrNothing": options.is_redeemable_all_or_nothing,
+            "responseStyle": options.response_style,
+            "isRedeemableSeries": options.is_redeemable_series,
         }
 
     async def set_options(self, request: web.Request) -> web.Response:
@@ -484,19 +520,28 @@ class _Admin:
         if not isinstance(body, dict):
             return _admin_error("expected a JSON object")
         options = self._sandbox.options
-        unknown = set(body) - {"failureHttpStatus", "latencyMs", "isRedeemableAllOrNothing"}
+        unknown = set(body) - set(_OPTION_KEYS)
         if unknown:
             return _admin_error(f"unknown option(s): {', '.join(sorted(unknown))}")
         status = body.get("failureHttpStatus", options.failure_http_status)
         latency = body.get("latencyMs", options.latency_ms)
         all_or_nothing = body.get("isRedeemableAllOrNothing", options.is_redeemable_all_or_nothing)
+        style = body.get("responseStyle", options.response_style)
+        series = body.get("isRedeemableSeries", options.is_redeemable_series)
         if status not in (200, 400):
             return _admin_error("failureHttpStatus must be 200 or 400")
         if isinstance(latency, bool) or not isinstance(latency, int | float) or latency < 0:
             return _admin_error("latencyMs must be a non-negative number")
         if not isinstance(all_or_nothing, bool):
             return _admin_error("isRedeemableAllOrNothing must be a boolean")
+        if style not in RESPONSE_STYLES:
+            return _admin_error(f"responseStyle must be one of {', '.join(RESPONSE_STYLES)}")
+        if not isinstance(series, bool):
+            return _admin_error("isRedeemableSeries must be a boolean")
         options.failure_http_status = status
         options.latency_ms = float(latency)
         options.is_redeemable_all_or_nothing = all_or_nothing
+        options.is_redeemable_series = series
+        if "responseStyle" in body:
+            self._sandbox.set_response_style(style)
         return _json(200, self._options_json())

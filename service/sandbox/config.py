@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Final, Literal
 
 import msgspec
 
@@ -21,6 +21,12 @@ class Till:
     password: str
     store: str
 
+
+#: The shape one redeem / bulk redeem answer takes.
+Style = Literal["doc", "nested"]
+#: The configured style: one of the shapes, or "mixed" (alternating per call, doc first).
+ResponseStyle = Literal["doc", "nested", "mixed"]
+RESPONSE_STYLES: Final[tuple[ResponseStyle, ...]] = ("doc", "nested", "mixed")
 
 DEFAULT_TILLS: Final[tuple[Till, ...]] = (
     Till(username="till.s001", password="s001-secret", store="S001"),
@@ -49,6 +55,12 @@ class SandboxConfig:
     seed: bool = True
     #: HTTP status of redeem / bulk redeem business failures (400 upstream; 200 = "HTTP 200 with status false").
     failure_http_status: int = 400
+    #: Shape of redeem / bulk redeem answers: ``doc`` (the documents' "Redeem Coupons" sample: flat items, the
+    #: verdict only in the top-level ``redemptionStatus``), ``nested`` (per-item nested ``redemptionStatus``,
+    #: ``redemptionId``, ``discountType``...), or ``mixed`` (doc, nested, doc, ... per redeem or bulk redeem call).
+    response_style: ResponseStyle = "doc"
+    #: Add ``seriesId`` to every ``is_redeemable`` item (no sample shows series details; off = the sample shape).
+    is_redeemable_series: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> SandboxConfig:
@@ -62,7 +74,13 @@ class SandboxConfig:
             upload_job_seconds=_non_negative(env, "SANDBOX_UPLOAD_JOB_SECONDS", defaults.upload_job_seconds),
             faults=_faults(env, "SANDBOX_FAULTS"),
             failure_http_status=_http_status(env, "SANDBOX_FAILURE_HTTP_STATUS", defaults.failure_http_status),
+            response_style=_response_style(env, "SANDBOX_RESPONSE_STYLE", defaults.response_style),
+            is_redeemable_series=_switch(env, "SANDBOX_IS_REDEEMABLE_SERIES", defaults.is_redeemable_series),
         )
+
+    def __post_init__(self) -> None:
+        if self.response_style not in RESPONSE_STYLES:
+            raise ValueError(f"response_style must be one of {', '.join(RESPONSE_STYLES)}, got {self.response_style!r}")
 
 
 def _string(env: Mapping[str, str], name: str, default: str) -> str:
@@ -107,6 +125,30 @@ def _http_status(env: Mapping[str, str], name: str, default: int) -> int:
     if raw not in {"200", "400"}:
         raise ValueError(f"{name} must be 200 or 400, got {raw!r}")
     return int(raw)
+
+
+def _response_style(env: Mapping[str, str], name: str, default: ResponseStyle) -> ResponseStyle:
+    if name not in env:
+        return default
+    raw = env[name].strip().lower()
+    if raw not in RESPONSE_STYLES:
+        raise ValueError(f"{name} must be one of {', '.join(RESPONSE_STYLES)}, got {env[name]!r}")
+    return raw
+
+
+_ON: Final = frozenset({"on", "true", "1", "yes"})
+_OFF: Final = frozenset({"off", "false", "0", "no", ""})
+
+
+def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
+    if name not in env:
+        return default
+    raw = env[name].strip().lower()
+    if raw in _ON:
+        return True
+    if raw in _OFF:
+        return False
+    raise ValueError(f"{name} must be on or off, got {env[name]!r}")
 
 
 def _faults(env: Mapping[str, str], name: str) -> tuple[Fault, ...]:

@@ -8,6 +8,27 @@ Matching rules (documented in the package docstring too):
 - Faults are consumed in FIFO order. ``times`` counts down per matched request; ``None`` = until cleared.
 - ``LATENCY`` faults stack: every matching LATENCY fault adds its delay (and is consumed), and on top of that
   the first matching non-latency fault (if any) is consumed and enacted. So "slow, then a timeout" works.
+
+JSON shapes of the kinds added for the documented answers (admin ``POST /__sandbox/faults`` and SANDBOX_FAULTS):
+
+- ``{"kind": "warning", "operation": "redeem"|"bulk_redeem", "code": 704, "scope": "both"}``: the call is
+  served normally (the coupons *are* consumed) and the success answer carries the warning
+  ``{"status": false, "code": 704, "message": "Error sending coupon"}`` (``code`` defaults to 704; 724 is the
+  other notification warning). ``scope``: ``items`` (each item's ``warnings``, and in the nested shapes its
+  ``redemptionStatus.warnings`` / ``warningsAsStatusCode``), ``top`` (redeem: the top-level ``warnings``;
+  bulk redeem: each entry's ``warnings`` next to ``errors``) or ``both`` (default). The top-level
+  ``redemptionStatus`` stays ``{status: true, code: 700}``. A refused call is answered unchanged.
+- ``{"kind": "code", "operation": ..., "code": 711, "status": 500, "target": "ABS-ALICE-2"}``: a CODE fault
+  with a 5xx ``status`` is a 5xx whose body names per-code refusals (nothing applied unless ``apply``). With
+  ``target`` (a coupon code of the request) only that code carries ``code`` and the others 749 (bulk redeem:
+  ``errors[0]`` of each entry; is_redeemable: each item); without it (or when the request lacks it) every
+  code carries ``code``. Single redeem: top-level ``redemptionStatus {status: false, code, message}``, items
+  in the call's response style.
+- ``{"kind": "http_error", "status": 461}`` / ``521``: Capillary's "try later" statuses ("Search engine busy,
+  try later" / "Multiple actions are running for the same customer, try later"). The capillary notes list
+  them among the request-level HTTP conventions, so they come as the HTTP status itself with the flat body
+  ``{"status": false, "code": 461, "message": "..."}``; ``"body": ""`` sends them with an empty body. Other
+  HTTP_ERROR statuses keep the nginx HTML page. Nothing applied.
 """
 
 from __future__ import annotations
@@ -54,6 +75,7 @@ class FaultKind(enum.StrEnum):
     APPLY_THEN_RESET = "apply_then_reset"  # apply, then drop the connection
     APPLY_THEN_ERROR = "apply_then_error"  # apply, then answer `status` (default 502)
     CODE = "code"  # answer the operation's failure envelope with business `code` (apply first if `apply`)
+    WARNING = "warning"  # apply, then answer the success with warning `code` (default 704) in its warnings[]
 
 
 #: Kinds enacted before the request is even parsed: the operation is never applied.
@@ -79,7 +101,20 @@ _DEFAULT_STATUS: Final[Mapping[FaultKind, int]] = MappingProxyType(
 )
 
 _JSON_KEYS: Final[frozenset[str]] = frozenset(
-    {"kind", "operation", "times", "status", "delaySeconds", "code", "apply", "body"}
+    {"kind", "operation", "times", "status", "delaySeconds", "code", "apply", "body", "target", "scope"}
+)
+
+#: Operations whose success answers can carry a WARNING fault's warning.
+WARNING_OPERATIONS: Final[frozenset[str]] = frozenset({"redeem", "bulk_redeem"})
+WARNING_SCOPES: Final[tuple[str, ...]] = ("both", "top", "items")
+DEFAULT_WARNING_CODE: Final = 704
+
+#: HTTP statuses Capillary itself answers with a flat ``{status, code, message}`` body ("try later").
+TRY_LATER_MESSAGES: Final[Mapping[int, str]] = MappingProxyType(
+    {
+        461: "Search engine busy, try later",
+        521: "Multiple actions are running for the same customer, try later",
+    }
 )
 
 
@@ -95,6 +130,10 @@ class Fault:
     code: int | None = None
     apply: bool = False
     body: str | None = None
+    #: CODE only: the coupon code that carries `code`; the request's other codes carry 749.
+    target: str | None = None
+    #: WARNING only: where the warning goes: "both" (default), "top" or "items".
+    scope: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, FaultKind):
@@ -109,6 +148,15 @@ class Fault:
             raise ValueError(f"delaySeconds must be >= 0, got {self.delay_seconds!r}")
         if self.kind is FaultKind.CODE and self.code is None:
             raise ValueError("a 'code' fault needs a business code (e.g. 748)")
+        if self.target is not None and self.kind is not FaultKind.CODE:
+            raise ValueError("target is only for 'code' faults")
+        if self.kind is FaultKind.WARNING:
+            if self.operation not in WARNING_OPERATIONS:
+                raise ValueError(f"a 'warning' fault needs operation {' or '.join(sorted(WARNING_OPERATIONS))}")
+            if self.scope is not None and self.scope not in WARNING_SCOPES:
+                raise ValueError(f"scope must be one of {', '.join(WARNING_SCOPES)}, got {self.scope!r}")
+        elif self.scope is not None:
+            raise ValueError("scope is only for 'warning' faults")
 
     @property
     def delay(self) -> float:
@@ -123,6 +171,14 @@ class Fault:
         if self.status is not None:
             return self.status
         return _DEFAULT_STATUS.get(self.kind)
+
+    @property
+    def warning_code(self) -> int:
+        return DEFAULT_WARNING_CODE if self.code is None else self.code
+
+    @property
+    def warning_scope(self) -> str:
+        return self.scope or "both"
 
     def matches(self, operation: str) -> bool:
         if self.operation is None:
@@ -155,6 +211,8 @@ class Fault:
             code=_opt_int(data, "code", default=None),
             apply=bool(_opt(data, "apply", bool) or False),
             body=_opt(data, "body", str),
+            target=_opt(data, "target", str),
+            scope=_opt(data, "scope", str),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -167,6 +225,8 @@ class Fault:
             "code": self.code,
             "apply": self.apply,
             "body": self.body,
+            "target": self.target,
+            "scope": self.scope,
         }
 
 

@@ -20,6 +20,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from . import wire
+from .config import Style
 from .sandbox import Sandbox
 from .state import (
     IDENTIFIER_KINDS,
@@ -59,6 +60,11 @@ class Rejected(Exception):
 class Prepared:
     apply: Callable[[], Reply]
     fail: Callable[[int, str], Reply]
+    #: Batch operations: the failure envelope where only coupon `target` carries the code, the others 749
+    #: (falls back to `fail` when absent, or when the request does not name `target`).
+    refuse: Callable[[int, str, str], Reply] | None = None
+    #: Redeem operations: the success reply with a warning entry added (`scope`: both, top, items).
+    warn: Callable[[Reply, wire.Json, str], Reply] | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,8 @@ class OpContext:
     sandbox: Sandbox
     #: Store the call is attributed to (Basic till's store, attribution header, or the default store).
     store: str
+    #: Response style drawn for this call (redeem and bulk redeem only; see `Sandbox.next_style`).
+    style: Style = "doc"
 
 
 Operation = Callable[[OpContext], Awaitable[Prepared]]
@@ -172,6 +180,9 @@ async def token(ctx: OpContext) -> Prepared:
 # ---- is_redeemable -------------------------------------------------------------------------------------------
 
 
+_DETAILS_VALUES: Final = ("true", "false", "extended")
+
+
 async def is_redeemable(ctx: OpContext) -> Prepared:
     query = ctx.request.query
     ref = customer_ref(query, "query")
@@ -181,8 +192,14 @@ async def is_redeemable(ctx: OpContext) -> Prepared:
     codes = split_values(query, "code")
     if len(codes) > MAX_CODES:
         raise invalid(f"at most {MAX_CODES} coupon codes per request")
+    details = query.get("details", "false").strip().lower()
+    if details not in _DETAILS_VALUES:
+        raise invalid("details must be true, false or extended")
     sandbox = ctx.sandbox
     customer = find_customer(sandbox, ref)
+    # No sample shows what details=true adds: the answer keeps the sample's shape unless the sandbox is told
+    # to add each item's seriesId (SANDBOX_IS_REDEEMABLE_SERIES).
+    series_id = details != "false" and sandbox.options.is_redeemable_series
 
     def envelope(items: list[wire.Json], status: Mapping[str, Any]) -> Reply:
         return Reply(
@@ -201,7 +218,10 @@ async def is_redeemable(ctx: OpContext) -> Prepared:
         )
         first_bad = next((v for v in verdicts if not v.ok), None)
         sibling_749 = first_bad is not None and sandbox.options.is_redeemable_all_or_nothing
-        items = [wire.is_redeemable_item(v, status=749 if sibling_749 and v.ok else None) for v in verdicts]
+        items = [
+            wire.is_redeemable_item(v, status=749 if sibling_749 and v.ok else None, series_id=series_id)
+            for v in verdicts
+        ]
         if first_bad is None:
             return envelope(items, wire.top_status(SUCCESS, "Coupon isRedeem successful"))
         return envelope(items, wire.top_status(first_bad.status))
@@ -210,7 +230,18 @@ async def is_redeemable(ctx: OpContext) -> Prepared:
         items = [wire.is_redeemable_item(Verdict(c, code), message=message) for c in codes]
         return envelope(items, wire.top_status(code, message))
 
-    return Prepared(apply, fail)
+    def refuse(code: int, message: str, target: str) -> Reply:
+        if target not in codes:
+            return fail(code, message)
+        items = [
+            wire.is_redeemable_item(Verdict(c, code), message=message)
+            if c == target
+            else wire.is_redeemable_item(Verdict(c, 749))
+            for c in codes
+        ]
+        return envelope(items, wire.top_status(code, message))
+
+    return Prepared(apply, fail, refuse=refuse)
 
 
 # ---- redeem / bulk redeem ------------------------------------------------------------------------------------
@@ -259,14 +290,29 @@ async def _redeem_request(ctx: OpContext, *, max_codes: int) -> _RedeemRequest:
     return _RedeemRequest(find_customer(ctx.sandbox, ref), codes, bill, txn.strip())
 
 
+def _with_warning(
+    reply: Reply, items: list[wire.Json], top: list[list[wire.Json]], warning: wire.Json, scope: str
+) -> Reply:
+    if scope in ("both", "items"):
+        for item in items:
+            wire.add_warning(item, warning)
+    if scope in ("both", "top"):
+        for warnings in top:
+            warnings.append(dict(warning))
+    return reply
+
+
 async def redeem(ctx: OpContext) -> Prepared:
     req = await _redeem_request(ctx, max_codes=1)
     sandbox = ctx.sandbox
-    customer_json = wire.customer_json(req.customer)
+    doc = ctx.style == "doc"
+    shape = wire.DOC_ITEM if doc else wire.NESTED_ITEM
+    # The "Redeem Coupons" sample's customer has no identifiersAll; the "Redeem Coupon (Single)" one has.
+    customer_json = wire.customer_json(req.customer, identifiers_all=not doc)
 
-    def failure(items: list[wire.Json], code: int, message: str | None = None) -> Reply:
+    def envelope(status: int, items: list[wire.Json], code: int, message: str | None = None) -> Reply:
         return Reply(
-            sandbox.options.failure_http_status,
+            status,
             {
                 "redemption": items,
                 "redemptionStatus": wire.top_status(code, message),
@@ -277,8 +323,8 @@ async def redeem(ctx: OpContext) -> Prepared:
 
     def fail(code: int, message: str) -> Reply:
         series = _series_of(sandbox, req.codes)
-        items = [wire.failed_item(c, s, code, message) for c, s in zip(req.codes, series, strict=True)]
-        return failure(items, code, message)
+        items = [wire.failed_item(c, s, code, shape, message) for c, s in zip(req.codes, series, strict=True)]
+        return envelope(sandbox.options.failure_http_status, items, code, message)
 
     def apply() -> Reply:
         if not req.transaction_number:
@@ -289,7 +335,8 @@ async def redeem(ctx: OpContext) -> Prepared:
         )
         bad = [v for v in verdicts if not v.ok]
         if bad:
-            return failure([wire.failed_item(v.code, v.series, v.status) for v in verdicts], bad[0].status)
+            items = [wire.failed_item(v.code, v.series, v.status, shape) for v in verdicts]
+            return envelope(sandbox.options.failure_http_status, items, bad[0].status)
         redemptions = sandbox.state.redeem(
             req.customer,
             verdicts,
@@ -298,18 +345,16 @@ async def redeem(ctx: OpContext) -> Prepared:
             transaction_number=req.transaction_number,
             bill_amount=req.bill_amount,
         )
-        items = [wire.redeemed_item(r, sandbox.state.series[r.series_id]) for r in redemptions]
-        return Reply(
-            200,
-            {
-                "redemption": items,
-                "redemptionStatus": wire.top_status(SUCCESS),
-                "customer": customer_json,
-                "warnings": [],
-            },
-        )
+        items = [wire.redeemed_item(r, sandbox.state.series[r.series_id], shape) for r in redemptions]
+        return envelope(200, items, SUCCESS)
 
-    return Prepared(apply, fail)
+    def warn(reply: Reply, warning: wire.Json, scope: str) -> Reply:
+        body = reply.body
+        if reply.status != 200 or not isinstance(body, dict) or not body["redemptionStatus"]["status"]:
+            return reply
+        return _with_warning(reply, body["redemption"], [body["warnings"]], warning, scope)
+
+    return Prepared(apply, fail, warn=warn)
 
 
 def _series_of(sandbox: Sandbox, codes: list[str]) -> list[Series | None]:
@@ -323,6 +368,8 @@ async def bulk_redeem(ctx: OpContext) -> Prepared:
     dry_run = ctx.request.query.get("is_redeemable", "").lower() == "true"
     req = await _redeem_request(ctx, max_codes=MAX_CODES)
     sandbox = ctx.sandbox
+    # The bulk sample's result has the nested status but no redemptionId; the nested style adds it.
+    shape = wire.BULK_ITEM if ctx.style == "doc" else wire.NESTED_ITEM
 
     def failure(entries: list[wire.Json]) -> Reply:
         return Reply(
@@ -330,17 +377,28 @@ async def bulk_redeem(ctx: OpContext) -> Prepared:
             {"response": entries, "totalCount": len(entries), "failureCount": len(entries)},
         )
 
-    def fail(code: int, message: str) -> Reply:
+    def refused(codes: list[int], messages: list[str | None]) -> Reply:
         series = _series_of(sandbox, req.codes)
         return failure(
             [
                 {
                     "entityId": -1,
-                    "result": wire.failed_item(c, s, code, message),
+                    "result": wire.failed_item(c, s, code, shape, message),
                     "errors": [wire.status_entry(code, message)],
                 }
-                for c, s in zip(req.codes, series, strict=True)
+                for c, s, code, message in zip(req.codes, series, codes, messages, strict=True)
             ]
+        )
+
+    def fail(code: int, message: str) -> Reply:
+        return refused([code] * len(req.codes), [message] * len(req.codes))
+
+    def refuse(code: int, message: str, target: str) -> Reply:
+        if target not in req.codes:
+            return fail(code, message)
+        return refused(
+            [code if c == target else 749 for c in req.codes],
+            [message if c == target else None for c in req.codes],
         )
 
     def apply() -> Reply:
@@ -357,13 +415,13 @@ async def bulk_redeem(ctx: OpContext) -> Prepared:
                 entries.append(
                     {
                         "entityId": -1,
-                        "result": wire.failed_item(v.code, v.series, code),
+                        "result": wire.failed_item(v.code, v.series, code, shape),
                         "errors": [wire.status_entry(code)],
                     }
                 )
             return failure(entries)
         if dry_run:
-            entries = [{"entityId": -1, "result": wire.dry_run_item(v), "errors": []} for v in verdicts]
+            entries = [{"entityId": -1, "result": wire.dry_run_item(v, shape), "errors": []} for v in verdicts]
         else:
             redemptions = sandbox.state.redeem(
                 req.customer,
@@ -376,14 +434,26 @@ async def bulk_redeem(ctx: OpContext) -> Prepared:
             entries = [
                 {
                     "entityId": r.id,
-                    "result": wire.redeemed_item(r, sandbox.state.series[r.series_id]),
+                    "result": wire.redeemed_item(r, sandbox.state.series[r.series_id], shape),
                     "errors": [],
                 }
                 for r in redemptions
             ]
         return Reply(200, {"response": entries, "totalCount": len(entries), "failureCount": 0})
 
-    return Prepared(apply, fail)
+    def warn(reply: Reply, warning: wire.Json, scope: str) -> Reply:
+        body = reply.body
+        if reply.status != 200 or not isinstance(body, dict) or body["failureCount"]:
+            return reply
+        entries: list[wire.Json] = body["response"]
+        if scope in ("both", "top"):
+            for entry in entries:
+                entry["warnings"] = []
+        return _with_warning(
+            reply, [e["result"] for e in entries], [e["warnings"] for e in entries if "warnings" in e], warning, scope
+        )
+
+    return Prepared(apply, fail, refuse=refuse, warn=warn)
 
 
 # ---- series --------------------------------------------------------------------------------------------------
@@ -800,6 +870,22 @@ async def _multipart(request: web.Request) -> _Form:
     return form
 
 
+#: The form fields each upload documents (besides ``file``). Field names are case-sensitive.
+_COUPON_UPLOAD_FIELDS: Final = ("customerIdentifier", "customerIdentifierColumn")
+_REDEEMED_UPLOAD_FIELDS: Final = ("customerIdentifier", "couponIdentifier", "uploadHeaders", "Details")
+
+
+def _documented_fields(form: _Form, documented: tuple[str, ...]) -> None:
+    """Only documented field names: an undocumented one (e.g. ``details`` for ``Details``) is refused with 400
+    rather than ignored, so a client that misspells a field learns it here and not in production."""
+    for name in form.fields:
+        if name in documented:
+            continue
+        twin = next((d for d in documented if d.lower() == name.lower()), None)
+        hint = f"; the documented field is {twin!r}" if twin else f"; documented fields: file, {', '.join(documented)}"
+        raise _v1_reject(f"unknown field {name!r}{hint}")
+
+
 def _rows(form: _Form) -> list[list[str]]:
     assert form.file_data is not None
     try:
@@ -816,6 +902,7 @@ def _due(sandbox: Sandbox, now: datetime) -> datetime:
 async def upload_coupons(ctx: OpContext) -> Prepared:
     series = _path_series(ctx)
     form = await _multipart(ctx.request)
+    _documented_fields(form, _COUPON_UPLOAD_FIELDS)
     try:
         settings = coupon_upload_settings(
             form.fields.get("customerIdentifier"), form.fields.get("customerIdentifierColumn")
@@ -844,12 +931,13 @@ async def upload_coupons(ctx: OpContext) -> Prepared:
 async def upload_redeemed(ctx: OpContext) -> Prepared:
     series = _path_series(ctx)
     form = await _multipart(ctx.request)
+    _documented_fields(form, _REDEEMED_UPLOAD_FIELDS)
     try:
         settings = redeemed_upload_settings(
             form.fields.get("customerIdentifier"),
             form.fields.get("couponIdentifier"),
             form.fields.get("uploadHeaders"),
-            form.fields.get("details") or form.fields.get("Details"),
+            form.fields.get("Details"),
         )
     except UploadError as exc:
         raise _v1_reject(str(exc)) from None

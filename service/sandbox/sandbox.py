@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Literal
 
-from .config import SandboxConfig, Till
+from .config import ResponseStyle, SandboxConfig, Style, Till
 from .faults import Fault, FaultQueue
 from .seed import seed_state
 from .state import (
@@ -40,6 +40,10 @@ class SandboxOptions:
     #: When True, is_redeemable marks the redeemable siblings of a failing code with 749 (the documented
     #: "Redeem/isRedeem failed because of failure on other coupons" variant). Default: per-code answers.
     is_redeemable_all_or_nothing: bool = False
+    #: Shape of redeem / bulk redeem answers: "doc", "nested" or "mixed" (see `SandboxConfig.response_style`).
+    response_style: ResponseStyle = "doc"
+    #: Add ``seriesId`` to every is_redeemable item (not in the documented sample).
+    is_redeemable_series: bool = False
 
 
 @dataclass
@@ -58,6 +62,8 @@ class Call:
     fault: str | None = None
     #: HTTP status answered; None when the connection was dropped (or the client went away).
     status: int | None = None
+    #: Response style drawn by a redeem / bulk redeem call ("doc" or "nested"); None for other operations.
+    style: Style | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -71,6 +77,7 @@ class Call:
             "store": self.store,
             "fault": self.fault,
             "status": self.status,
+            "style": self.style,
         }
 
 
@@ -100,8 +107,12 @@ class Sandbox:
         self._base_clock: Callable[[], datetime] = self.config.clock or _real_now
         self._offset = timedelta(0)
         self.options = SandboxOptions(
-            failure_http_status=self.config.failure_http_status, latency_ms=self.config.latency_ms
+            failure_http_status=self.config.failure_http_status,
+            latency_ms=self.config.latency_ms,
+            response_style=self.config.response_style,
+            is_redeemable_series=self.config.is_redeemable_series,
         )
+        self._styled_calls = 0
         self.faults = FaultQueue(self.config.faults)
         self.calls: list[Call] = []
         self._tokens: dict[str, _Token] = {}
@@ -202,7 +213,23 @@ class Sandbox:
         self.options.failure_http_status = self.config.failure_http_status
         self.options.latency_ms = self.config.latency_ms
         self.options.is_redeemable_all_or_nothing = False
+        self.options.response_style = self.config.response_style
+        self.options.is_redeemable_series = self.config.is_redeemable_series
+        self._styled_calls = 0
         self.state = self._fresh_state()
+
+    def next_style(self) -> Style:
+        """The shape of the next redeem / bulk redeem answer. Under "mixed" every call draws the next one of
+        doc, nested, doc, ... (one sequence for both operations; a reset or a style change restarts it)."""
+        style = self.options.response_style
+        if style != "mixed":
+            return style
+        self._styled_calls += 1
+        return "doc" if self._styled_calls % 2 == 1 else "nested"
+
+    def set_response_style(self, style: ResponseStyle) -> None:
+        self.options.response_style = style
+        self._styled_calls = 0
 
     def process_jobs(self) -> None:
         """Run the upload jobs that are due by the sandbox clock (done on every request, too)."""

@@ -3,14 +3,17 @@
 - series objects: every field of the `GET /v2/coupon/series` sample, in its order; numbers integral -> int;
   ``seriesCode`` is the series' *string* code; ``redeemAtStore``/``redemptionRange`` are JSON *strings*.
 - coupon objects (issue, details): ``discountValue``/``discountUpto`` always floats (``10.0``).
-- redeem items: ``seriesCode`` is the *int* series id, ``couponValue`` a float (the discount this redemption
-  gave), ``discountValue``/``discountUpto`` ints when integral.
+- redeem items (`ItemShape`): ``seriesCode`` is the *int* series id, ``couponValue`` a float: the coupon's face
+  value (ABS: the amount, PERC: the percent; the "Redeem Coupons" sample has ``isAbsolute: false,
+  couponValue: 10.0`` on a bill of 2000), never the discount given on this bill; ``discountValue``/
+  ``discountUpto`` ints when integral.
 - upload jobs: ``createdOn``/``updatedOn`` are *strings* of epoch millis.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from types import MappingProxyType
@@ -317,76 +320,117 @@ def item_status(code: int, message: str | None = None) -> Json:
     }
 
 
-def redeemed_item(redemption: Redemption, series: Series) -> Json:
-    return {
-        "id": redemption.id,
-        "redemptionId": redemption.id,
-        "currencyInput": False,
-        "localToBaseCurrencyExchangeRate": 0,
-        "warnings": [],
-        "appendedErrorMessage": "",
-        "code": redemption.code,
-        "discountCode": series.discount_code,
-        "seriesCode": series.id,
-        "isAbsolute": series.is_absolute,
-        "couponValue": float(redemption.discount),
-        "redemptionStatus": item_status(SUCCESS),
-        "discountType": series.discount_type,
-        "discountValue": num(series.discount_value),
-        "discountUpto": num(series.discount_upto),
-    }
+@dataclass(frozen=True)
+class ItemShape:
+    """Which of the documented redeem item shapes to render.
+
+    - `DOC_ITEM`: the "Redeem Coupons" sample: ``{id, warnings, appendedErrorMessage, code, discountCode,
+      seriesCode, isAbsolute, couponValue}``, no status of its own (the verdict is the top-level one);
+    - `BULK_ITEM`: the "Redeem Customer Coupons (Bulk)" sample's ``result``: the above plus
+      ``currencyInput``, ``localToBaseCurrencyExchangeRate``, the nested ``redemptionStatus``, ``discountType``,
+      ``discountValue``, ``discountUpto``;
+    - `NESTED_ITEM`: the bulk shape plus ``redemptionId`` (the "Redeem Coupon (Single)" sample, and what
+      other clusters send).
+    """
+
+    nested: bool
+    redemption_id: bool
 
 
-def failed_item(code: str, series: Series | None, status: int, message: str | None = None) -> Json:
-    """A redeem item that was not redeemed. Series fields are omitted when the code is unknown (as the older
-    upstream sample omits them), so a tolerant decoder must treat them as optional."""
+DOC_ITEM: Final = ItemShape(nested=False, redemption_id=False)
+BULK_ITEM: Final = ItemShape(nested=True, redemption_id=False)
+NESTED_ITEM: Final = ItemShape(nested=True, redemption_id=True)
+
+
+def face_value(series: Series | None) -> float:
+    """``couponValue``: the coupon's face value (ABS: the amount off; PERC: the percent), as the samples show
+    (``isAbsolute: false, couponValue: 10.0`` on a bill of 2000), not the discount given on this bill."""
+    return 0.0 if series is None else float(series.discount_value)
+
+
+def redeem_item(
+    shape: ItemShape,
+    *,
+    item_id: int,
+    code: str,
+    series: Series | None,
+    status: int = SUCCESS,
+    message: str | None = None,
+) -> Json:
+    """One item of a redeem / bulk redeem answer. Series fields are omitted when the code is unknown, so a
+    tolerant decoder must treat them as optional.
+
+    A refused item says so in ``appendedErrorMessage`` (text). In the nested shapes it also carries its own
+    status and names the reason in ``warnings``; in the doc shape it carries no code at all (``warnings``
+    empty, as in the sample), so the top-level ``redemptionStatus`` is the only verdict: the hardest case
+    for a client, and the one the documents show."""
+    ok = status == SUCCESS
     text = message or message_for(status)
-    body: Json = {
-        "id": -1,
-        "redemptionId": -1,
-        "currencyInput": False,
-        "localToBaseCurrencyExchangeRate": 0,
-        "warnings": [status_entry(status, text)],
-        "appendedErrorMessage": text,
-        "code": code,
-    }
-    if series is not None:
-        body.update({"discountCode": series.discount_code, "seriesCode": series.id})
+    body: Json = {"id": item_id}
+    if shape.redemption_id:
+        body["redemptionId"] = item_id
+    if shape.nested:
+        body.update({"currencyInput": False, "localToBaseCurrencyExchangeRate": 0})
     body.update(
         {
-            "isAbsolute": series is not None and series.is_absolute,
-            "couponValue": 0.0,
-            "redemptionStatus": item_status(status, text),
+            "warnings": [] if ok or not shape.nested else [status_entry(status, text)],
+            "appendedErrorMessage": "" if ok else text,
+            "code": code,
         }
     )
     if series is not None:
-        body.update(
-            {
-                "discountType": series.discount_type,
-                "discountValue": num(series.discount_value),
-                "discountUpto": num(series.discount_upto),
-            }
-        )
+        body.update({"discountCode": series.discount_code, "seriesCode": series.id})
+    body.update({"isAbsolute": series is not None and series.is_absolute, "couponValue": face_value(series)})
+    if shape.nested:
+        body["redemptionStatus"] = item_status(status, text)
+        if series is not None:
+            body.update(
+                {
+                    "discountType": series.discount_type,
+                    "discountValue": num(series.discount_value),
+                    "discountUpto": num(series.discount_upto),
+                }
+            )
     return body
 
 
-def dry_run_item(verdict: Verdict) -> Json:
+def redeemed_item(redemption: Redemption, series: Series, shape: ItemShape) -> Json:
+    return redeem_item(shape, item_id=redemption.id, code=redemption.code, series=series)
+
+
+def failed_item(code: str, series: Series | None, status: int, shape: ItemShape, message: str | None = None) -> Json:
+    """A redeem item that was not redeemed (id -1)."""
+    return redeem_item(shape, item_id=-1, code=code, series=series, status=status, message=message)
+
+
+def dry_run_item(verdict: Verdict, shape: ItemShape) -> Json:
     """An item of a successful ``bulk/redeem?is_redeemable=true`` dry run (no redemption id: -1)."""
     assert verdict.series is not None
-    body = failed_item(verdict.code, verdict.series, SUCCESS)
-    body.update({"warnings": [], "appendedErrorMessage": "", "couponValue": float(verdict.discount)})
-    return body
+    return redeem_item(shape, item_id=-1, code=verdict.code, series=verdict.series)
+
+
+def add_warning(item: Json, warning: Json) -> None:
+    """A warning on a redeem item: in its ``warnings`` and, in the nested shapes, its status' warnings."""
+    item["warnings"].append(dict(warning))
+    nested = item.get("redemptionStatus")
+    if isinstance(nested, dict):
+        nested["warnings"].append(dict(warning))
+        nested["warningsAsStatusCode"].append(dict(warning))
 
 
 def top_status(code: int, message: str | None = None) -> Json:
-    return {"status": code == SUCCESS, "message": message or message_for(code), "code": code}
+    """The top-level ``redemptionStatus`` (key order of the "Redeem Coupons" sample)."""
+    return {"status": code == SUCCESS, "code": code, "message": message or message_for(code)}
 
 
-def is_redeemable_item(verdict: Verdict, *, status: int | None = None, message: str | None = None) -> Json:
+def is_redeemable_item(
+    verdict: Verdict, *, status: int | None = None, message: str | None = None, series_id: bool = False
+) -> Json:
+    """An item of the documented sample; ``series_id`` adds ``seriesId`` (no sample shows it) when known."""
     code = verdict.status if status is None else status
     redeemable = code == SUCCESS
     text = message or message_for(code)
-    return {
+    body: Json = {
         "appendedErrorMessage": "" if redeemable else text,
         "code": verdict.code,
         "isAbsolute": verdict.series is not None and verdict.series.is_absolute,
@@ -395,6 +439,9 @@ def is_redeemable_item(verdict: Verdict, *, status: int | None = None, message: 
         "redemptionsLeft": verdict.redemptions_left,
         "warnings": [] if redeemable else [status_entry(code, text)],
     }
+    if series_id and verdict.series is not None:
+        body["seriesId"] = verdict.series.id
+    return body
 
 
 # ---- uploads -------------------------------------------------------------------------------------------------

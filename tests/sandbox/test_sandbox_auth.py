@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 
+import aiohttp
 import pytest
 
 from service.sandbox import DEMO
@@ -185,3 +186,37 @@ async def test_unknown_route_and_method_are_json(kit):
     response = await kit.client.delete("/v2/coupon/redeem")
     assert response.status == 405
     assert (await response.json())["code"] == 405
+
+
+V1_ROUTES = [
+    pytest.param("POST", "/coupon/api/v1/upload/file/{series}", id="upload-file"),
+    pytest.param("POST", "/coupon/api/v1/upload/redeemFile/{series}", id="upload-redeemFile"),
+    pytest.param("GET", "/coupon/api/v1/upload/getUploadStatus/{series}", id="getUploadStatus"),
+    pytest.param("GET", "/coupon/api/v1/upload/getUploadRedeemedCouponStatus/{series}", id="getRedeemedStatus"),
+]
+
+
+def _upload_form():
+    data = aiohttp.FormData()
+    data.add_field("file", b"SOME-CODE\n", filename="c.csv", content_type="text/csv")
+    data.add_field("customerIdentifier", "NOT_TAGGED")
+    return data
+
+
+@pytest.mark.parametrize(("method", "path"), V1_ROUTES)
+async def test_upload_host_refuses_basic_credentials(kit, method, path):
+    """The upload host documents OAuth only: valid till credentials there get 401 and nothing is queued."""
+    url = path.format(series=DEMO.series_of("abs").id)
+    data = _upload_form() if method == "POST" else None
+    response = await kit.client.request(method, url, data=data, headers=kit.basic())
+    assert response.status == 401
+    assert await response.json() == UNAUTHORIZED
+    assert kit.sandbox.state.upload_jobs == {}
+    assert kit.sandbox.calls[-1].auth is None
+    ok = await kit.client.request(method, url, headers={"x-cap-api-oauth-token": await kit.token()})
+    assert ok.status in (200, 400)  # authenticated (a POST without a form is then a 400 about the form)
+
+
+async def test_v2_routes_keep_both_schemes(kit):
+    assert (await kit.is_redeemable("ABS-ALICE-1", headers=kit.basic()))[0] == 200
+    assert (await kit.is_redeemable("ABS-ALICE-1", headers=await kit.oauth()))[0] == 200

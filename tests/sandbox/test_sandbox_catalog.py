@@ -283,7 +283,7 @@ async def test_customer_coupons_errors(kit):
 
 async def test_reactivate_makes_the_coupon_redeemable_again(kit):
     _, first = await kit.redeem("ABS-ALICE-1", txn="T-1")
-    redemption_id = first["redemption"][0]["redemptionId"]
+    redemption_id = first["redemption"][0]["id"]
     assert redeem_code(await kit.redeem("ABS-ALICE-1", txn="T-2")) == 711
     status, body = await kit.post("/v2/coupon/reactivate", {"redemptionIds": [redemption_id]})
     assert (status, body) == (200, {"warnings": [], "errors": [], "success": True})

@@ -37,7 +37,8 @@ REDEEM_TABLE = [
 
 
 @pytest.mark.parametrize(("code", "bill", "expected"), REDEEM_TABLE)
-async def test_redeem_rule_table(kit, code, bill, expected):
+async def test_redeem_rule_table_nested_style(make_kit, code, bill, expected):
+    kit = await make_kit(response_style="nested")
     before = kit.active_redemptions()
     status, body = await kit.redeem(code, bill=bill)
     assert body["redemptionStatus"]["code"] == expected
@@ -55,6 +56,32 @@ async def test_redeem_rule_table(kit, code, bill, expected):
         assert item["redemptionStatus"]["success"] is False
         assert item["redemptionStatus"]["statusCode"]["code"] == expected
         assert item["warnings"][0]["code"] == expected
+        assert kit.active_redemptions() == before
+
+
+@pytest.mark.parametrize(("code", "bill", "expected"), REDEEM_TABLE)
+async def test_redeem_rule_table_doc_style(kit, code, bill, expected):
+    """The default (doc) style: the verdict is only the top-level redemptionStatus; an item has no status."""
+    before = kit.active_redemptions()
+    status, body = await kit.redeem(code, bill=bill)
+    assert body["redemptionStatus"]["code"] == expected
+    (item,) = body["redemption"]
+    assert item["code"] == code
+    assert "redemptionStatus" not in item
+    if expected == 700:
+        assert status == 200
+        assert body["redemptionStatus"]["status"] is True
+        assert (item["id"], item["warnings"], item["appendedErrorMessage"]) == (
+            kit.sandbox.redemptions_of(code)[-1].id,
+            [],
+            "",
+        )
+        assert kit.active_redemptions() == before + 1
+    else:
+        assert status == 400
+        assert body["redemptionStatus"]["status"] is False
+        assert (item["id"], item["warnings"]) == (-1, [])  # no code of its own: the top level is the verdict
+        assert item["appendedErrorMessage"] == body["redemptionStatus"]["message"]
         assert kit.active_redemptions() == before
 
 
@@ -187,21 +214,28 @@ async def test_check_order(kit, rules, owner, redeem_first, expected):
 
 
 @pytest.mark.parametrize(
-    ("code", "bill", "discount", "discount_type"),
+    ("code", "bill", "face_value", "discount", "discount_type"),
     [
-        ("ABS-ALICE-1", "2000", 100.0, "ABS"),
-        ("PERC-ALICE-1", "1999.90", 299.99, "PERC"),  # 15% rounded half-up to cents
-        ("CAP-ALICE-1", "500", 100.0, "PERC"),  # 20% under the cap
-        ("CAP-ALICE-1", "5000", 150.0, "PERC"),  # 20% = 1000, capped by discountUpto 150
+        ("ABS-ALICE-1", "2000", 100.0, 100.0, "ABS"),
+        ("PERC-ALICE-1", "1999.90", 15.0, 299.99, "PERC"),  # 15% rounded half-up to cents
+        ("CAP-ALICE-1", "500", 20.0, 100.0, "PERC"),  # 20% under the cap
+        ("CAP-ALICE-1", "5000", 20.0, 150.0, "PERC"),  # 20% = 1000, capped by discountUpto 150
     ],
 )
-async def test_discount_of_a_redemption(kit, code, bill, discount, discount_type):
+@pytest.mark.parametrize("style", ["doc", "nested"])
+async def test_discount_of_a_redemption(make_kit, style, code, bill, face_value, discount, discount_type):
+    """couponValue is the coupon's face value (the amount, or the percent), as the samples show; the discount
+    given on the bill is the sandbox's own record."""
+    kit = await make_kit(response_style=style)
     status, body = await kit.redeem(code, bill=bill)
     assert status == 200
     item = body["redemption"][0]
-    assert item["couponValue"] == discount
-    assert item["discountType"] == discount_type
+    assert item["couponValue"] == face_value
     assert item["isAbsolute"] is (discount_type == "ABS")
+    if style == "nested":
+        assert item["discountType"] == discount_type
+    else:
+        assert "discountType" not in item
     (redemption,) = kit.sandbox.redemptions_of(code)
     assert redemption.discount == Decimal(str(discount))
     assert redemption.bill_amount == Decimal(bill)
@@ -211,7 +245,7 @@ async def test_redemption_record_keeps_transaction_customer_store_and_time(kit, 
     status, body = await kit.redeem("ABS-ALICE-1", bill=1234.5, txn="POS-77", headers=kit.basic("S002"))
     assert status == 200
     (redemption,) = kit.sandbox.redemptions_of("ABS-ALICE-1")
-    assert body["redemption"][0]["id"] == body["redemption"][0]["redemptionId"] == redemption.id
+    assert body["redemption"][0]["id"] == redemption.id
     assert redemption.transaction_number == "POS-77"
     assert redemption.customer_id == DEMO.customer("alice").id
     assert redemption.series_id == DEMO.series_of("abs").id
@@ -243,7 +277,7 @@ async def test_missing_transaction_number_gives_718_and_applies_nothing(kit):
     status, body = await kit.redeem("ABS-ALICE-1", txn=None)
     assert status == 400
     assert body["redemptionStatus"]["code"] == 718
-    assert body["redemption"][0]["redemptionStatus"]["code"] == 718
+    assert body["redemption"][0]["id"] == -1
     assert kit.sandbox.redemptions_of("ABS-ALICE-1") == []
 
 
@@ -299,7 +333,8 @@ def redeem_status(result):
     return result[1]["redemptionStatus"]["code"]
 
 
-async def test_add_series_helper_accepts_plain_values(kit):
+async def test_add_series_helper_accepts_plain_values(make_kit):
+    kit = await make_kit(response_style="nested")
     series = kit.sandbox.add_series(
         description="helper values",
         discount_type="PERC",
@@ -310,4 +345,6 @@ async def test_add_series_helper_accepts_plain_values(kit):
     )
     kit.sandbox.issue_coupon(series.id, DEMO.customer("alice").id, "HELPER-1")
     status, body = await kit.redeem("HELPER-1", bill="100")
-    assert (status, body["redemption"][0]["couponValue"], body["redemption"][0]["discountUpto"]) == (200, 30.0, 30)
+    item = body["redemption"][0]
+    assert (status, item["couponValue"], item["discountUpto"]) == (200, 50.0, 30)
+    assert kit.sandbox.redemptions_of("HELPER-1")[0].discount == Decimal(30)

@@ -1,7 +1,10 @@
 """Success responses have exactly the shapes of the upstream doc samples (same keys, nesting and JSON types),
 and the docs' own sample requests are accepted verbatim.
 
-The samples below are verbatim copies of the payloads in capillary-docs/003_e644c1dd603b2cb4.txt.
+The samples below are verbatim copies of the payloads in capillary-docs/003_e644c1dd603b2cb4.txt (vendored in
+tests/fixtures/capillary-docs; `test_sample_copies_are_verbatim` checks them against it). Redeem answers come
+in the configured response style: ``doc`` (default) is the "Redeem Coupons" sample key for key, ``nested`` the
+"Redeem Coupon (Single)" one (plus ``redemptionId``).
 """
 
 from __future__ import annotations
@@ -12,8 +15,18 @@ import aiohttp
 import pytest
 
 from service.sandbox import DEMO
+from tests.contract.samples import load_samples
 
-REDEEM_RESPONSE_OLD: dict[str, Any] = {
+#: "Redeem Coupons": the doc style's sample request and answer (flat items, the verdict only at the top).
+REDEEM_COUPONS_REQUEST: dict[str, Any] = {
+    "billAmount": "2000",
+    "transactionNumber": "numbr9227550121",
+    "user": {"mobile": "9177121900000"},
+    "redemptionTime": "2019-04-04 11:49:59",
+    "redemptionRequestList": [{"code": "9NUF8THR"}],
+}
+
+REDEEM_COUPONS_RESPONSE: dict[str, Any] = {
     "redemption": [
         {
             "id": 33138363,
@@ -320,7 +333,8 @@ BULK_ISSUE_RESPONSE: dict[str, Any] = {
     "failureCount": 0,
 }
 
-REDEEM_REQUEST: dict[str, Any] = {
+#: "Redeem Coupon (Single)": the nested style's sample.
+REDEEM_SINGLE_REQUEST: dict[str, Any] = {
     "redemptionRequestList": [{"code": "MGU9Y4PM"}],
     "user": {"mobile": "917575757575"},
     "transactionNumber": "ZDCsdss",
@@ -328,7 +342,7 @@ REDEEM_REQUEST: dict[str, Any] = {
     "redemptionTime": "2020-06-12",
 }
 
-REDEEM_RESPONSE: dict[str, Any] = {
+REDEEM_SINGLE_RESPONSE: dict[str, Any] = {
     "redemption": [
         {
             "id": 369455787,
@@ -742,18 +756,32 @@ def assert_shape(actual: Any, sample: Any, path: str = "$", extra: frozenset[str
         assert_shape(actual[0], sample[0], f"{path}[0]", extra)
 
 
-@pytest.fixture
-async def doc_kit(kit):
-    """The sandbox plus the customers, series and coupons the doc samples name, so that the doc's own
-    requests can be sent verbatim."""
+def add_doc_data(kit):
+    """The customers, series and coupons the doc samples name, so that the doc's own requests can be sent
+    verbatim (series as the answers describe them: 12313 ABS 10, 84093 ABS 100, 14162 PERC 10 "MobilePush")."""
     sandbox = kit.sandbox
     sandbox.add_customer(customer_id=126080386, mobile="917575757575", email="tom.sawyer@example.com")
-    for series_id in (12313, 84093):
-        sandbox.add_series(description=f"doc series {series_id}", series_id=series_id)
+    sandbox.add_customer(customer_id=342963216, mobile="9177121900000", first_name="Tom", last_name="Sawyer")
+    sandbox.add_series(description="10 units", series_id=12313, discount_value=10, discount_code="NO_VALUE")
+    sandbox.add_series(description="Test Marvel", series_id=84093, discount_value=100, discount_code="NO_VALUE")
+    sandbox.add_series(
+        description="10 % off", series_id=14162, discount_type="PERC", discount_value=10, discount_code="MobilePush"
+    )
     sandbox.issue_coupon(12313, 126080386, "MGU9Y4PM")
     sandbox.issue_coupon(84093, 126080386, "U6ER8MJ5")
     sandbox.issue_coupon(84093, 126080386, "U6ER8MH9")
+    sandbox.issue_coupon(14162, 342963216, "9NUF8THR")
     return kit
+
+
+@pytest.fixture
+async def doc_kit(kit):
+    return add_doc_data(kit)
+
+
+@pytest.fixture
+async def nested_doc_kit(make_kit):
+    return add_doc_data(await make_kit(response_style="nested"))
 
 
 async def test_token_shape(kit):
@@ -763,33 +791,128 @@ async def test_token_shape(kit):
     assert_shape(await response.json(), {"data": {"accessToken": "x", "ttlSeconds": 300}, "errors": None})
 
 
-async def test_redeem_doc_request_verbatim_and_response_shape(doc_kit):
-    status, body = await doc_kit.post("/v2/coupon/redeem", REDEEM_REQUEST)
+def test_sample_copies_are_verbatim():
+    """The copies above are the documents' own payloads (as vendored), not retyped approximations."""
+    documented = [sample.payload for sample in load_samples() if sample.file.startswith("003_")]
+    for copy in (
+        REDEEM_COUPONS_REQUEST,
+        REDEEM_COUPONS_RESPONSE,
+        REDEEM_SINGLE_REQUEST,
+        REDEEM_SINGLE_RESPONSE,
+        BULK_REDEEM_REQUEST,
+        BULK_REDEEM_RESPONSE,
+        IS_REDEEMABLE_RESPONSE,
+    ):
+        assert copy in documented
+
+
+def assert_order(actual: dict[str, Any], sample: dict[str, Any]) -> None:
+    assert list(actual) == list(sample)
+
+
+async def test_redeem_doc_style_is_the_redeem_coupons_sample_key_for_key(doc_kit):
+    assert doc_kit.sandbox.options.response_style == "doc"  # the default
+    status, body = await doc_kit.post("/v2/coupon/redeem", REDEEM_COUPONS_REQUEST)
     assert status == 200
-    assert_shape(body, REDEEM_RESPONSE, extra=frozenset({"redemptionId"}))
+    assert_shape(body, REDEEM_COUPONS_RESPONSE)  # no key beyond the sample's, none missing, same JSON types
+    (item,) = body["redemption"]
+    assert_order(item, REDEEM_COUPONS_RESPONSE["redemption"][0])
+    assert_order(body["redemptionStatus"], REDEEM_COUPONS_RESPONSE["redemptionStatus"])
+    # The sample's meaning: a 10 % coupon on a bill of 2000 says couponValue 10.0 (its face value), not 200.
+    assert (item["code"], item["discountCode"], item["seriesCode"], item["isAbsolute"], item["couponValue"]) == (
+        "9NUF8THR",
+        "MobilePush",
+        14162,
+        False,
+        10.0,
+    )
+    (redemption,) = doc_kit.sandbox.redemptions_of("9NUF8THR")
+    assert (item["id"], redemption.discount) == (redemption.id, 200)
+    assert body["redemptionStatus"] == {"status": True, "code": 700, "message": "Coupon processing successful"}
+
+
+async def test_redeem_doc_style_answers_the_single_sample_request_in_the_doc_shape(doc_kit):
+    status, body = await doc_kit.post("/v2/coupon/redeem", REDEEM_SINGLE_REQUEST)
+    assert status == 200
+    assert_shape(body, REDEEM_COUPONS_RESPONSE)
+    item = body["redemption"][0]
+    assert (item["code"], item["seriesCode"], item["isAbsolute"], item["couponValue"]) == (
+        "MGU9Y4PM",
+        12313,
+        True,
+        10.0,
+    )
+
+
+async def test_redeem_nested_style_is_the_redeem_coupon_single_sample(nested_doc_kit):
+    status, body = await nested_doc_kit.post("/v2/coupon/redeem", REDEEM_SINGLE_REQUEST)
+    assert status == 200
+    assert_shape(body, REDEEM_SINGLE_RESPONSE, extra=frozenset({"redemptionId"}))
     item = body["redemption"][0]
     assert (item["code"], item["seriesCode"], item["isAbsolute"]) == ("MGU9Y4PM", 12313, True)
+    # The sample: an ABS coupon of 10 says couponValue 10.0 and discountValue 10.
+    assert (item["couponValue"], item["discountValue"], item["discountUpto"]) == (10.0, 10, 0)
+    assert item["redemptionId"] == item["id"] == nested_doc_kit.sandbox.redemptions_of("MGU9Y4PM")[0].id
 
 
-async def test_redeem_response_also_satisfies_the_older_sample(kit):
-    _, body = await kit.redeem("ABS-ALICE-1")
-    older_item_keys = set(REDEEM_RESPONSE_OLD["redemption"][0])
-    assert older_item_keys <= set(body["redemption"][0])
+@pytest.mark.parametrize("failure_status", [400, 200])
+async def test_redeem_doc_style_refusal_is_the_sample_shape_with_a_false_top_status(make_kit, failure_status):
+    kit = await make_kit(failure_http_status=failure_status)
+    status, body = await kit.redeem("ABS-ALICE-USED")
+    assert status == failure_status
+    assert_shape(body, REDEEM_COUPONS_RESPONSE)  # an item without a status of its own, as in the sample
+    assert body["redemptionStatus"] == {"status": False, "code": 711, "message": "Coupon is already used"}
+    (item,) = body["redemption"]
+    assert (item["id"], item["code"], item["appendedErrorMessage"]) == (-1, "ABS-ALICE-USED", "Coupon is already used")
+    assert item["warnings"] == []  # the top-level status is the only verdict
+    _, unknown = await kit.redeem("NOPE-0000")
+    no_series = set(REDEEM_COUPONS_RESPONSE["redemption"][0]) - {"discountCode", "seriesCode"}
+    assert set(unknown["redemption"][0]) == no_series  # no series to describe
+    assert unknown["redemptionStatus"]["code"] == 719
 
 
-async def test_redeem_failure_shape_keeps_the_envelope(kit):
+async def test_redeem_nested_style_refusal_keeps_the_envelope(make_kit):
+    kit = await make_kit(response_style="nested")
     status, body = await kit.redeem("ABS-BOB-1")
     assert status == 400
-    assert_shape(body, REDEEM_RESPONSE, extra=frozenset({"redemptionId"}))
+    assert_shape(body, REDEEM_SINGLE_RESPONSE, extra=frozenset({"redemptionId"}))
+    assert body["redemption"][0]["redemptionStatus"]["statusCode"] == {
+        "status": False,
+        "message": "Coupon is not meant for this customer",
+        "code": 710,
+    }
     _, unknown = await kit.redeem("NOPE-0000")
     assert {"discountType", "seriesCode"}.isdisjoint(unknown["redemption"][0])  # no series to describe
 
 
-async def test_bulk_redeem_doc_request_verbatim_and_response_shape(doc_kit):
+async def test_bulk_redeem_doc_style_is_the_bulk_sample_key_for_key(doc_kit):
     status, body = await doc_kit.post("/v2/coupon/bulk/redeem", BULK_REDEEM_REQUEST, params={"source": "INSTORE"})
     assert status == 200
+    assert_shape(body, BULK_REDEEM_RESPONSE)
+    entry = body["response"][0]
+    assert_order(entry["result"], BULK_REDEEM_RESPONSE["response"][0]["result"])
+    assert entry["entityId"] == entry["result"]["id"]
+    result = entry["result"]
+    assert (result["isAbsolute"], result["couponValue"], result["discountValue"]) == (True, 100.0, 100)
+
+
+async def test_bulk_redeem_nested_style_adds_the_redemption_id(nested_doc_kit):
+    status, body = await nested_doc_kit.post(
+        "/v2/coupon/bulk/redeem", BULK_REDEEM_REQUEST, params={"source": "INSTORE"}
+    )
+    assert status == 200
     assert_shape(body, BULK_REDEEM_RESPONSE, extra=frozenset({"redemptionId"}))
-    assert body["response"][0]["entityId"] == body["response"][0]["result"]["id"]
+    assert all(e["result"]["redemptionId"] == e["entityId"] for e in body["response"])
+
+
+@pytest.mark.parametrize("style", ["doc", "nested"])
+async def test_bulk_redeem_refusal_names_each_code_in_errors(make_kit, style):
+    kit = await make_kit(response_style=style)
+    status, body = await kit.bulk_redeem("ABS-ALICE-1", "ABS-ALICE-USED")
+    assert status == 400
+    assert [e["errors"][0]["code"] for e in body["response"]] == [749, 711]
+    assert [e["entityId"] for e in body["response"]] == [-1, -1]
+    assert_shape(body, BULK_REDEEM_RESPONSE, extra=frozenset({"redemptionId"} if style == "nested" else ()))
 
 
 async def test_is_redeemable_shape_is_exactly_the_sample(kit):
@@ -797,6 +920,39 @@ async def test_is_redeemable_shape_is_exactly_the_sample(kit):
     assert_shape(body, IS_REDEEMABLE_RESPONSE)
     _, failing = await kit.is_redeemable("ABS-BOB-1")
     assert_shape(failing, IS_REDEEMABLE_RESPONSE)
+
+
+@pytest.mark.parametrize("details", ["true", "extended", "TRUE", "false"])
+async def test_is_redeemable_accepts_details_and_keeps_the_sample_shape(kit, details):
+    """details=true|extended is documented (series details) but no sample shows them: the default answer stays
+    the sample's shape, so a client must fall back to coupon details."""
+    params = {"mobile": DEMO.customer("alice").mobile, "code": "ABS-ALICE-1,PERC-ALICE-1", "details": details}
+    status, body = await kit.get("/v2/coupon/is_redeemable", params)
+    assert status == 200
+    assert_shape(body, IS_REDEEMABLE_RESPONSE)
+
+
+async def test_is_redeemable_refuses_an_undocumented_details_value(kit):
+    params = {"mobile": DEMO.customer("alice").mobile, "code": "ABS-ALICE-1", "details": "yes"}
+    status, body = await kit.get("/v2/coupon/is_redeemable", params)
+    assert (status, body["code"]) == (400, 629)
+    assert "details" in body["message"]
+
+
+async def test_is_redeemable_series_switch_adds_series_id_when_details_are_asked(make_kit):
+    kit = await make_kit(is_redeemable_series=True)
+    mobile = DEMO.customer("alice").mobile
+    _, with_details = await kit.get(
+        "/v2/coupon/is_redeemable", {"mobile": mobile, "code": "ABS-ALICE-1,NOPE-0000", "details": "true"}
+    )
+    assert_shape(with_details, IS_REDEEMABLE_RESPONSE, extra=frozenset({"seriesId"}))
+    known, unknown = with_details["redemption"]
+    assert known["seriesId"] == DEMO.series_of("abs").id
+    assert "seriesId" not in unknown
+    _, without = await kit.get(
+        "/v2/coupon/is_redeemable", {"mobile": mobile, "code": "ABS-ALICE-1", "details": "false"}
+    )
+    assert_shape(without, IS_REDEEMABLE_RESPONSE)
 
 
 async def test_series_create_doc_request_verbatim_and_response_shape(kit):

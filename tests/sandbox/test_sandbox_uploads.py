@@ -119,7 +119,7 @@ async def test_redeemed_upload_progresses_to_completed_and_records_redemptions(k
             customerIdentifier="MOBILE",
             couponIdentifier="COUPON_CODE",
             uploadHeaders=headers,
-            details="imported from POS",
+            Details="imported from POS",
         ),
     )
     assert status == 200
@@ -254,3 +254,53 @@ async def test_jobs_show_their_progress_and_fail_when_no_row_goes_in(kit):
     assert job["errorFileUrl"]
     (job,) = (await status_of(kit, redeemed))["result"]["redeemUploadJobStatuses"]
     assert (job["uploadRedeemedCouponStatus"], job["errorCount"]) == ("FAILED", 1)
+
+
+# ---- documented field names only -------------------------------------------------------------------------------
+
+REDEEMED_FIELDS = {
+    "customerIdentifier": "MOBILE",
+    "couponIdentifier": "COUPON_CODE",
+    "uploadHeaders": '{"redeemedDateInMillis": 0, "redeemedAt": 1, "mobile": 2, "couponCode": 3}',
+}
+REDEEMED_ROW = f"1893456000000,S001,{DEMO.customer('alice').mobile},ABS-ALICE-1\n"
+
+
+async def test_redeemed_upload_takes_the_documented_Details_field(kit):
+    data = form(REDEEMED_ROW, Details="imported from POS", **REDEEMED_FIELDS)
+    status, _ = await upload(kit, f"/coupon/api/v1/upload/redeemFile/{ABS}", data)
+    assert status == 200
+    (job,) = kit.sandbox.state.upload_jobs.values()
+    assert job.settings["details"] == "imported from POS"
+
+
+async def test_redeemed_upload_refuses_a_lowercase_details_field(kit):
+    """Refused, not ignored: a client sending ``details`` learns here that the documented name is ``Details``."""
+    data = form(REDEEMED_ROW, details="imported from POS", **REDEEMED_FIELDS)
+    status, body = await upload(kit, f"/coupon/api/v1/upload/redeemFile/{ABS}", data)
+    assert (status, body) == (
+        400,
+        {"success": False, "status": 400, "message": "unknown field 'details'; the documented field is 'Details'"},
+    )
+    assert kit.sandbox.state.upload_jobs == {}
+
+
+@pytest.mark.parametrize(
+    ("path", "fields", "unknown"),
+    [
+        (f"file/{ABS}", {"customerIdentifier": "NOT_TAGGED", "seriesId": "1"}, "seriesId"),
+        (
+            f"file/{ABS}",
+            {"customerIdentifier": "NOT_TAGGED", "customeridentifiercolumn": "0"},
+            "customeridentifiercolumn",
+        ),
+        (f"redeemFile/{ABS}", {**REDEEMED_FIELDS, "notes": "x"}, "notes"),
+    ],
+)
+async def test_uploads_refuse_undocumented_fields(kit, path, fields, unknown):
+    status, body = await upload(kit, f"/coupon/api/v1/upload/{path}", form("SOME-CODE\n", **fields))
+    assert status == 400
+    assert body["message"].startswith(f"unknown field {unknown!r}")
+    if unknown.lower() == "customeridentifiercolumn":
+        assert body["message"].endswith("the documented field is 'customerIdentifierColumn'")
+    assert kit.sandbox.state.upload_jobs == {}
