@@ -31,7 +31,15 @@ class DiscountRule:
         kind = (kind or "").upper()
         if kind not in ("ABS", "PERC") or value is None or value < 0:
             return None
-        return cls("ABS" if kind == "ABS" else "PERC", value, cap if cap is not None and cap > 0 else None)
+        return cls("ABS" if kind == "ABS" else "PERC", plain(value), cap if cap is not None and cap > 0 else None)
+
+
+def plain(value: Decimal) -> Decimal:
+    """One spelling per value, whichever JSON number type the upstream used: ``15.0`` and ``15`` are ``15``,
+    ``10.50`` is ``10.5``."""
+    if value == value.to_integral_value():
+        return value.quantize(Decimal(1))
+    return value.normalize()
 
 
 def cents(amount: Decimal) -> Decimal:

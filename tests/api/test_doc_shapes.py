@@ -206,7 +206,7 @@ async def test_the_documented_answer_gives_series_and_discount_in_two_calls(
     fake.redeem.extend([(200, single_answer("JL07UAZ3")), (200, single_answer("JL07UAZ4"))])
     first = await _redeem(gateway, ["JL07UAZ3"], 200)
     assert first["coupons"][0]["seriesId"] == 14162
-    assert first["coupons"][0]["discount"] == {"type": "PERC", "value": "10.0", "amount": "150.00"}
+    assert first["coupons"][0]["discount"] == {"type": "PERC", "value": "10", "amount": "150.00"}
     assert first["totalDiscount"] == "150.00"
     assert fake.calls == ["is_redeemable", "redeem", "series_get"]
     fake.calls.clear()
