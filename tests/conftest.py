@@ -57,11 +57,23 @@ StartUpstream = Callable[..., Awaitable[Upstream]]
 
 
 @pytest.fixture
-async def start_upstream(aiohttp_server: Any) -> StartUpstream:
+def response_style() -> str:
+    """The sandbox's answer shapes: the documented ones. Modules that must hold under every shape Capillary
+    sends override this fixture with ``params=RESPONSE_STYLES``."""
+    return "doc"
+
+
+#: The redeem answer shapes Capillary sends (see the sandbox's ``SANDBOX_RESPONSE_STYLE``).
+RESPONSE_STYLES = ("doc", "nested")
+
+
+@pytest.fixture
+async def start_upstream(aiohttp_server: Any, response_style: str) -> StartUpstream:
     """Start a sandbox server: ``await start_upstream(token_ttl_seconds=5, ...)`` (SandboxConfig fields)."""
 
     async def start(**config: Any) -> Upstream:
         config.setdefault("clock", lambda: SANDBOX_NOW)
+        config.setdefault("response_style", response_style)
         config.setdefault("upload_job_seconds", 0.5)
         app = create_sandbox_app(SandboxConfig(**config))
         server: TestServer = await aiohttp_server(app)

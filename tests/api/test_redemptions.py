@@ -10,7 +10,15 @@ import pytest
 
 from service.sandbox import DEMO, Fault, FaultKind
 from tests.api.spec import assert_matches
-from tests.conftest import GatewayClient, StartGateway, Upstream
+from tests.conftest import RESPONSE_STYLES, GatewayClient, StartGateway, Upstream
+
+
+@pytest.fixture(params=RESPONSE_STYLES)
+def response_style(request: pytest.FixtureRequest) -> str:
+    """Every test here runs against each shape of Capillary's redeem answers."""
+    style: str = request.param
+    return style
+
 
 ALICE = {"mobile": DEMO.customer("alice").mobile}
 VALIDATE, REDEEM = "/v1/redemptions/validate", "/v1/redemptions"

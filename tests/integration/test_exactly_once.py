@@ -17,7 +17,15 @@ import pytest
 from service.config import StateSettings
 from service.sandbox import DEMO, Fault, FaultKind
 from tests.api.spec import assert_matches
-from tests.conftest import GatewayClient, StartGateway, Upstream, clean_redis
+from tests.conftest import RESPONSE_STYLES, GatewayClient, StartGateway, Upstream, clean_redis
+
+
+@pytest.fixture(params=RESPONSE_STYLES)
+def response_style(request: pytest.FixtureRequest) -> str:
+    """Every test here runs against each shape of Capillary's redeem answers."""
+    style: str = request.param
+    return style
+
 
 ALICE = {"mobile": DEMO.customer("alice").mobile}
 REDEEM = "/v1/redemptions"

@@ -14,12 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from service.access.keys import key_entry
 from service.config import StateSettings
 from service.sandbox import DEMO, Fault, FaultKind
-from tests.conftest import ADMIN_KEY, StartGateway, StartUpstream, bearer, free_port
+from tests.conftest import ADMIN_KEY, RESPONSE_STYLES, StartGateway, StartUpstream, bearer, free_port
 from tests.integration.test_exactly_once import FAST, _body, till
+
+
+@pytest.fixture(params=RESPONSE_STYLES)
+def response_style(request: pytest.FixtureRequest) -> str:
+    """Every test here runs against each shape of Capillary's redeem answers."""
+    style: str = request.param
+    return style
+
 
 STATE_ENV = {"REDEEM_DEADLINE_SECONDS": "2", "LEASE_MARGIN_SECONDS": "0.2", "RECONCILE_INTERVAL_SECONDS": "0.2"}
 
