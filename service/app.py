@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 from yarl import URL
@@ -27,10 +27,17 @@ from service.config import Settings
 from service.idempotency.redis_store import RedisStore
 from service.idempotency.service import ExactlyOnce, Timing
 from service.idempotency.store import LedgerStore, MemoryStore, StoreUnavailable
-from service.observability.metrics import CacheView, Metrics, ResilienceCollector, StateCollector
+from service.observability.metrics import (
+    CacheView,
+    Metrics,
+    ResilienceCollector,
+    StateCollector,
+    UpstreamAuthCollector,
+)
 from service.observability.requests import UpstreamObserver, observe_middleware
 from service.redemption.flow import RedemptionFlow
 from service.series import SeriesCatalog, open_catalog
+from service.upstream_auth import UpstreamAuth
 from service.web import backoffice
 from service.web.access import Gate, security_headers
 from service.web.deadline import deadline_middleware
@@ -48,6 +55,9 @@ HANDLERS: Final = web.AppKey("handlers", RedemptionHandlers)
 OPENAPI: Final = web.AppKey("openapi", bytes)
 METRICS: Final = web.AppKey("metrics", Metrics)
 KEYS: Final = web.AppKey("keys", KeyRing)
+UPSTREAM_AUTH: Final = web.AppKey("upstream_auth", UpstreamAuth)
+#: How long ``/readyz`` waits for a proof of the Capillary credentials before answering with the last verdict.
+AUTH_CHECK_WAIT: Final = 2.0
 
 
 class Lifecycle:
@@ -104,9 +114,20 @@ async def readyz(request: web.Request) -> web.Response:
     breakers = {b.host: b.state.value for b in app[CAPILLARY].breakers}
     healthy = all(v == "up" for v in checks.values()) and all(v == "closed" for v in breakers.values())
     status = "ready" if healthy else "degraded"
-    return web.json_response(
-        {"status": status, "checks": checks, "breakers": breakers, "ledger": app[LEDGER_STORE].backend}
-    )
+    body = {"status": status, "checks": checks, "breakers": breakers, "ledger": app[LEDGER_STORE].backend}
+    return await _upstream_auth_check(app, body)
+
+
+async def _upstream_auth_check(app: web.Application, body: dict[str, Any]) -> web.Response:
+    """Capillary refusing the credentials makes the pod unready (503): unlike an outage, a bad secret is this
+    deployment's own fault, and a rollout carrying one must stop. Not proven either way: ``degraded``."""
+    verdict = await app[UPSTREAM_AUTH].verdict(wait=AUTH_CHECK_WAIT)
+    body["checks"]["upstream_auth"] = verdict.state
+    if verdict.state == "refused":
+        return web.json_response({**body, "status": "unready", "reason": verdict.reason}, status=503)
+    if verdict.state == "unknown":
+        body["status"] = "degraded"
+    return web.json_response(body)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -190,13 +211,18 @@ def create_app(
     async def capillary_ctx(app: web.Application) -> AsyncIterator[None]:
         if capillary is not None:
             app[CAPILLARY] = capillary
+            _watch_credentials(app, capillary)
             yield
+            await app[UPSTREAM_AUTH].close()
             return
-        client = CapillaryClient(settings.capillary, observer=UpstreamObserver(instruments))
+        observer = UpstreamObserver(instruments)
+        client = CapillaryClient(settings.capillary, observer=observer)
         app[CAPILLARY] = client
+        observer.on_status = _watch_credentials(app, client)
         try:
             yield
         finally:
+            await app[UPSTREAM_AUTH].close()
             await client.close()
 
     async def series_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -284,6 +310,16 @@ def create_app(
         [(r.resource.canonical, r.method) for r in app.router.routes() if r.resource is not None]
     )
     return app
+
+
+def _watch_credentials(app: web.Application, client: CapillaryClient) -> Callable[[str, int | None, str | None], None]:
+    """The proof of the Capillary credentials (``/readyz``), its metrics, and the hook that reports refused calls."""
+    capillary = app[SETTINGS].capillary
+    auth = app[UPSTREAM_AUTH] = UpstreamAuth(
+        client, ttl=capillary.auth_check_seconds, timeout=min(capillary.timeout, 5.0)
+    )
+    app[METRICS].registry.register(UpstreamAuthCollector(lambda: auth.failing, lambda: dict(auth.checks)))
+    return auth.observe
 
 
 def _ops_routes(app: web.Application) -> None:

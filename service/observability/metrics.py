@@ -314,3 +314,27 @@ class ResilienceCollector(Collector):
             "Retries not made because the retry budget was spent.",
             value=client.retry_budget.exhausted,
         )
+
+
+class UpstreamAuthCollector(Collector):
+    """Whether Capillary accepts the gateway's credentials (``service.upstream_auth``), read at scrape time."""
+
+    def __init__(self, failing: Callable[[], bool], checks: Callable[[], dict[str, int]]) -> None:
+        self._failing = failing
+        self._checks = checks
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            f"{PREFIX}_upstream_auth_failing",
+            "1 while Capillary refuses the gateway's credentials (401/403 to a token request or a call), else 0.",
+            value=1.0 if self._failing() else 0.0,
+        )
+        checks = self._checks()
+        family = CounterMetricFamily(
+            f"{PREFIX}_upstream_auth_checks",
+            "Proofs of the Capillary credentials (start-up and /readyz) by result: ok, refused, unknown.",
+            labels=["result"],
+        )
+        for result in ("ok", "refused", "unknown"):
+            family.add_metric([result], checks.get(result, 0))
+        yield family

@@ -7,6 +7,7 @@ import contextvars
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, Final
 
 import structlog
@@ -92,6 +93,8 @@ class UpstreamObserver:
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
+        #: Told (operation, HTTP status, Capillary request id) of every answered call: the credentials' watch.
+        self.on_status: Callable[[str, int | None, str | None], None] | None = None
 
     def on_call(
         self,
@@ -103,6 +106,8 @@ class UpstreamObserver:
         request_id: str | None,
     ) -> None:
         self._metrics.upstream_call(operation, seconds, outcome, code)
+        if self.on_status is not None and http_status is not None:
+            self.on_status(operation, http_status, request_id)
         ids = UPSTREAM_IDS.get()
         if ids is not None and request_id:
             ids.append(request_id)

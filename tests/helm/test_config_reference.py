@@ -24,6 +24,8 @@ README = checks.REPO / "README.md"
 NOT_IN_CHART = {
     "SANDBOX_HOST": "sandbox only: in sandbox mode the embedded Capillary keeps its in-pod default (127.0.0.1:8081)",
     "SANDBOX_PORT": "sandbox only: in sandbox mode the embedded Capillary keeps its in-pod default (127.0.0.1:8081)",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "traces need an image built with the `otel` extra: set it (and OpenTelemetry's other"
+    " OTEL_* variables) through extraEnv there",
 }
 #: Set by the chart ahead of the service reading it (none now), with the reason.
 AHEAD_OF_SERVICE: dict[str, str] = {}
