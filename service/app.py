@@ -56,6 +56,8 @@ OPENAPI: Final = web.AppKey("openapi", bytes)
 METRICS: Final = web.AppKey("metrics", Metrics)
 KEYS: Final = web.AppKey("keys", KeyRing)
 UPSTREAM_AUTH: Final = web.AppKey("upstream_auth", UpstreamAuth)
+#: A path segment that is a redemption's ref: anything but ``validate``, whose route answers 405 to a GET.
+REF_SEGMENT: Final = r"(?!validate$)[^{}/]+"
 #: How long ``/readyz`` waits for a proof of the Capillary credentials before answering with the last verdict.
 AUTH_CHECK_WAIT: Final = 2.0
 
@@ -302,8 +304,9 @@ def create_app(
         app[OPS_APP] = ops
     app.router.add_post("/v1/redemptions/validate", validate)
     app.router.add_post("/v1/redemptions", redeem)
-    app.router.add_get("/v1/redemptions/{ref}", redemption, allow_head=False)
-    app.router.add_post("/v1/redemptions/{ref}/reversal", reversal)
+    # A ref is never the literal segment of a sibling route: GET /v1/redemptions/validate is 405, not a lookup.
+    app.router.add_get(f"/v1/redemptions/{{ref:{REF_SEGMENT}}}", redemption, allow_head=False)
+    app.router.add_post(f"/v1/redemptions/{{ref:{REF_SEGMENT}}}/reversal", reversal)
     app.router.add_get("/v1/series/{seriesId}", series, allow_head=False)
     backoffice.add_routes(app.router)
     instruments.initialise_routes(

@@ -100,8 +100,15 @@ class Metrics:
         )
         self.validations = Counter(
             f"{PREFIX}_validations",
-            "Validate requests by outcome and local error code.",
+            "Validate requests by outcome (redeemed, partially_redeemed, refused: what a redeem would do; error) and "
+            "the first refused code's local error code.",
             ["outcome", "error_code"],
+            registry=r,
+        )
+        self.validated_coupons = Counter(
+            f"{PREFIX}_validated_coupons",
+            "Coupon codes validated, each by its verdict (redeemable, refused) and local error code.",
+            ["result", "error_code"],
             registry=r,
         )
         self.coupons_redeemed = Counter(f"{PREFIX}_coupons_redeemed", "Coupons redeemed.", registry=r)
@@ -147,12 +154,16 @@ class Metrics:
         for outcome in ("redeemed", "partially_redeemed", "pending"):
             self.redemptions.labels(outcome, NO_ERROR)
         self.redemptions.labels("failed", "REDEMPTION_NOT_APPLIED")
-        self.validations.labels("ok", NO_ERROR)
+        for outcome in ("redeemed", "partially_redeemed"):
+            self.validations.labels(outcome, NO_ERROR)
+        self.validated_coupons.labels("redeemable", NO_ERROR)
         for error in CATALOG:  # refusals and errors carry the local code
             self.redemptions.labels("rejected", error)
             self.redemptions.labels("error", error)
             self.validations.labels("refused", error)
+            self.validations.labels("partially_redeemed", error)
             self.validations.labels("error", error)
+            self.validated_coupons.labels("refused", error)
         for kind in ("coupon_in_use", "request_in_progress"):
             self.lock_conflicts.labels(kind)
 
@@ -171,11 +182,33 @@ class Metrics:
         if discount:
             self.discount.inc(float(discount))
 
-    def validated(self, outcome: str, error_code: str | None) -> None:
+    def validated(self, outcome: str, error_code: str | None, coupons: Iterable[Verdict] = ()) -> None:
         self.validations.labels(outcome, error_code or NO_ERROR).inc()
+        for coupon in coupons:
+            if coupon.failure is None:
+                self.validated_coupons.labels("redeemable", NO_ERROR).inc()
+            else:
+                self.validated_coupons.labels("refused", coupon.failure.error.code).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Error(Protocol):
+    @property
+    def code(self) -> str: ...
+
+
+class _Failure(Protocol):
+    @property
+    def error(self) -> _Error: ...
+
+
+class Verdict(Protocol):
+    """One code's verdict, as the validate handler has it (``CodeOutcome``)."""
+
+    @property
+    def failure(self) -> _Failure | None: ...
 
 
 class CacheCounts(Protocol):
