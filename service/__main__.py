@@ -272,17 +272,43 @@ def _configure(args: argparse.Namespace, env: Mapping[str, str]) -> Coroutine[An
     return _serve(settings, sandbox, keys)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="coupon-gateway", description="POS coupon redemption gateway for Capillary")
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: serve, sandbox, and the operator's commands."""
+    parser = argparse.ArgumentParser(
+        prog="coupon-gateway",
+        description="POS coupon redemption gateway for Capillary",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  coupon-gateway serve --sandbox        # the gateway and a fake Capillary, on 127.0.0.1"
+        "\n  coupon-gateway coupons details ABS-ALICE-1 --api-key sandbox-admin-key"
+        "\n  coupon-gateway series show 10003 --api-key sandbox-admin-key",
+    )
     parser.add_argument("--version", action="version", version=__version__)
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the gateway")
+    serve = commands.add_parser(
+        "serve",
+        help="run the gateway",
+        description="Run the gateway; settings come from the environment (docs/configuration.md).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  coupon-gateway serve --sandbox                        # demo: http://127.0.0.1:8080"
+        "\n  GATEWAY_HOST=0.0.0.0 coupon-gateway serve --sandbox   # the demo on every interface"
+        "\n  CAPILLARY_AUTH=oauth CAPILLARY_API_URL=https://eu.api.capillarytech.com ... coupon-gateway serve",
+    )
     serve.add_argument("--sandbox", action="store_true", help="also run a Capillary sandbox and use it as upstream")
-    commands.add_parser("sandbox", help="run the Capillary sandbox alone")
+    commands.add_parser(
+        "sandbox",
+        help="run the Capillary sandbox alone",
+        description="Run the Capillary sandbox alone (SANDBOX_HOST, SANDBOX_PORT: 127.0.0.1:8081).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  coupon-gateway sandbox\n  curl -s localhost:8081/__sandbox/demo",
+    )
     operator_cli.add_parser(commands)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     env = os.environ
-    if args.command == "coupons":
+    if args.command in ("coupons", "series"):
         return operator_cli.run(args, env)
     try:
         job = _configure(args, env)

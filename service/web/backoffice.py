@@ -739,6 +739,14 @@ class BackOfficeHandlers:
     async def redemption_job(self, request: web.Request) -> web.Response:
         return await self._job(request, "redemptions")
 
+    async def upload_job(self, request: web.Request) -> web.Response:
+        """A job by its id alone: the record knows its kind and series."""
+        record = await self._load(request.match_info["jobId"])
+        if record is None:
+            raise ApiError(CATALOG["UPLOAD_JOB_NOT_FOUND"])
+        upstream = await self._upstream_job(record.kind, record.series_id, record.upstream_job_id)
+        return json_response(200, job_out(record.kind, record.series_id, upstream, record))
+
     async def _jobs_of(self, request: web.Request, kind: UploadKind) -> web.Response:
         series_id = series_id_of(request)
         await self._known_series(series_id)
@@ -814,3 +822,4 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get(f"{series}/redemption-uploads", _route("redemption_jobs"), allow_head=False)
     router.add_get(f"{series}/coupon-uploads/{{jobId}}", _route("coupon_job"), allow_head=False)
     router.add_get(f"{series}/redemption-uploads/{{jobId}}", _route("redemption_job"), allow_head=False)
+    router.add_get("/v1/upload-jobs/{jobId}", _route("upload_job"), allow_head=False)
