@@ -32,6 +32,7 @@ from service.config import (
     sandbox_address,
     settle,
 )
+from service.observability import tracing
 from service.observability.logging import configure_logging
 from service.sandbox import DEMO, SandboxConfig, create_sandbox_app
 
@@ -143,6 +144,8 @@ async def _serve(settings: Settings, sandbox: SandboxPlan | None, keys: KeyRing)
     balancers move away, then stop listening, let requests in flight finish (up to ``shutdown_timeout``), stop
     the reconcilers and close the stores."""
     runners: list[web.AppRunner] = []
+    if settings.otlp_endpoint:
+        tracing.install_otlp()  # before the app and its Capillary client are built: they take its hooks
     try:
         if sandbox is not None:
             runner = await _start(create_sandbox_app(sandbox.config), sandbox.host, sandbox.port, 1.0)
@@ -174,6 +177,7 @@ async def _serve(settings: Settings, sandbox: SandboxPlan | None, keys: KeyRing)
     finally:
         for runner in runners:  # the gateway first: it drains while the sandbox still answers
             await runner.cleanup()
+        tracing.shutdown()  # the last spans go out
 
 
 def _announce(settings: Settings, keys: KeyRing, url: str, metrics_url: str | None, sandbox: bool) -> None:

@@ -35,6 +35,7 @@ from service.observability.metrics import (
     UpstreamAuthCollector,
 )
 from service.observability.requests import UpstreamObserver, observe_middleware
+from service.observability.tracing import server_middlewares
 from service.redemption.flow import RedemptionFlow
 from service.series import SeriesCatalog, open_catalog
 from service.upstream_auth import UpstreamAuth
@@ -74,6 +75,7 @@ LIFECYCLE: Final = web.AppKey("lifecycle", Lifecycle)
 OPS_APP: Final = web.AppKey("ops_app", web.Application)
 # The classic text format, which every Prometheus 2.x reads (prometheus-client's default now says 1.0.0).
 METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_CONTENT_TYPE: Final = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
 def openapi_document() -> bytes:
@@ -133,8 +135,10 @@ async def _upstream_auth_check(app: web.Application, body: dict[str, Any]) -> we
 
 
 async def metrics(request: web.Request) -> web.Response:
-    response = web.Response(body=request.app[METRICS].render())
-    response.headers["Content-Type"] = METRICS_CONTENT_TYPE
+    """Prometheus' text format; OpenMetrics (with the trace ids of the latency exemplars) when the scraper asks."""
+    openmetrics = "application/openmetrics-text" in request.headers.get("Accept", "")
+    response = web.Response(body=request.app[METRICS].render(openmetrics=openmetrics))
+    response.headers["Content-Type"] = OPENMETRICS_CONTENT_TYPE if openmetrics else METRICS_CONTENT_TYPE
     return response
 
 
@@ -180,6 +184,7 @@ def create_app(
     gate = Gate.build(keys, access, instruments)
     app = web.Application(
         middlewares=[
+            *server_middlewares(),  # traces (OTEL_EXPORTER_OTLP_ENDPOINT): outermost, around everything
             observe_middleware(instruments),
             error_middleware,
             gate.middleware(),

@@ -73,6 +73,7 @@ from service.capillary.resilience import (
 )
 from service.config import CapillarySettings
 from service.deadline import DEADLINE, URGENT
+from service.observability.tracing import client_middlewares
 
 M = TypeVar("M")
 
@@ -222,7 +223,7 @@ class CapillaryClient:
         self._api, self._upload = (
             aiohttp.ClientSession(
                 timeout=timeout,
-                middlewares=(auth,),
+                middlewares=(auth, *client_middlewares()),  # traces: a span per call, traceparent sent
                 headers={"Accept": "application/json", "User-Agent": "pos-coupon-gateway"},
             )
             for _ in range(2)

@@ -22,6 +22,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.registry import Collector
 
 from service import __version__
@@ -169,9 +170,11 @@ class Metrics:
 
     # -------------------------------------------------------------------------------------------- events
 
-    def upstream_call(self, operation: str, seconds: float, outcome: str, code: int | None) -> None:
+    def upstream_call(
+        self, operation: str, seconds: float, outcome: str, code: int | None, exemplar: dict[str, str] | None = None
+    ) -> None:
         self.upstream_calls.labels(operation, outcome).inc()
-        self.upstream_duration.labels(operation).observe(seconds)
+        self.upstream_duration.labels(operation).observe(seconds, exemplar)
         if code is not None:
             self.upstream_codes.labels(operation, str(code) if code in CAPILLARY_CODES else "other").inc()
 
@@ -190,7 +193,11 @@ class Metrics:
             else:
                 self.validated_coupons.labels("refused", coupon.failure.error.code).inc()
 
-    def render(self) -> bytes:
+    def render(self, *, openmetrics: bool = False) -> bytes:
+        """The exposition: Prometheus' text format, or OpenMetrics (which alone carries exemplars)."""
+        if openmetrics:
+            text: bytes = openmetrics_latest(self.registry)  # type: ignore[no-untyped-call]
+            return text
         return generate_latest(self.registry)
 
 
