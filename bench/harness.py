@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import platform
 import sys
@@ -427,8 +428,8 @@ def _start_all(
     gateway = procs.start("gateway", gateway_argv, env=gateway_env, cwd=ROOT)
     baseline = procs.start("baseline", baseline_argv, env=env, cwd=ROOT)
     loadgen = procs.start("loadgen", [python, "-m", "bench.loadgen"], env=env, cwd=ROOT, pipe=True)
-    line = gateway.wait_for_line("listening on", timeout=60)
-    gateway_url = line.rsplit(" ", 1)[1].strip()
+    line = gateway.wait_for_line('"event":"gateway started"', timeout=60)  # the start, as a JSON log event
+    gateway_url = json.loads(line)["listen"]
     if not gateway_url.startswith("http://127.0.0.1:"):
         raise ChildFailed(f"gateway listens on {gateway_url!r}, not on 127.0.0.1")
     baseline_url = f"http://127.0.0.1:{int(baseline.wait_for_line('READY', timeout=60).split()[1])}"

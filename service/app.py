@@ -11,7 +11,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from importlib import resources
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 from yarl import URL
@@ -26,10 +26,18 @@ from service.config import Settings
 from service.idempotency.redis_store import RedisStore
 from service.idempotency.service import ExactlyOnce, Timing
 from service.idempotency.store import LedgerStore, MemoryStore, StoreUnavailable
-from service.observability.metrics import CacheView, Metrics, ResilienceCollector, StateCollector
+from service.observability.metrics import (
+    CacheView,
+    Metrics,
+    ResilienceCollector,
+    StateCollector,
+    UpstreamAuthCollector,
+)
 from service.observability.requests import UpstreamObserver, observe_middleware
+from service.observability.tracing import server_middlewares
 from service.redemption.flow import RedemptionFlow
 from service.series import SeriesCatalog, open_catalog
+from service.upstream_auth import UpstreamAuth
 from service.web import backoffice
 from service.web.access import Gate, security_headers
 from service.web.deadline import deadline_middleware
@@ -47,6 +55,11 @@ HANDLERS: Final = web.AppKey("handlers", RedemptionHandlers)
 OPENAPI: Final = web.AppKey("openapi", bytes)
 METRICS: Final = web.AppKey("metrics", Metrics)
 KEYS: Final = web.AppKey("keys", KeyRing)
+UPSTREAM_AUTH: Final = web.AppKey("upstream_auth", UpstreamAuth)
+#: A path segment that is a redemption's ref: anything but ``validate``, whose route answers 405 to a GET.
+REF_SEGMENT: Final = r"(?!validate$)[^{}/]+"
+#: How long ``/readyz`` waits for a proof of the Capillary credentials before answering with the last verdict.
+AUTH_CHECK_WAIT: Final = 2.0
 
 
 class Lifecycle:
@@ -61,6 +74,7 @@ LIFECYCLE: Final = web.AppKey("lifecycle", Lifecycle)
 OPS_APP: Final = web.AppKey("ops_app", web.Application)
 # The classic text format, which every Prometheus 2.x reads (prometheus-client's default now says 1.0.0).
 METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_CONTENT_TYPE: Final = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
 def openapi_document() -> bytes:
@@ -103,14 +117,27 @@ async def readyz(request: web.Request) -> web.Response:
     breakers = {b.host: b.state.value for b in app[CAPILLARY].breakers}
     healthy = all(v == "up" for v in checks.values()) and all(v == "closed" for v in breakers.values())
     status = "ready" if healthy else "degraded"
-    return web.json_response(
-        {"status": status, "checks": checks, "breakers": breakers, "ledger": app[LEDGER_STORE].backend}
-    )
+    body = {"status": status, "checks": checks, "breakers": breakers, "ledger": app[LEDGER_STORE].backend}
+    return await _upstream_auth_check(app, body)
+
+
+async def _upstream_auth_check(app: web.Application, body: dict[str, Any]) -> web.Response:
+    """Capillary refusing the credentials makes the pod unready (503): unlike an outage, a bad secret is this
+    deployment's own fault, and a rollout carrying one must stop. Not proven either way: ``degraded``."""
+    verdict = await app[UPSTREAM_AUTH].verdict(wait=AUTH_CHECK_WAIT)
+    body["checks"]["upstream_auth"] = verdict.state
+    if verdict.state == "refused":
+        return web.json_response({**body, "status": "unready", "reason": verdict.reason}, status=503)
+    if verdict.state == "unknown":
+        body["status"] = "degraded"
+    return web.json_response(body)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    response = web.Response(body=request.app[METRICS].render())
-    response.headers["Content-Type"] = METRICS_CONTENT_TYPE
+    """Prometheus' text format; OpenMetrics (with the trace ids of the latency exemplars) when the scraper asks."""
+    openmetrics = "application/openmetrics-text" in request.headers.get("Accept", "")
+    response = web.Response(body=request.app[METRICS].render(openmetrics=openmetrics))
+    response.headers["Content-Type"] = OPENMETRICS_CONTENT_TYPE if openmetrics else METRICS_CONTENT_TYPE
     return response
 
 
@@ -154,6 +181,7 @@ def create_app(
     gate = Gate.build(keys, access, instruments)
     app = web.Application(
         middlewares=[
+            *server_middlewares(),  # traces (OTEL_EXPORTER_OTLP_ENDPOINT): outermost, around everything
             observe_middleware(instruments),
             error_middleware,
             gate.middleware(),
@@ -187,18 +215,23 @@ def create_app(
     async def capillary_ctx(app: web.Application) -> AsyncIterator[None]:
         if capillary is not None:
             app[CAPILLARY] = capillary
+            _watch_credentials(app, capillary)
             yield
+            await app[UPSTREAM_AUTH].close()
             return
-        client = CapillaryClient(settings.capillary, observer=UpstreamObserver(instruments))
+        observer = UpstreamObserver(instruments)
+        client = CapillaryClient(settings.capillary, observer=observer)
         app[CAPILLARY] = client
         if not client.uploads_configured:
             log.warning(
                 "uploads disabled: the upload host takes OAuth only; set CAPILLARY_CLIENT_KEY and "
                 "CAPILLARY_CLIENT_SECRET to use them (POS routes are unaffected)"
             )
+        observer.on_status = _watch_credentials(app, client)
         try:
             yield
         finally:
+            await app[UPSTREAM_AUTH].close()
             await client.close()
 
     async def series_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -278,14 +311,25 @@ def create_app(
         app[OPS_APP] = ops
     app.router.add_post("/v1/redemptions/validate", validate)
     app.router.add_post("/v1/redemptions", redeem)
-    app.router.add_get("/v1/redemptions/{ref}", redemption, allow_head=False)
-    app.router.add_post("/v1/redemptions/{ref}/reversal", reversal)
+    # A ref is never the literal segment of a sibling route: GET /v1/redemptions/validate is 405, not a lookup.
+    app.router.add_get(f"/v1/redemptions/{{ref:{REF_SEGMENT}}}", redemption, allow_head=False)
+    app.router.add_post(f"/v1/redemptions/{{ref:{REF_SEGMENT}}}/reversal", reversal)
     app.router.add_get("/v1/series/{seriesId}", series, allow_head=False)
     backoffice.add_routes(app.router)
     instruments.initialise_routes(
         [(r.resource.canonical, r.method) for r in app.router.routes() if r.resource is not None]
     )
     return app
+
+
+def _watch_credentials(app: web.Application, client: CapillaryClient) -> Callable[[str, int | None, str | None], None]:
+    """The proof of the Capillary credentials (``/readyz``), its metrics, and the hook that reports refused calls."""
+    capillary = app[SETTINGS].capillary
+    auth = app[UPSTREAM_AUTH] = UpstreamAuth(
+        client, ttl=capillary.auth_check_seconds, timeout=min(capillary.timeout, 5.0)
+    )
+    app[METRICS].registry.register(UpstreamAuthCollector(lambda: auth.failing, lambda: dict(auth.checks)))
+    return auth.observe
 
 
 def _ops_routes(app: web.Application) -> None:

@@ -7,7 +7,7 @@ Secrets are kept out of ``repr`` so the settings can be logged safely.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
@@ -23,6 +23,24 @@ class ConfigError(ValueError):
     def __init__(self, variable: str, problem: str) -> None:
         super().__init__(f"{variable}: {problem}")
         self.variable = variable
+
+
+class ConfigErrors(ConfigError):
+    """Every missing or invalid setting found in one pass: ``problems`` holds each (``variable`` is the first's);
+    ``str()`` is one line a problem."""
+
+    def __init__(self, problems: Sequence[ConfigError]) -> None:
+        if not problems:
+            raise ValueError("ConfigErrors needs at least one problem")
+        ValueError.__init__(self, "\n".join(str(p) for p in problems))
+        self.variable = problems[0].variable
+        self.problems = tuple(problems)
+
+
+def settle(problems: Sequence[ConfigError]) -> None:
+    """Raise every problem found at once (nothing when there is none)."""
+    if problems:
+        raise ConfigErrors(problems)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +68,9 @@ class CapillarySettings:
     breaker_min_calls: int = 10  # the window is twice this many calls
     breaker_open_seconds: float = 5.0
     breaker_probes: int = 3
+    # How long a proof of the credentials (a token fetched, or an authenticated read) stands before /readyz asks
+    # again (service/upstream_auth.py).
+    auth_check_seconds: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,23 +125,38 @@ class Settings:
     shutdown_timeout: float = 20.0
     request_deadline: float = 10.0  # a POS request's whole budget (a till may ask for less)
     shutdown_grace: float = 3.0  # after SIGTERM: unready at once, new connections refused after this grace
+    otlp_endpoint: str | None = None  # traces to this OTLP/HTTP collector (OpenTelemetry, the `otel` extra); None: off
 
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class _Env:
-    """Typed reads of environment variables; every failure names the variable."""
+    """Typed reads of environment variables; every failure names the variable.
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+    Given a ``problems`` list, a read that fails records its problem there and returns the default (or an empty
+    placeholder) instead of raising, so that one pass over the environment finds every bad setting at once.
+    """
+
+    def __init__(self, env: Mapping[str, str], problems: list[ConfigError] | None = None) -> None:
         self._env = env
+        self._problems = problems
+
+    def fail(self, name: str, problem: str) -> None:
+        """Record (or raise) a problem with ``name``."""
+        error = ConfigError(name, problem)
+        if self._problems is None:
+            raise error
+        if all(p.variable != name for p in self._problems):  # one problem a variable: the first found
+            self._problems.append(error)
 
     def text(self, name: str, default: str | None = None) -> str:
         value = self._env.get(name, "").strip()
         if value:
             return value
         if default is None:
-            raise ConfigError(name, "is required")
+            self.fail(name, "is required")
+            return ""
         return default
 
     def optional(self, name: str) -> str | None:
@@ -128,17 +164,20 @@ class _Env:
 
     def url(self, name: str) -> str:
         value = self.text(name)
+        if not value:
+            return value
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(name, f"must be an http(s) URL like https://eu.api.capillarytech.com, got {value!r}")
-        if parts.query or parts.fragment:
-            raise ConfigError(name, "must not carry a query string or fragment")
+            self.fail(name, f"must be an http(s) URL like https://eu.api.capillarytech.com, got {value!r}")
+        elif parts.query or parts.fragment:
+            self.fail(name, "must not carry a query string or fragment")
         return value.rstrip("/")
 
     def redis_url(self, name: str) -> str | None:
         value = self.optional(name)
         if value is not None and urlsplit(value).scheme not in ("redis", "rediss"):
-            raise ConfigError(name, "must be a redis:// or rediss:// URL")
+            self.fail(name, "must be a redis:// or rediss:// URL")
+            return None
         return value
 
     def number(self, name: str, default: float, *, minimum: float, maximum: float, integer: bool = False) -> float:
@@ -148,11 +187,14 @@ class _Env:
         try:
             value = float(raw)
         except ValueError:
-            raise ConfigError(name, f"must be a number, got {raw!r}") from None
+            self.fail(name, f"must be a number, got {raw!r}")
+            return default
         if integer and not value.is_integer():
-            raise ConfigError(name, f"must be a whole number, got {raw!r}")
+            self.fail(name, f"must be a whole number, got {raw!r}")
+            return default
         if not minimum <= value <= maximum:
-            raise ConfigError(name, f"must be between {minimum:g} and {maximum:g}, got {raw}")
+            self.fail(name, f"must be between {minimum:g} and {maximum:g}, got {raw}")
+            return default
         return value
 
     def port(self, name: str, default: int) -> int:
@@ -160,26 +202,40 @@ class _Env:
         if raw is None:
             return default
         if not digits(raw) or not 0 <= int(raw) <= 65535:
-            raise ConfigError(name, f"must be a TCP port number (0-65535), got {raw!r}")
+            self.fail(name, f"must be a TCP port number (0-65535), got {raw!r}")
+            return default
         return int(raw)
 
     def choice(self, name: str, choices: tuple[str, ...], default: str | None = None) -> str:
         value = self.text(name, default).lower()
-        if value not in choices:
-            raise ConfigError(name, f"must be one of {', '.join(choices)}, got {value!r}")
+        if value and value not in choices:
+            self.fail(name, f"must be one of {', '.join(choices)}, got {value!r}")
+            return default or ""
         return value
 
 
-def capillary_from_env(env: Mapping[str, str]) -> CapillarySettings:
-    read = _Env(env)
-    auth: AuthScheme = "oauth" if read.choice("CAPILLARY_AUTH", ("oauth", "basic")) == "oauth" else "basic"
+_AUTH_REQUIRED = (
+    "is required: oauth (with CAPILLARY_CLIENT_KEY and CAPILLARY_CLIENT_SECRET) or basic (with"
+    " CAPILLARY_TILL_USERNAME and CAPILLARY_TILL_PASSWORD)"
+)
+
+
+def capillary_from_env(env: Mapping[str, str], problems: list[ConfigError] | None = None) -> CapillarySettings:
+    """Capillary's settings; with ``problems``, every problem is recorded there instead of raised."""
+    read = _Env(env, problems)
+    scheme = ""
+    if read.optional("CAPILLARY_AUTH") is None:
+        read.fail("CAPILLARY_AUTH", _AUTH_REQUIRED)
+    else:
+        scheme = read.choice("CAPILLARY_AUTH", ("oauth", "basic"))
+    auth: AuthScheme = "basic" if scheme == "basic" else "oauth"
     api_url = read.url("CAPILLARY_API_URL")
     upload_url = read.url("CAPILLARY_UPLOAD_URL")
     key = secret = username = password = ""
-    if auth == "oauth":
+    if scheme == "oauth":
         key = read.text("CAPILLARY_CLIENT_KEY")
         secret = read.text("CAPILLARY_CLIENT_SECRET")
-    else:
+    elif scheme == "basic":
         username = read.text("CAPILLARY_TILL_USERNAME")
         password = read.text("CAPILLARY_TILL_PASSWORD")
         # The upload host takes OAuth only: client credentials, when given, serve the uploads.
@@ -188,12 +244,10 @@ def capillary_from_env(env: Mapping[str, str]) -> CapillarySettings:
     connect_timeout = read.number("CAPILLARY_CONNECT_TIMEOUT_SECONDS", 2.0, minimum=0.05, maximum=60)
     timeout = read.number("CAPILLARY_TIMEOUT_SECONDS", 8.0, minimum=0.1, maximum=300)
     if connect_timeout > timeout:
-        raise ConfigError(
-            "CAPILLARY_CONNECT_TIMEOUT_SECONDS", f"must not exceed CAPILLARY_TIMEOUT_SECONDS ({timeout:g})"
-        )
+        read.fail("CAPILLARY_CONNECT_TIMEOUT_SECONDS", f"must not exceed CAPILLARY_TIMEOUT_SECONDS ({timeout:g})")
     source = read.text("CAPILLARY_SOURCE", "INSTORE").upper()
     if not source.replace("_", "").isalnum():
-        raise ConfigError("CAPILLARY_SOURCE", f"must be a Capillary source name like INSTORE, got {source!r}")
+        read.fail("CAPILLARY_SOURCE", f"must be a Capillary source name like INSTORE, got {source!r}")
     return CapillarySettings(
         api_url=api_url,
         upload_url=upload_url,
@@ -215,11 +269,12 @@ def capillary_from_env(env: Mapping[str, str]) -> CapillarySettings:
         breaker_min_calls=int(read.number("CAPILLARY_BREAKER_MIN_CALLS", 10, minimum=1, maximum=1000, integer=True)),
         breaker_open_seconds=read.number("CAPILLARY_BREAKER_OPEN_SECONDS", 5.0, minimum=0.1, maximum=600),
         breaker_probes=int(read.number("CAPILLARY_BREAKER_PROBES", 3, minimum=1, maximum=100, integer=True)),
+        auth_check_seconds=read.number("CAPILLARY_AUTH_CHECK_SECONDS", 30.0, minimum=1, maximum=3600),
     )
 
 
-def cache_from_env(env: Mapping[str, str]) -> CacheSettings:
-    read = _Env(env)
+def cache_from_env(env: Mapping[str, str], problems: list[ConfigError] | None = None) -> CacheSettings:
+    read = _Env(env, problems)
     return CacheSettings(
         url=read.redis_url("CACHE_URL"),
         series_ttl=read.number("SERIES_CACHE_TTL_SECONDS", 300.0, minimum=1, maximum=7 * 24 * 3600),
@@ -228,8 +283,8 @@ def cache_from_env(env: Mapping[str, str]) -> CacheSettings:
     )
 
 
-def state_from_env(env: Mapping[str, str]) -> StateSettings:
-    read = _Env(env)
+def state_from_env(env: Mapping[str, str], problems: list[ConfigError] | None = None) -> StateSettings:
+    read = _Env(env, problems)
     return StateSettings(
         redis_url=read.redis_url("REDIS_URL"),
         redeem_deadline=read.number("REDEEM_DEADLINE_SECONDS", 10.0, minimum=0.5, maximum=120),
@@ -243,8 +298,10 @@ def state_from_env(env: Mapping[str, str]) -> StateSettings:
     )
 
 
-def access_from_env(env: Mapping[str, str], *, keys_required: bool = True) -> AccessSettings:
-    read = _Env(env)
+def access_from_env(
+    env: Mapping[str, str], *, keys_required: bool = True, problems: list[ConfigError] | None = None
+) -> AccessSettings:
+    read = _Env(env, problems)
     keys_file = read.text("GATEWAY_API_KEYS_FILE") if keys_required else read.optional("GATEWAY_API_KEYS_FILE")
     rate = read.number("GATEWAY_RATE_LIMIT_PER_SECOND", 20.0, minimum=0.1, maximum=100_000)
     burst = read.number("GATEWAY_RATE_LIMIT_BURST", max(rate * 2, 1.0), minimum=1, maximum=1_000_000)
@@ -265,35 +322,66 @@ def access_from_env(env: Mapping[str, str], *, keys_required: bool = True) -> Ac
     )
 
 
-def gateway_from_env(env: Mapping[str, str], capillary: CapillarySettings, *, keys_required: bool = True) -> Settings:
-    read = _Env(env)
+def gateway_from_env(
+    env: Mapping[str, str],
+    capillary: CapillarySettings,
+    *,
+    keys_required: bool = True,
+    default_host: str = "0.0.0.0",
+    problems: list[ConfigError] | None = None,
+) -> Settings:
+    """The gateway's settings around ``capillary``. ``default_host``: where to listen without ``GATEWAY_HOST``
+    (``serve --sandbox`` keeps its demo keys on 127.0.0.1). With ``problems``, every problem is recorded there."""
+    read = _Env(env, problems)
     port = read.port("GATEWAY_PORT", 8080)
     metrics_port = read.port("GATEWAY_METRICS_PORT", 0) if read.optional("GATEWAY_METRICS_PORT") else None
     if metrics_port is not None and metrics_port in (0, port):
-        raise ConfigError("GATEWAY_METRICS_PORT", f"must be a port of its own, not 0 or GATEWAY_PORT ({port})")
+        read.fail("GATEWAY_METRICS_PORT", f"must be a port of its own, not 0 or GATEWAY_PORT ({port})")
+        metrics_port = None
     return Settings(
         capillary=capillary,
-        cache=cache_from_env(env),
-        state=state_from_env(env),
-        access=access_from_env(env, keys_required=keys_required),
+        cache=cache_from_env(env, problems),
+        state=state_from_env(env, problems),
+        access=access_from_env(env, keys_required=keys_required, problems=problems),
         metrics_port=metrics_port,
-        host=read.text("GATEWAY_HOST", "0.0.0.0"),
+        host=read.text("GATEWAY_HOST", default_host),
         port=port,
         log_level=read.choice("LOG_LEVEL", _LOG_LEVELS, "info"),
         log_format=read.choice("LOG_FORMAT", ("auto", "json", "console"), "auto"),
         shutdown_timeout=read.number("GATEWAY_SHUTDOWN_TIMEOUT_SECONDS", 20.0, minimum=0, maximum=600),
         request_deadline=read.number("GATEWAY_REQUEST_DEADLINE_SECONDS", 10.0, minimum=0.1, maximum=300),
         shutdown_grace=read.number("GATEWAY_SHUTDOWN_GRACE_SECONDS", 3.0, minimum=0, maximum=120),
+        otlp_endpoint=_otlp_endpoint(read),
     )
 
 
+def _otlp_endpoint(read: _Env) -> str | None:
+    """OpenTelemetry's own variable (its SDK reads it too): set, traces are on and sent there over OTLP/HTTP."""
+    if read.optional("OTEL_EXPORTER_OTLP_ENDPOINT") is None:
+        return None
+    endpoint = read.url("OTEL_EXPORTER_OTLP_ENDPOINT")
+    try:
+        import opentelemetry.sdk.trace  # noqa: F401  # the optional extra
+    except ImportError:
+        read.fail(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "is set, but OpenTelemetry is not installed: pip install 'pos-coupon-gateway[otel]' (or unset it)",
+        )
+        return None
+    return endpoint
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Read every setting from ``env`` (default: the process environment)."""
+    """Read every setting from ``env`` (default: the process environment); raise :class:`ConfigErrors` naming
+    every problem at once."""
     env = os.environ if env is None else env
-    return gateway_from_env(env, capillary_from_env(env))
+    problems: list[ConfigError] = []
+    settings = gateway_from_env(env, capillary_from_env(env, problems), problems=problems)
+    settle(problems)
+    return settings
 
 
-def sandbox_address(env: Mapping[str, str]) -> tuple[str, int]:
+def sandbox_address(env: Mapping[str, str], problems: list[ConfigError] | None = None) -> tuple[str, int]:
     """Where the embedded sandbox listens: ``SANDBOX_HOST`` (default 127.0.0.1), ``SANDBOX_PORT`` (8081)."""
-    read = _Env(env)
+    read = _Env(env, problems)
     return read.text("SANDBOX_HOST", "127.0.0.1"), read.port("SANDBOX_PORT", 8081)

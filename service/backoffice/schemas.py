@@ -62,9 +62,17 @@ class BulkIssueOut(Outbound):
     failed: int
 
 
+class LookupErrorOut(ErrorDetail, frozen=True, omit_defaults=True):
+    """One value of a lookup that found nothing: the error, and which value it was when the answer tells."""
+
+    coupon_code: str | None = None
+    coupon_id: int | None = None
+    customer_id: int | None = None
+
+
 class CouponsOut(Outbound):
     coupons: list[CouponOut]
-    errors: list[ErrorDetail]
+    errors: list[LookupErrorOut]
 
 
 # ------------------------------------------------------------------------------------------------- uploads

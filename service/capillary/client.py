@@ -77,6 +77,7 @@ from service.capillary.resilience import (
 )
 from service.config import CapillarySettings
 from service.deadline import DEADLINE, URGENT
+from service.observability.tracing import client_middlewares
 
 M = TypeVar("M")
 
@@ -253,7 +254,7 @@ class CapillaryClient:
         self._api, self._upload = (
             aiohttp.ClientSession(
                 timeout=timeout,
-                middlewares=middlewares,
+                middlewares=(*middlewares, *client_middlewares()),  # traces: a span per call, traceparent sent
                 headers={"Accept": "application/json", "User-Agent": "pos-coupon-gateway"},
             )
             for middlewares in ((auth,), (upload_auth,) if upload_auth is not None else ())

@@ -359,20 +359,28 @@ class GatewayClient:
         """``GET /v1/series/{id}/{coupon-uploads|redemption-uploads}/{jobId}``."""
         return await self._call(JobOut, "GET", f"/v1/series/{series_id}/{_PATHS[kind]}/{job_id}")
 
+    async def job(self, job_id: str) -> JobOut:
+        """``GET /v1/upload-jobs/{jobId}``: a job by its id alone, whatever its kind and series."""
+        return await self._call(JobOut, "GET", f"/v1/upload-jobs/{job_id}")
+
     async def wait_for_job(
         self,
-        series_id: int,
-        kind: UploadKind,
+        series_id: int | None,
+        kind: UploadKind | None,
         job_id: str,
         *,
         interval: float = 1.0,
         timeout: float | None = None,
         on_update: Callable[[JobOut], None] | None = None,
     ) -> JobOut:
-        """Poll a job until it is finished or failed (``TimeoutError`` after ``timeout`` seconds)."""
+        """Poll a job until it is finished or failed (``TimeoutError`` after ``timeout`` seconds). Without
+        ``series_id`` and ``kind``, the job is found by its id alone."""
         async with asyncio.timeout(timeout):
             while True:
-                job = await self.upload_job(series_id, kind, job_id)
+                if series_id is None or kind is None:
+                    job = await self.job(job_id)
+                else:
+                    job = await self.upload_job(series_id, kind, job_id)
                 if on_update is not None:
                     on_update(job)
                 if job.status in FINAL_STATUSES:

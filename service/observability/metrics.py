@@ -22,6 +22,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.registry import Collector
 
 from service import __version__
@@ -100,8 +101,15 @@ class Metrics:
         )
         self.validations = Counter(
             f"{PREFIX}_validations",
-            "Validate requests by outcome and local error code.",
+            "Validate requests by outcome (redeemed, partially_redeemed, refused: what a redeem would do; error) and "
+            "the first refused code's local error code.",
             ["outcome", "error_code"],
+            registry=r,
+        )
+        self.validated_coupons = Counter(
+            f"{PREFIX}_validated_coupons",
+            "Coupon codes validated, each by its verdict (redeemable, refused) and local error code.",
+            ["result", "error_code"],
             registry=r,
         )
         self.coupons_redeemed = Counter(f"{PREFIX}_coupons_redeemed", "Coupons redeemed.", registry=r)
@@ -147,20 +155,26 @@ class Metrics:
         for outcome in ("redeemed", "partially_redeemed", "pending"):
             self.redemptions.labels(outcome, NO_ERROR)
         self.redemptions.labels("failed", "REDEMPTION_NOT_APPLIED")
-        self.validations.labels("ok", NO_ERROR)
+        for outcome in ("redeemed", "partially_redeemed"):
+            self.validations.labels(outcome, NO_ERROR)
+        self.validated_coupons.labels("redeemable", NO_ERROR)
         for error in CATALOG:  # refusals and errors carry the local code
             self.redemptions.labels("rejected", error)
             self.redemptions.labels("error", error)
             self.validations.labels("refused", error)
+            self.validations.labels("partially_redeemed", error)
             self.validations.labels("error", error)
+            self.validated_coupons.labels("refused", error)
         for kind in ("coupon_in_use", "request_in_progress"):
             self.lock_conflicts.labels(kind)
 
     # -------------------------------------------------------------------------------------------- events
 
-    def upstream_call(self, operation: str, seconds: float, outcome: str, code: int | None) -> None:
+    def upstream_call(
+        self, operation: str, seconds: float, outcome: str, code: int | None, exemplar: dict[str, str] | None = None
+    ) -> None:
         self.upstream_calls.labels(operation, outcome).inc()
-        self.upstream_duration.labels(operation).observe(seconds)
+        self.upstream_duration.labels(operation).observe(seconds, exemplar)
         if code is not None:
             self.upstream_codes.labels(operation, str(code) if code in CAPILLARY_CODES else "other").inc()
 
@@ -171,11 +185,37 @@ class Metrics:
         if discount:
             self.discount.inc(float(discount))
 
-    def validated(self, outcome: str, error_code: str | None) -> None:
+    def validated(self, outcome: str, error_code: str | None, coupons: Iterable[Verdict] = ()) -> None:
         self.validations.labels(outcome, error_code or NO_ERROR).inc()
+        for coupon in coupons:
+            if coupon.failure is None:
+                self.validated_coupons.labels("redeemable", NO_ERROR).inc()
+            else:
+                self.validated_coupons.labels("refused", coupon.failure.error.code).inc()
 
-    def render(self) -> bytes:
+    def render(self, *, openmetrics: bool = False) -> bytes:
+        """The exposition: Prometheus' text format, or OpenMetrics (which alone carries exemplars)."""
+        if openmetrics:
+            text: bytes = openmetrics_latest(self.registry)  # type: ignore[no-untyped-call]
+            return text
         return generate_latest(self.registry)
+
+
+class _Error(Protocol):
+    @property
+    def code(self) -> str: ...
+
+
+class _Failure(Protocol):
+    @property
+    def error(self) -> _Error: ...
+
+
+class Verdict(Protocol):
+    """One code's verdict, as the validate handler has it (``CodeOutcome``)."""
+
+    @property
+    def failure(self) -> _Failure | None: ...
 
 
 class CacheCounts(Protocol):
@@ -314,3 +354,27 @@ class ResilienceCollector(Collector):
             "Retries not made because the retry budget was spent.",
             value=client.retry_budget.exhausted,
         )
+
+
+class UpstreamAuthCollector(Collector):
+    """Whether Capillary accepts the gateway's credentials (``service.upstream_auth``), read at scrape time."""
+
+    def __init__(self, failing: Callable[[], bool], checks: Callable[[], dict[str, int]]) -> None:
+        self._failing = failing
+        self._checks = checks
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            f"{PREFIX}_upstream_auth_failing",
+            "1 while Capillary refuses the gateway's credentials (401/403 to a token request or a call), else 0.",
+            value=1.0 if self._failing() else 0.0,
+        )
+        checks = self._checks()
+        family = CounterMetricFamily(
+            f"{PREFIX}_upstream_auth_checks",
+            "Proofs of the Capillary credentials (start-up and /readyz) by result: ok, refused, unknown.",
+            labels=["result"],
+        )
+        for result in ("ok", "refused", "unknown"):
+            family.add_metric([result], checks.get(result, 0))
+        yield family

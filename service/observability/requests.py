@@ -7,6 +7,7 @@ import contextvars
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, Final
 
 import structlog
@@ -14,6 +15,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from service.observability.metrics import Metrics, status_class
+from service.observability.tracing import exemplar
 from service.web.errors import REQUEST_ID, REQUEST_ID_HEADER
 
 log = structlog.get_logger("service.request")
@@ -71,7 +73,7 @@ def observe_middleware(metrics: Metrics) -> web.middleware:  # type: ignore[vali
             duration = durations.get(key[:2])
             if duration is None:
                 duration = durations[key[:2]] = metrics.http_duration.labels(route, method)
-            duration.observe(seconds)
+            duration.observe(seconds, exemplar())  # the trace id, when traces are on
             if route not in QUIET_ROUTES:
                 log.info(
                     "request",
@@ -92,6 +94,8 @@ class UpstreamObserver:
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
+        #: Told (operation, HTTP status, Capillary request id) of every answered call: the credentials' watch.
+        self.on_status: Callable[[str, int | None, str | None], None] | None = None
 
     def on_call(
         self,
@@ -102,7 +106,9 @@ class UpstreamObserver:
         code: int | None,
         request_id: str | None,
     ) -> None:
-        self._metrics.upstream_call(operation, seconds, outcome, code)
+        self._metrics.upstream_call(operation, seconds, outcome, code, exemplar())
+        if self.on_status is not None and http_status is not None:
+            self.on_status(operation, http_status, request_id)
         ids = UPSTREAM_IDS.get()
         if ids is not None and request_id:
             ids.append(request_id)

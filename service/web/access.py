@@ -14,7 +14,6 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from service import __version__
 from service.access.keys import ApiKey, KeyRing
 from service.access.limits import Bulkheads, TokenBuckets
 from service.config import AccessSettings
@@ -99,7 +98,7 @@ class Gate:
                 return await handler(request)
             key = gate.authenticate(request)
             request[API_KEY] = key
-            structlog.contextvars.bind_contextvars(api_key=key.name, till=key.till)  # for the request's log line
+            structlog.contextvars.bind_contextvars(key_name=key.name, till=key.till)  # for the request's log line
             resource = request.match_info.route.resource
             if resource is None:  # 404 or 405: the handler raises it, after the key was checked
                 return await handler(request)
@@ -129,12 +128,13 @@ _SECURITY_HEADERS: Final = {
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
     "Referrer-Policy": "no-referrer",
     "Cross-Origin-Resource-Policy": "same-origin",
-    "Server": f"pos-coupon-gateway/{__version__}",
 }
 
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """On every response: no sniffing, no framing, no caching of API answers, no server internals."""
+    """On every response: no sniffing, no framing, no caching of API answers, no server internals (no ``Server``
+    header at all: aiohttp's default, set before this runs, is removed)."""
     response.headers.update(_SECURITY_HEADERS)
+    response.headers.popall("Server", None)
     if request.path.startswith("/v1/"):
         response.headers.setdefault("Cache-Control", "no-store")

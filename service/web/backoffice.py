@@ -56,6 +56,7 @@ from service.backoffice.schemas import (
     JobCounts,
     JobOut,
     JobsOut,
+    LookupErrorOut,
     ReportOut,
     RowErrorOut,
     UploadAcceptedOut,
@@ -87,6 +88,7 @@ from service.web.errors import (
 )
 from service.web.schemas import CustomerIn, InvalidRequest
 from service.web.schemas import _customer as customer_ref
+from service.web.validation import describe
 
 __all__ = ["BACKOFFICE", "MAX_UPLOAD_BYTES", "BackOfficeHandlers", "add_routes"]
 
@@ -132,7 +134,7 @@ def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
     try:
         return decoder.decode(raw)
     except msgspec.ValidationError as exc:
-        raise ApiError.invalid(f"body: {exc}") from None
+        raise ApiError.invalid(describe(exc, decoder.type)) from None
     except msgspec.DecodeError:
         raise ApiError.invalid("body: not valid JSON") from None
 
@@ -457,10 +459,18 @@ class BackOfficeHandlers:
         except CapillaryError as exc:
             raise _upstream_error(exc) from None
         request_id = request[REQUEST_ID]
-        errors = [_detail(codes.for_code(e.code), request_id, e.code, e.message) for e in reply.errors]
+        named = _lookups_not_found(reply.data, wanted_codes, ids, owners, len(reply.errors))
+        errors = [
+            LookupErrorOut(
+                **msgspec.structs.asdict(_detail(codes.for_code(e.code), request_id, e.code, e.message)), **n
+            )
+            for e, n in zip(reply.errors, named, strict=True)
+        ]
         if not reply.data and errors:
-            first = reply.errors[0]
-            raise ApiError(codes.for_code(first.code), upstream=UpstreamDetail(first.code, first.message))
+            first, which = reply.errors[0], _naming(named[0])
+            error = codes.for_code(first.code)
+            message = f"{which}: {error.message}" if which else error.message
+            raise ApiError(error, message, upstream=UpstreamDetail(first.code, first.message))
         return json_response(200, CouponsOut(coupons=[coupon_out(c) for c in reply.data], errors=errors))
 
     # ---- series
@@ -482,7 +492,7 @@ class BackOfficeHandlers:
         try:
             spec = msgspec.convert(body, SeriesSpec)
         except msgspec.ValidationError as exc:
-            raise ApiError.invalid(f"body: {exc}") from None
+            raise ApiError.invalid(describe(exc, SeriesSpec)) from None
         if not spec.description.strip() or len(spec.description) > 255:
             raise ApiError.invalid("description: 1 to 255 characters")
         if not spec.discount_value.is_finite() or spec.discount_value <= 0:
@@ -740,6 +750,14 @@ class BackOfficeHandlers:
     async def redemption_job(self, request: web.Request) -> web.Response:
         return await self._job(request, "redemptions")
 
+    async def upload_job(self, request: web.Request) -> web.Response:
+        """A job by its id alone: the record knows its kind and series."""
+        record = await self._load(request.match_info["jobId"])
+        if record is None:
+            raise ApiError(CATALOG["UPLOAD_JOB_NOT_FOUND"])
+        upstream = await self._upstream_job(record.kind, record.series_id, record.upstream_job_id)
+        return json_response(200, job_out(record.kind, record.series_id, upstream, record))
+
     async def _jobs_of(self, request: web.Request, kind: UploadKind) -> web.Response:
         series_id = series_id_of(request)
         await self._known_series(series_id)
@@ -761,6 +779,28 @@ class BackOfficeHandlers:
             raise ApiError(CATALOG["UPLOAD_JOB_NOT_FOUND"])
         upstream = await self._upstream_job(kind, series_id, record.upstream_job_id)
         return json_response(200, job_out(kind, series_id, upstream, record))
+
+
+def _lookups_not_found(
+    found: list[Coupon], wanted_codes: list[str], ids: list[str], owners: list[str], errors: int
+) -> list[dict[str, Any]]:
+    """Which value each of Capillary's ``errors`` is about. Capillary's errors do not say, but they come in the order
+    asked (codes, then ids, then customers), one for each value that found nothing: when the values that found
+    nothing are exactly as many as the errors, each error is named; otherwise none is (no guess)."""
+    codes_found = {c.code for c in found if c.code}
+    ids_found = {c.id for c in found if c.id is not None}
+    owners_found = {c.customer.id if c.customer and c.customer.id else c.issued_to for c in found}
+    missing: list[dict[str, Any]] = [
+        *({"coupon_code": c} for c in wanted_codes if c not in codes_found),
+        *({"coupon_id": int(i)} for i in ids if int(i) not in ids_found),
+        *({"customer_id": int(o)} for o in owners if int(o) not in owners_found),
+    ]
+    return missing if len(missing) == errors else [{} for _ in range(errors)]
+
+
+def _naming(which: dict[str, Any]) -> str:
+    names = {"coupon_code": "coupon code", "coupon_id": "coupon id", "customer_id": "customer id"}
+    return next((f"{names[k]} {v}" for k, v in which.items()), "")
 
 
 def _camel(name: str) -> str:
@@ -793,3 +833,4 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get(f"{series}/redemption-uploads", _route("redemption_jobs"), allow_head=False)
     router.add_get(f"{series}/coupon-uploads/{{jobId}}", _route("coupon_job"), allow_head=False)
     router.add_get(f"{series}/redemption-uploads/{{jobId}}", _route("redemption_job"), allow_head=False)
+    router.add_get("/v1/upload-jobs/{jobId}", _route("upload_job"), allow_head=False)

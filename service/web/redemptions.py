@@ -45,6 +45,7 @@ from service.web.schemas import (
     ValidateOut,
     command_from,
 )
+from service.web.validation import describe
 
 B = TypeVar("B", ValidateIn, RedeemIn)
 
@@ -70,7 +71,7 @@ def parse_command(raw: bytes, decoder: msgspec.json.Decoder[B], store: str | Non
         body = decoder.decode(raw)
         return command_from(body, store=store)
     except msgspec.ValidationError as exc:
-        raise ApiError.invalid(f"body: {exc}") from None
+        raise ApiError.invalid(describe(exc, decoder.type)) from None
     except msgspec.DecodeError:
         raise ApiError.invalid("body: not valid JSON") from None
     except InvalidRequest as exc:
@@ -145,6 +146,15 @@ def _bind(command: RedemptionCommand) -> None:
     )
 
 
+def validation_outcome(outcome: Outcome) -> str:
+    """What redeeming these codes now would do: ``redeemed`` (every code passes), ``partially_redeemed`` (some do:
+    a ``partial`` redeem takes those) or ``refused`` (none does, or the request as a whole is refused)."""
+    passing = sum(o.ok for o in outcome.codes)
+    if outcome.failure is not None or not passing:
+        return "refused"
+    return "redeemed" if passing == len(outcome.codes) else "partially_redeemed"
+
+
 class RedemptionHandlers:
     def __init__(self, flow: RedemptionFlow, series: SeriesCatalog, ledger: ExactlyOnce, metrics: Metrics) -> None:
         self._flow = flow
@@ -165,8 +175,9 @@ class RedemptionHandlers:
             structlog.contextvars.bind_contextvars(outcome="error", error_code=exc.error.code)
             raise
         refused = outcome.failure or next((o.failure for o in outcome.codes if o.failure), None)
-        self._metrics.validated("refused" if refused else "ok", refused.error.code if refused else None)
-        structlog.contextvars.bind_contextvars(outcome="refused" if refused else "ok")
+        result = validation_outcome(outcome)
+        self._metrics.validated(result, refused.error.code if refused else None, outcome.codes)
+        structlog.contextvars.bind_contextvars(outcome=result, error_code=refused.error.code if refused else None)
         request_id = request[REQUEST_ID]
         coupons = [
             ValidatedCoupon(

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -47,8 +49,7 @@ def _post(url: str, body: dict[str, object], key: str | None) -> int:
 
 def test_serve_with_sandbox_answers_healthz_and_stops_cleanly() -> None:
     gateway, sandbox, metrics = _free_port(), _free_port(), _free_port()
-    env = _env(
-        GATEWAY_HOST="127.0.0.1",
+    env = _env(  # no GATEWAY_HOST: --sandbox listens on 127.0.0.1 alone, its demo keys never on the network
         GATEWAY_PORT=str(gateway),
         SANDBOX_PORT=str(sandbox),
         GATEWAY_METRICS_PORT=str(metrics),
@@ -93,11 +94,40 @@ def test_serve_with_sandbox_answers_healthz_and_stops_cleanly() -> None:
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=20)
     assert process.returncode == 0, err
-    assert f"listening on http://127.0.0.1:{gateway}" in out
-    assert f"Capillary sandbox listening on http://127.0.0.1:{sandbox}" in out
-    assert "ABS-ALICE-1" in out  # the demo codes are printed
-    assert "sandbox-till-key" in out
-    assert "sandbox-admin-key" in out
+    # Not a terminal: JSON log lines only, the start among them as one event with the real bind address.
+    events = [json.loads(line) for line in out.splitlines()]
+    (started,) = [e for e in events if e["event"] == "gateway started"]
+    assert started["listen"] == f"http://127.0.0.1:{gateway}"
+    assert started["metrics_listen"] == f"http://127.0.0.1:{metrics}"
+    assert {k["key"] for k in started["demo_keys"]} == {"sandbox-till-key", "sandbox-admin-key"}
+    assert (started["sandbox"], started["capillary"]) == (True, f"http://127.0.0.1:{sandbox}")
+
+
+def test_the_banner_is_for_a_terminal_and_tells_the_real_address() -> None:
+    """On a terminal: a readable banner with the address the socket is bound to (here every interface)."""
+    gateway, sandbox = _free_port(), _free_port()
+    env = _env(GATEWAY_HOST="0.0.0.0", GATEWAY_PORT=str(gateway), SANDBOX_PORT=str(sandbox))
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--sandbox"], env=env, stdout=terminal, stderr=subprocess.PIPE
+    )
+    os.close(terminal)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 20
+        while b"Demo API key" not in seen and time.monotonic() < deadline and process.poll() is None:
+            ready, _, _ = select.select([controller], [], [], 0.5)
+            if ready:
+                seen += os.read(controller, 65536)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=20)
+        os.close(controller)
+    text = seen.decode(errors="replace")
+    assert f"listening on http://0.0.0.0:{gateway} (every interface)" in text
+    assert f"Capillary sandbox listening on http://127.0.0.1:{sandbox}" in text
+    assert "ABS-ALICE-1" in text  # the demo data
+    assert "Demo API key (admin+redeem, store S001): sandbox-admin-key" in text
 
 
 PRODUCTION = {
@@ -114,12 +144,6 @@ PLAIN_KEYS = Path(__file__).parent / "data" / "plain-api-keys.json"
 @pytest.mark.parametrize(
     ("args", "env", "variable"),
     [
-        (["serve"], {}, "CAPILLARY_AUTH"),
-        (
-            ["serve"],
-            {"CAPILLARY_AUTH": "oauth", "CAPILLARY_API_URL": "https://x.example", "CAPILLARY_UPLOAD_URL": "nope"},
-            "CAPILLARY_UPLOAD_URL",
-        ),
         (["serve", "--sandbox"], {"GATEWAY_PORT": "eighty"}, "GATEWAY_PORT"),
         (["serve"], PRODUCTION, "GATEWAY_API_KEYS_FILE"),
         (["serve"], {**PRODUCTION, "GATEWAY_API_KEYS_FILE": "/nonexistent/keys.json"}, "GATEWAY_API_KEYS_FILE"),
@@ -135,3 +159,43 @@ def test_a_bad_setting_stops_with_one_line_naming_it(args: list[str], env: dict[
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert variable in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "problems"),
+    [
+        (  # an empty environment: every required setting, in one message
+            ["serve"],
+            {},
+            ["CAPILLARY_AUTH", "CAPILLARY_API_URL", "CAPILLARY_UPLOAD_URL", "GATEWAY_API_KEYS_FILE"],
+        ),
+        (
+            ["serve"],
+            {"CAPILLARY_AUTH": "oauth", "GATEWAY_PORT": "eighty", "CAPILLARY_TIMEOUT_SECONDS": "0"},
+            [
+                "CAPILLARY_API_URL",
+                "CAPILLARY_UPLOAD_URL",
+                "CAPILLARY_CLIENT_KEY",
+                "CAPILLARY_CLIENT_SECRET",
+                "CAPILLARY_TIMEOUT_SECONDS",
+                "GATEWAY_PORT",
+                "GATEWAY_API_KEYS_FILE",
+            ],
+        ),
+        (
+            ["serve", "--sandbox"],
+            {"SANDBOX_LATENCY_MS": "-5", "LOG_LEVEL": "loud"},
+            ["SANDBOX_LATENCY_MS", "LOG_LEVEL"],
+        ),
+    ],
+)
+def test_every_bad_setting_in_one_message(args: list[str], env: dict[str, str], problems: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service", *args], env=_env(**env), capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    head, *lines = result.stderr.strip().splitlines()
+    assert head == f"coupon-gateway: configuration error: {len(problems)} settings to fix:"
+    assert [line.split(":")[0].strip() for line in lines] == problems
+    if "CAPILLARY_AUTH" in problems:  # which credentials go with which scheme
+        assert "oauth (with CAPILLARY_CLIENT_KEY and CAPILLARY_CLIENT_SECRET) or basic" in result.stderr

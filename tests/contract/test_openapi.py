@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from service.backoffice.schemas import LookupErrorOut
 from service.redemption.catalog import CATALOG
 from service.redemption.models import RedemptionRange, SeriesSummary
 from service.web import schemas
@@ -35,6 +36,7 @@ def test_the_error_catalog_is_documented_exactly() -> None:
         (SeriesSummary, "SeriesSummary"),
         (RedemptionRange, "RedemptionRange"),
         (ErrorDetail, "Error"),
+        (LookupErrorOut, "LookupError"),
         (UpstreamDetail, "UpstreamError"),
     ],
 )

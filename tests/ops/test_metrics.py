@@ -65,7 +65,7 @@ async def test_live_metrics_pass_promtool_and_count_what_happened(gateway: Gatew
     assert value("pos_coupon_redemptions_total", outcome="redeemed", error_code="none") == 1
     assert value("pos_coupon_redemptions_total", outcome="rejected", error_code="COUPON_ALREADY_REDEEMED") == 1
     assert value("pos_coupon_idempotent_replays_total") == 1
-    assert value("pos_coupon_validations_total", outcome="ok", error_code="none") == 1
+    assert value("pos_coupon_validations_total", outcome="redeemed", error_code="none") == 1
     assert value("pos_coupon_validations_total", outcome="error", error_code="UPSTREAM_UNAVAILABLE") == 1
     assert value("pos_coupon_coupons_redeemed_total") == 1
     assert value("pos_coupon_discount_amount_total") == 100

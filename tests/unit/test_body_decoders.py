@@ -4,6 +4,7 @@ but a command or a 400 naming the problem: no exception of another kind, so no 5
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import msgspec
@@ -46,6 +47,9 @@ def _decode(raw: bytes) -> None:
             continue
         assert refused.error.http_status == 400
         assert 0 < len(refused.message) < 500
+        # our own words, naming the field: never the decoding library's text
+        assert re.match(r"^(body|[A-Za-z]+(\[\d+\])?(\.[A-Za-z]+)*): ", refused.message), refused.message
+        assert not re.search(r"Expected `|Object missing|Object contains|Invalid enum|- at `\$", refused.message)
 
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])

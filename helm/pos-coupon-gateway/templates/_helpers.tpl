@@ -155,7 +155,7 @@ Checks the schema cannot express. Each failure names the values to change.
 {{- fail "apiKeys.enabled: false is for sandbox.enabled only: `coupon-gateway serve` does not start without its API-keys file (GATEWAY_API_KEYS_FILE)" }}
 {{- end }}
 {{- if not (or $keys.existingSecret $keys.content) }}
-{{- fail "apiKeys: `coupon-gateway serve` does not start without its API-keys file (GATEWAY_API_KEYS_FILE). Set apiKeys.existingSecret to a Secret holding the file under apiKeys.existingSecretKey (recommended), or apiKeys.content to the file itself (README, \"Access\"); or run the demo (sandbox.enabled)" }}
+{{- fail "apiKeys: `coupon-gateway serve` does not start without its API-keys file (GATEWAY_API_KEYS_FILE). Set apiKeys.existingSecret to a Secret holding the file under apiKeys.existingSecretKey (recommended), or apiKeys.content to the file itself (docs/api.md, \"Access\"); or run the demo (sandbox.enabled)" }}
 {{- end }}
 {{- end }}
 {{- end }}
