@@ -68,7 +68,7 @@ class UpstreamAuth:
 
     @property
     def scheme(self) -> str:
-        return "oauth" if self._client.tokens is not None else "basic"
+        return self._client.settings.auth
 
     @property
     def failing(self) -> bool:
@@ -105,7 +105,7 @@ class UpstreamAuth:
         if http_status not in REFUSING:
             return
         if operation == "token":
-            reason = _refusal(self.scheme, operation, http_status)
+            reason = _refusal("oauth", operation, http_status)  # token requests carry the OAuth client
             self._record(Verdict("refused", reason, http_status, self._clock()), request_id, checked=False)
         else:
             self.expire()
@@ -120,15 +120,16 @@ class UpstreamAuth:
         request_id = None
         try:
             async with asyncio.timeout(self._timeout):
-                if self._client.tokens is not None:
+                if self.scheme == "oauth" and self._client.tokens is not None:
                     await self._client.tokens.token()
-                else:
+                else:  # Basic on the v2 API (its OAuth client, if any, serves only the upload host)
                     await self._client.coupon_details(ids=[PROBE_COUPON_ID], timeout=self._timeout)
         except CapillaryError as exc:
             request_id = exc.request_id
             status = exc.http_status
             if status in REFUSING or (exc.operation == "token" and status is not None and 400 <= status < 500):
-                verdict = Verdict("refused", _refusal(self.scheme, exc.operation, status), status, self._clock())
+                scheme = "oauth" if exc.operation == "token" else self.scheme
+                verdict = Verdict("refused", _refusal(scheme, exc.operation, status), status, self._clock())
             elif status is not None and status < 500:  # answered, so authenticated: the probe's query was refused
                 verdict = Verdict("ok", None, None, self._clock())
             else:

@@ -62,7 +62,7 @@ async def _traced_sandbox(aiohttp_server: Any) -> tuple[Upstream, list[str | Non
 
 async def _gateway(aiohttp_client: Any, upstream: Upstream) -> TestClient[Any, Any]:
     settings = Settings(capillary=upstream.settings("oauth"), access=TEST_ACCESS)
-    app = create_app(settings, keys=TEST_KEYS, clock=upstream.sandbox.now)
+    app = create_app(settings, keys=TEST_KEYS)
     client: TestClient[Any, Any] = await aiohttp_client(app, headers=bearer(ADMIN_KEY))
     return client
 

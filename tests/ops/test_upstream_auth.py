@@ -39,7 +39,7 @@ REFUSED_EVENT = "capillary refuses the gateway's credentials"
 
 async def _gateway(aiohttp_client: Any, upstream: Upstream, auth: AuthScheme, **wrong: str) -> TestClient[Any, Any]:
     capillary = dataclasses.replace(upstream.settings(auth), **wrong)
-    app = create_app(Settings(capillary=capillary, access=TEST_ACCESS), keys=TEST_KEYS, clock=upstream.sandbox.now)
+    app = create_app(Settings(capillary=capillary, access=TEST_ACCESS), keys=TEST_KEYS)
     client: TestClient[Any, Any] = await aiohttp_client(app, headers=bearer(ADMIN_KEY))
     return client
 
