@@ -20,7 +20,7 @@ from aiohttp import web
 
 from service import __version__
 from service.access.keys import ApiKey, KeyFileError, KeyRing, digest_of
-from service.app import KEYS, LIFECYCLE, OPS_APP, create_app
+from service.app import KEYS, LIFECYCLE, METRICS, OPS_APP, create_app
 from service.client import cli as operator_cli
 from service.config import (
     CapillarySettings,
@@ -32,6 +32,7 @@ from service.config import (
 )
 from service.observability.logging import configure_logging
 from service.sandbox import DEMO, SandboxConfig, create_sandbox_app
+from service.web.server import DoorLimits, serve
 
 
 def _listen_url(runner: web.AppRunner) -> str:
@@ -39,19 +40,13 @@ def _listen_url(runner: web.AppRunner) -> str:
     return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
 
 
-#: Longest request line: a back-office lookup of 50 codes fits (aiohttp's default, 8190 bytes, does not).
-MAX_REQUEST_LINE: Final = 32 * 1024
-
-
-async def _start(app: web.Application, host: str, port: int, shutdown_timeout: float) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout, max_line_size=MAX_REQUEST_LINE)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return runner
+async def _start(
+    app: web.Application, host: str, port: int, shutdown_timeout: float, limits: DoorLimits | None = None
+) -> web.AppRunner:
+    """Serve ``app`` behind the door's limits (service/web/server.py); refusals at the door are counted in the
+    app's metrics when it has them."""
+    limits = limits or DoorLimits()
+    return await serve(app, host, port, limits=limits, shutdown_timeout=shutdown_timeout, metrics=app.get(METRICS))
 
 
 async def _until_signalled() -> signal.Signals:
@@ -135,10 +130,11 @@ async def _serve(settings: Settings, sandbox: SandboxPlan | None, keys: KeyRing)
                 settings, capillary=dataclasses.replace(settings.capillary, api_url=url, upload_url=url)
             )
         app = create_app(settings, keys=keys)
-        gateway = await _start(app, settings.host, settings.port, settings.shutdown_timeout)
+        limits = DoorLimits.of(settings.access)
+        gateway = await _start(app, settings.host, settings.port, settings.shutdown_timeout, limits)
         runners.insert(0, gateway)
         if OPS_APP in app:
-            ops = await _start(app[OPS_APP], settings.host, settings.metrics_port or 0, 1.0)
+            ops = await _start(app[OPS_APP], settings.host, settings.metrics_port or 0, 1.0, limits)
             runners.insert(1, ops)
             print(f"metrics and API description on {_listen_url(ops)}", flush=True)
         gc.collect()
