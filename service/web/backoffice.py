@@ -6,6 +6,10 @@ chunk by chunk while its SHA-256 is computed, then the pre-flight checks read th
 thread, and the upload sends it upstream from disk. Memory stays bounded whatever the file's size. A client may
 pause at most ``body_timeout`` between two pieces of the file and take at most ``RECEIVE_TIMEOUT`` in all, or it
 gets 408 and the connection is closed.
+
+The file name and the options are checked before they go anywhere: a file name travels upstream in a multipart
+header, so one with a line break or any other control character is refused (400 naming ``file`` or ``fileName``),
+as is an option with a control character.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import hashlib
 import json
 import tempfile
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -94,6 +99,19 @@ MAX_FORM_PARTS: Final = 32  # the file and its few options; more is not a form o
 UPLOAD_TIMEOUT: Final = 300.0
 #: The longest a client may take to send a whole file (its pauses are bounded by the body timeout).
 RECEIVE_TIMEOUT: Final = 300.0
+MAX_FILE_NAME: Final = 255
+DEFAULT_FILE_NAME: Final = "upload.csv"
+#: The options of an upload, by their field (or query) name: the only ones read, so the only ones checked.
+OPTIONS: Final = (
+    "identifierType",
+    "identifierColumn",
+    "uploadHeaders",
+    "customerIdentifier",
+    "couponIdentifier",
+    "details",
+    "dryRun",
+    "fileName",
+)
 CSV_TYPES: Final = ("text/csv", "application/csv", "text/plain")
 MAX_AMOUNT: Final = Decimal(1_000_000_000)
 CENT: Final = Decimal("0.01")
@@ -222,6 +240,36 @@ class _MaybeUploaded(Exception):
         self.error = error
 
 
+def _file_name(value: str | None, field: str) -> str:
+    """The name of the received file, as it will be sent upstream (in a multipart header) and recorded: at most
+    ``MAX_FILE_NAME`` characters, none of them a control character or a line break; none given: the default."""
+    name = (value or "").strip()
+    if not name:
+        return DEFAULT_FILE_NAME
+    if len(name) > MAX_FILE_NAME or not all(_printable(c) for c in name):
+        raise ApiError.invalid(
+            f"{field}: a file name of 1 to {MAX_FILE_NAME} characters without control characters or line breaks"
+        )
+    return name
+
+
+def _printable(char: str) -> bool:
+    """Not a control, format, private-use or unassigned character (Unicode category C*), nor a line separator."""
+    return not unicodedata.category(char).startswith(("C", "Zl", "Zp"))
+
+
+def _check_options(options: dict[str, str]) -> None:
+    """Options reach the pre-flight checks, the job record and, for ``details``, the upstream: no control
+    characters in them (tabs and line breaks aside in ``details``, a free text)."""
+    for name in OPTIONS:
+        value = options.get(name)
+        if value is None:
+            continue
+        allowed = "\t\r\n" if name == "details" else ""
+        if any(unicodedata.category(c) == "Cc" and c not in allowed for c in value):
+            raise ApiError.invalid(f"{name}: control characters are not allowed")
+
+
 class _Pace:
     """The time limits of receiving a file: no pause longer than ``idle`` seconds between two pieces of it, and all
     of it within ``total``. ``timeout`` is the context to receive in; call ``progress()`` for each piece."""
@@ -250,7 +298,7 @@ class _Spool:
         self.size = 0
         self.digest = hashlib.sha256()
         self.too_large = False
-        self.file_name = "upload.csv"
+        self.file_name = DEFAULT_FILE_NAME
 
     @property
     def sha256(self) -> str:
@@ -313,7 +361,7 @@ async def _read_form(
             if found:
                 raise ApiError.invalid("file: send one file per upload")
             found = True
-            spool.file_name = part.filename or "upload.csv"
+            spool.file_name = _file_name(part.filename, "file")
             await spool.take(_part_chunks(part), limit, progress)
             if spool.too_large:
                 break
@@ -333,6 +381,7 @@ async def _receive(request: web.Request, limit: int, idle: float) -> tuple[_Spoo
                 await _receive_into(request, spool, options, limit, pace.progress)
         except TimeoutError:
             raise pace.refusal() from None
+        _check_options(options)
     except BaseException:
         spool.close()
         raise
@@ -350,7 +399,7 @@ async def _receive_into(
         if not found:
             raise ApiError.invalid("file: send the CSV as a multipart part named 'file'")
     elif request.content_type in CSV_TYPES:
-        spool.file_name = options.pop("fileName", "") or "upload.csv"
+        spool.file_name = _file_name(options.pop("fileName", None), "fileName")
         await spool.take(_body_chunks(request), limit, progress)
     else:
         raise ApiError(
