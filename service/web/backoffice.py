@@ -87,6 +87,7 @@ from service.web.errors import (
     series_id_of,
     upstream_error,
 )
+from service.web.json_keys import refuse_duplicate_keys
 from service.web.schemas import CustomerIn, InvalidRequest
 from service.web.schemas import _customer as customer_ref
 
@@ -145,11 +146,15 @@ def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
     if not raw.strip():
         raise ApiError.invalid("body: a JSON object is required")
     try:
-        return decoder.decode(raw)
+        body = decoder.decode(raw)
     except msgspec.ValidationError as exc:
         raise ApiError.invalid(f"body: {exc}") from None
     except msgspec.DecodeError:
         raise ApiError.invalid("body: not valid JSON") from None
+    except RecursionError:  # msgspec's answer to a body of free shape nested thousands deep
+        raise ApiError.invalid("body: nested too deeply") from None
+    refuse_duplicate_keys(raw, decoder.type)
+    return body
 
 
 def coupon_out(coupon: Coupon) -> CouponOut:
@@ -437,8 +442,9 @@ def _redemption_rules(options: dict[str, str]) -> RedemptionRules:
         raise ApiError.invalid("uploadHeaders: a JSON object of upstream key -> column index or header name")
     try:
         mapping = json.loads(raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise ApiError.invalid("uploadHeaders: not valid JSON") from None
+    refuse_duplicate_keys(raw.encode(), dict[str, Any], field="uploadHeaders")
     if not isinstance(mapping, dict) or not all(isinstance(v, int | str) for v in mapping.values()):
         raise ApiError.invalid("uploadHeaders: a JSON object of upstream key -> column index or header name")
     try:
