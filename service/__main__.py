@@ -21,7 +21,7 @@ from aiohttp import web
 
 from service import __version__
 from service.access.keys import ApiKey, KeyFileError, KeyRing, digest_of
-from service.app import KEYS, LIFECYCLE, OPS_APP, UPSTREAM_AUTH, create_app
+from service.app import KEYS, LIFECYCLE, METRICS, OPS_APP, UPSTREAM_AUTH, create_app
 from service.client import cli as operator_cli
 from service.config import (
     CapillarySettings,
@@ -35,6 +35,7 @@ from service.config import (
 from service.observability import tracing
 from service.observability.logging import configure_logging
 from service.sandbox import DEMO, SandboxConfig, create_sandbox_app
+from service.web.server import DoorLimits, serve
 
 log = structlog.get_logger("service.main")
 
@@ -55,19 +56,13 @@ def _banner(*lines: str) -> None:
         print("\n".join(lines), flush=True)
 
 
-#: Longest request line: a back-office lookup of 50 codes fits (aiohttp's default, 8190 bytes, does not).
-MAX_REQUEST_LINE: Final = 32 * 1024
-
-
-async def _start(app: web.Application, host: str, port: int, shutdown_timeout: float) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout, max_line_size=MAX_REQUEST_LINE)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return runner
+async def _start(
+    app: web.Application, host: str, port: int, shutdown_timeout: float, limits: DoorLimits | None = None
+) -> web.AppRunner:
+    """Serve ``app`` behind the door's limits (service/web/server.py); refusals at the door are counted in the
+    app's metrics when it has them."""
+    limits = limits or DoorLimits()
+    return await serve(app, host, port, limits=limits, shutdown_timeout=shutdown_timeout, metrics=app.get(METRICS))
 
 
 async def _until_signalled() -> signal.Signals:
@@ -155,11 +150,12 @@ async def _serve(settings: Settings, sandbox: SandboxPlan | None, keys: KeyRing)
                 settings, capillary=dataclasses.replace(settings.capillary, api_url=url, upload_url=url)
             )
         app = create_app(settings, keys=keys)
-        gateway = await _start(app, settings.host, settings.port, settings.shutdown_timeout)
+        limits = DoorLimits.of(settings.access)
+        gateway = await _start(app, settings.host, settings.port, settings.shutdown_timeout, limits)
         runners.insert(0, gateway)
         metrics_url = None
         if OPS_APP in app:
-            ops = await _start(app[OPS_APP], settings.host, settings.metrics_port or 0, 1.0)
+            ops = await _start(app[OPS_APP], settings.host, settings.metrics_port or 0, 1.0, limits)
             runners.insert(1, ops)
             metrics_url = _listen_url(ops)
         gc.collect()

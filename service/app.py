@@ -186,6 +186,7 @@ def create_app(
             error_middleware,
             gate.middleware(),
             deadline_middleware(settings.request_deadline),
+            gate.admission(),  # the body read within the deadline, then a bulkhead slot
         ],
         client_max_size=access.max_body_bytes,  # JSON bodies; uploads are streamed under their own limit
     )
@@ -292,7 +293,9 @@ def create_app(
             else MemoryJobStore()
         )
         limits = Limits(max_bytes=settings.access.max_upload_bytes)  # one knob: GATEWAY_MAX_UPLOAD_BYTES
-        app[backoffice.BACKOFFICE] = backoffice.BackOfficeHandlers(app[CAPILLARY], app[SERIES], jobs, limits=limits)
+        app[backoffice.BACKOFFICE] = backoffice.BackOfficeHandlers(
+            app[CAPILLARY], app[SERIES], jobs, limits=limits, body_timeout=settings.access.body_timeout
+        )
         try:
             yield
         finally:

@@ -98,7 +98,8 @@ class StateSettings:
 
 @dataclass(frozen=True, slots=True)
 class AccessSettings:
-    """Who may call the API and how much: API keys, per-key rate limits, body limits and bulkheads."""
+    """Who may call the API and how much: API keys, per-key rate limits, body limits and bulkheads, and how long a
+    client may take to send a request (service/web/server.py)."""
 
     keys_file: str | None = None  # JSON list of hashed keys; re-read on SIGHUP or when it changes
     keys_reload_interval: float = 5.0
@@ -109,6 +110,10 @@ class AccessSettings:
     max_inflight_pos: int = 256  # requests in flight per route class; beyond that, 503 at once
     max_inflight_admin: int = 32
     max_inflight_upload: int = 4
+    header_timeout: float = 10.0  # from a request's first byte to the end of its headers; then 408 and closed
+    body_timeout: float = 5.0  # a JSON body, within the request's deadline too; an upload's longest pause
+    keepalive: float = 75.0  # an idle connection is closed after this (longer than load balancers' 60 s)
+    max_requests_per_connection: int = 1000  # then ``Connection: close``, so load spreads to new replicas; 0: none
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +324,12 @@ def access_from_env(
         max_inflight_pos=int(read.number("GATEWAY_MAX_INFLIGHT_POS", 256, minimum=1, maximum=100_000, integer=True)),
         max_inflight_admin=int(read.number("GATEWAY_MAX_INFLIGHT_ADMIN", 32, minimum=1, maximum=100_000, integer=True)),
         max_inflight_upload=int(read.number("GATEWAY_MAX_INFLIGHT_UPLOADS", 4, minimum=1, maximum=1000, integer=True)),
+        header_timeout=read.number("GATEWAY_HEADER_TIMEOUT_SECONDS", 10.0, minimum=0.1, maximum=300),
+        body_timeout=read.number("GATEWAY_BODY_TIMEOUT_SECONDS", 5.0, minimum=0.1, maximum=300),
+        keepalive=read.number("GATEWAY_KEEPALIVE_SECONDS", 75.0, minimum=1, maximum=3600),
+        max_requests_per_connection=int(
+            read.number("GATEWAY_MAX_REQUESTS_PER_CONNECTION", 1000, minimum=0, maximum=1_000_000, integer=True)
+        ),
     )
 
 

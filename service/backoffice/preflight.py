@@ -17,6 +17,11 @@ Rules, in the order a file meets them:
 - codes: not empty, printable ASCII without spaces or commas, at most 50 characters, and (coupon uploads) each code
   once in the file; coupon ids are positive numbers;
 - redeemed dates: epoch milliseconds (13 digits; a 10-digit value is taken for seconds and refused);
+- formulas: no cell (header included) starts like a spreadsheet formula: ``=``, ``@``, a tab or a carriage
+  return, or ``+``/``-`` followed by anything but a plain number (after leading spaces). The file itself is only
+  read by machines here, but Capillary's error and success files and any export of these rows are opened in
+  spreadsheets, where such a cell runs (CSV injection). A plain signed number (``-5``, ``+919900000001``, a mobile
+  number with its country code) cannot run, so it passes; ``+91 99000 00001`` or ``-2+3`` do not;
 - rows: at least one data row and at most ``Limits.max_rows``.
 
 Blank lines are skipped, as the upstream skips them. Row numbers are line numbers in the file (the header is row 1),
@@ -79,6 +84,11 @@ _CODE = re.compile(r"^[!-+\--~]+$")  # printable ASCII without spaces or commas
 _MILLIS_MIN: Final = 10**12  # 2001-09-09: a smaller number is seconds, not milliseconds
 _MILLIS_MAX: Final = 10**13
 _OTHER_DELIMITERS: Final = (";", "\t", "|")
+#: First characters with which a spreadsheet reads a cell as a formula (``+``/``-`` unless a number follows).
+_FORMULA_LEADS: Final = frozenset("=+-@\t\r")
+_SIGNED_NUMBER = re.compile(r"[+-](?:[0-9]+(?:\.[0-9]+)?)?")  # a lone sign, or a plain number: nothing to run
+_LEAD_NAMES: Final = {"\t": "a tab", "\r": "a carriage return"}
+_CAN_LEAD: Final = _FORMULA_LEADS | {" "}  # a cell starting otherwise needs no closer look
 
 
 class RulesError(ValueError):
@@ -325,6 +335,27 @@ def _store_problem(value: str) -> str | None:
     return None if value else "redeemedAt (the store) is empty"
 
 
+def _formula_problem(cell: str) -> str | None:
+    """Why a spreadsheet would run this cell as a formula, or None (the check of every cell: keep it cheap)."""
+    lead = cell[:1]
+    if lead == " ":
+        cell = cell.lstrip(" ")
+        lead = cell[:1]
+    if lead not in _FORMULA_LEADS:
+        return None
+    if lead in "+-" and _SIGNED_NUMBER.fullmatch(cell.rstrip(" ")):
+        return None
+    name = _LEAD_NAMES.get(lead, repr(lead))
+    return f"starts with {name}: a spreadsheet would run it as a formula (rule: no formula-leading cells)"
+
+
+def _formula_cells(row: list[str], number: int, header: list[str], recorder: _Recorder) -> None:
+    for index, cell in enumerate(row):
+        formula = _formula_problem(cell)
+        if formula:
+            recorder.add(number, header[index], formula)
+
+
 def _looks_like_data(cell: str, kind: str) -> bool:
     if kind == "MOBILE":
         return bool(_MOBILE.match(cell))
@@ -367,6 +398,10 @@ def _check(source: IO[bytes], rules: CouponRules | RedemptionRules, limits: Limi
     except csv.Error as exc:
         raise recorder.stop(reader.line_num, None, f"not a valid CSV row: {exc}") from None
     header_row = reader.line_num
+    for cell in header:
+        formula = _formula_problem(cell)
+        if formula:
+            recorder.add(header_row, cell.strip() or None, formula)
     header = [c.strip() for c in header]
     report.header = header
     if len(header) == 1:
@@ -403,6 +438,10 @@ def _check(source: IO[bytes], rules: CouponRules | RedemptionRules, limits: Limi
                 problem = check.problem(row[check.index].strip())
                 if problem:
                     recorder.add(number, check.name, problem)
+            for cell in row:  # the common row has no cell to look at closely: one cheap pass
+                if cell[:1] in _CAN_LEAD:
+                    _formula_cells(row, number, header, recorder)
+                    break
             if seen is not None and code_column is not None:
                 code = row[code_column].strip()
                 if code:

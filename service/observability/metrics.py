@@ -48,7 +48,16 @@ UPSTREAM_OUTCOMES: Final = (
 RECONCILE_RESULTS: Final = ("redeemed", "not_applied", "still_pending", "upstream_unavailable")
 STATUS_CLASSES: Final = ("2xx", "3xx", "4xx", "5xx")
 NO_ERROR: Final = "none"
-ACCESS_REASONS: Final = ("unauthenticated", "forbidden", "rate_limited", "too_large", "shed")
+ACCESS_REASONS: Final = (
+    "unauthenticated",
+    "forbidden",
+    "rate_limited",
+    "too_large",
+    "shed",
+    "slow_headers",
+    "slow_body",
+    "malformed_http",
+)
 
 
 def status_class(status: int) -> str:
@@ -125,7 +134,8 @@ class Metrics:
         )
         self.access_refused = Counter(
             f"{PREFIX}_access_refused",
-            "Requests refused before any work: unauthenticated, forbidden, rate_limited, too_large, shed.",
+            "Requests refused before any work: unauthenticated, forbidden, rate_limited, too_large, shed, and at the"
+            " door: slow_headers, slow_body (408), malformed_http.",
             ["reason"],
             registry=r,
         )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -16,7 +15,7 @@ from aiohttp.typedefs import Handler
 
 from service.observability.metrics import Metrics, status_class
 from service.observability.tracing import exemplar
-from service.web.errors import REQUEST_ID, REQUEST_ID_HEADER
+from service.web.errors import REQUEST_ID, REQUEST_ID_HEADER, request_id_of
 
 log = structlog.get_logger("service.request")
 upstream_log = structlog.get_logger("service.upstream")
@@ -25,13 +24,6 @@ UPSTREAM_IDS: Final[contextvars.ContextVar[list[str] | None]] = contextvars.Cont
 UNMATCHED: Final = "unmatched"
 QUIET_ROUTES: Final = frozenset({"/healthz", "/readyz", "/metrics"})  # no canonical line for probes and scrapes
 _upstream_std = logging.getLogger("service.upstream")  # its level decides whether a debug line is built at all
-
-
-def _request_id(request: web.Request) -> str:
-    sent = request.headers.get(REQUEST_ID_HEADER, "")
-    if 0 < len(sent) <= 128 and sent.isprintable():
-        return sent
-    return uuid.uuid4().hex
 
 
 def route_of(request: web.Request) -> str:
@@ -50,9 +42,13 @@ def observe_middleware(metrics: Metrics) -> web.middleware:  # type: ignore[vali
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         """Outermost: sees the status the error middleware mapped, times everything, writes one log line."""
-        request_id = request[REQUEST_ID] = _request_id(request)
+        request_id, replaced = request_id_of(request)
+        request[REQUEST_ID] = request_id
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        if replaced:  # the caller's own is not logged: it is what could not be trusted
+            structlog.contextvars.bind_contextvars(request_id=request_id, request_id_replaced=True)
+        else:
+            structlog.contextvars.bind_contextvars(request_id=request_id)
         upstream_ids: list[str] = []
         token = UPSTREAM_IDS.set(upstream_ids)
         started = time.perf_counter()

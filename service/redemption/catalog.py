@@ -28,6 +28,8 @@ CATALOG: Final = _catalog(
     LocalError("PAYLOAD_TOO_LARGE", 413, False, "The request body is too large."),
     LocalError("UNSUPPORTED_MEDIA_TYPE", 415, False, "Send the body as application/json."),
     LocalError("HTTP_ERROR", 400, False, "The request could not be handled."),
+    LocalError("MALFORMED_HTTP", 400, False, "The request is not valid HTTP."),
+    LocalError("REQUEST_TIMEOUT", 408, True, "The request was not received in time; send it again."),
     # who may call, and how much
     LocalError("UNAUTHENTICATED", 401, False, "Send a valid API key: Authorization: Bearer <key>."),
     LocalError("FORBIDDEN", 403, False, "This API key may not use this route."),

@@ -1,11 +1,17 @@
-"""The gate in front of every ``/v1/`` route: API key and scope, per-key rate limit, body size, bulkhead.
+"""The gate in front of every ``/v1/`` route: API key and scope, per-key rate limit, body size, then the body itself
+and the bulkhead.
 
 Each refusal is answered at once in the error envelope (401, 403, 429 with ``Retry-After``, 413, 503 with
 ``Retry-After``), before the handler reads anything. Ops routes (health, metrics, the API description) stay open.
+
+A JSON body is read in full before the request takes a bulkhead slot, within ``GATEWAY_BODY_TIMEOUT_SECONDS`` and
+the request's deadline: a client that sends its headers and then stalls costs a socket until then (and gets 408
+``REQUEST_TIMEOUT``), never a slot other tills need. Uploads are streamed by their handler, which bounds each pause.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -17,6 +23,7 @@ from aiohttp.typedefs import Handler, Middleware
 from service.access.keys import ApiKey, KeyRing
 from service.access.limits import Bulkheads, TokenBuckets
 from service.config import AccessSettings
+from service.deadline import time_left
 from service.observability.metrics import Metrics
 from service.redemption.catalog import CATALOG
 from service.web.errors import ApiError
@@ -24,6 +31,7 @@ from service.web.errors import ApiError
 API_KEY: Final = web.RequestKey("api_key", ApiKey)
 
 RouteClass = Literal["pos", "admin", "upload"]
+ROUTE_CLASS: Final = web.RequestKey("route_class", str)
 
 #: The POS routes a ``redeem`` key may call; every other ``/v1/`` route needs ``admin``.
 POS_ROUTES: Final = frozenset(
@@ -112,6 +120,37 @@ class Gate:
             limit = gate.body_limit(klass)
             if size is not None and size > limit:
                 raise gate._refuse("too_large", "PAYLOAD_TOO_LARGE", f"body: at most {limit} bytes, got {size}")
+            request[ROUTE_CLASS] = klass
+            return await handler(request)
+
+        return access_middleware
+
+    async def _read_body(self, request: web.Request) -> None:
+        """Read a JSON body into the request (``request.read()`` then returns it) within the body timeout and the
+        request's deadline, or refuse it with 408 and close the connection."""
+        if request.content.is_eof():  # all of it is in already (a till's body comes with its headers): no timer
+            await request.read()
+            return
+        left = time_left()
+        budget = self.settings.body_timeout if left is None else min(self.settings.body_timeout, left)
+        try:
+            async with asyncio.timeout(max(budget, 0.0)):
+                await request.read()
+        except TimeoutError:
+            self.metrics.access_refused.labels("slow_body").inc()
+            raise ApiError.too_slow(f"body: not received within {budget:.3g} s") from None
+
+    def admission(self) -> Middleware:
+        """After the gate and the deadline: the JSON body read in full, then a bulkhead slot for the handler."""
+        gate = self
+
+        @web.middleware
+        async def admission_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+            klass = request.get(ROUTE_CLASS)
+            if klass is None:  # not a /v1/ route the gate let through (ops, 404, 405)
+                return await handler(request)
+            if klass != "upload" and request.body_exists:
+                await gate._read_body(request)
             if not gate.bulkheads.enter(klass):
                 raise gate._refuse("shed", "OVERLOADED")
             try:
@@ -119,10 +158,10 @@ class Gate:
             finally:
                 gate.bulkheads.leave(klass)
 
-        return access_middleware
+        return admission_middleware
 
 
-_SECURITY_HEADERS: Final = {
+SECURITY_HEADERS: Final = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
@@ -134,7 +173,7 @@ _SECURITY_HEADERS: Final = {
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
     """On every response: no sniffing, no framing, no caching of API answers, no server internals (no ``Server``
     header at all: aiohttp's default, set before this runs, is removed)."""
-    response.headers.update(_SECURITY_HEADERS)
+    response.headers.update(SECURITY_HEADERS)
     response.headers.popall("Server", None)
     if request.path.startswith("/v1/"):
         response.headers.setdefault("Cache-Control", "no-store")

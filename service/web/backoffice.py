@@ -3,7 +3,13 @@ their jobs. Each maps onto one Capillary endpoint; upstream failures come back i
 
 Uploads are streamed: the body (a multipart part named ``file``, or a ``text/csv`` body) goes to a temporary file
 chunk by chunk while its SHA-256 is computed, then the pre-flight checks read that file line by line in a worker
-thread, and the upload sends it upstream from disk. Memory stays bounded whatever the file's size.
+thread, and the upload sends it upstream from disk. Memory stays bounded whatever the file's size. A client may
+pause at most ``body_timeout`` between two pieces of the file and take at most ``RECEIVE_TIMEOUT`` in all, or it
+gets 408 and the connection is closed.
+
+The file name and the options are checked before they go anywhere: a file name travels upstream in a multipart
+header, so one with a line break or any other control character is refused (400 naming ``file`` or ``fileName``),
+as is an option with a control character.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ import hashlib
 import json
 import tempfile
 import time
-from collections.abc import AsyncIterator
+import unicodedata
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import IO, Any, Final
@@ -86,6 +93,7 @@ from service.web.errors import (
     series_id_of,
     upstream_error,
 )
+from service.web.json_keys import refuse_duplicate_keys
 from service.web.schemas import CustomerIn, InvalidRequest
 from service.web.schemas import _customer as customer_ref
 from service.web.validation import describe
@@ -97,6 +105,21 @@ MAX_FIELD_BYTES: Final = 16 * 1024
 MAX_FORM_PARTS: Final = 32  # the file and its few options; more is not a form of ours
 #: An upload of a large file may take much longer than an ordinary call.
 UPLOAD_TIMEOUT: Final = 300.0
+#: The longest a client may take to send a whole file (its pauses are bounded by the body timeout).
+RECEIVE_TIMEOUT: Final = 300.0
+MAX_FILE_NAME: Final = 255
+DEFAULT_FILE_NAME: Final = "upload.csv"
+#: The options of an upload, by their field (or query) name: the only ones read, so the only ones checked.
+OPTIONS: Final = (
+    "identifierType",
+    "identifierColumn",
+    "uploadHeaders",
+    "customerIdentifier",
+    "couponIdentifier",
+    "details",
+    "dryRun",
+    "fileName",
+)
 CSV_TYPES: Final = ("text/csv", "application/csv", "text/plain")
 MAX_AMOUNT: Final = Decimal(1_000_000_000)
 CENT: Final = Decimal("0.01")
@@ -132,11 +155,15 @@ def _decode(decoder: msgspec.json.Decoder[Any], raw: bytes) -> Any:
     if not raw.strip():
         raise ApiError.invalid("body: a JSON object is required")
     try:
-        return decoder.decode(raw)
+        body = decoder.decode(raw)
     except msgspec.ValidationError as exc:
         raise ApiError.invalid(describe(exc, decoder.type)) from None
     except msgspec.DecodeError:
         raise ApiError.invalid("body: not valid JSON") from None
+    except RecursionError:  # msgspec's answer to a body of free shape nested thousands deep
+        raise ApiError.invalid("body: nested too deeply") from None
+    refuse_duplicate_keys(raw, decoder.type)
+    return body
 
 
 def coupon_out(coupon: Coupon) -> CouponOut:
@@ -227,6 +254,56 @@ class _MaybeUploaded(Exception):
         self.error = error
 
 
+def _file_name(value: str | None, field: str) -> str:
+    """The name of the received file, as it will be sent upstream (in a multipart header) and recorded: at most
+    ``MAX_FILE_NAME`` characters, none of them a control character or a line break; none given: the default."""
+    name = (value or "").strip()
+    if not name:
+        return DEFAULT_FILE_NAME
+    if len(name) > MAX_FILE_NAME or not all(_printable(c) for c in name):
+        raise ApiError.invalid(
+            f"{field}: a file name of 1 to {MAX_FILE_NAME} characters without control characters or line breaks"
+        )
+    return name
+
+
+def _printable(char: str) -> bool:
+    """Not a control, format, private-use or unassigned character (Unicode category C*), nor a line separator."""
+    return not unicodedata.category(char).startswith(("C", "Zl", "Zp"))
+
+
+def _check_options(options: dict[str, str]) -> None:
+    """Options reach the pre-flight checks, the job record and, for ``details``, the upstream: no control
+    characters in them (tabs and line breaks aside in ``details``, a free text)."""
+    for name in OPTIONS:
+        value = options.get(name)
+        if value is None:
+            continue
+        allowed = "\t\r\n" if name == "details" else ""
+        if any(unicodedata.category(c) == "Cc" and c not in allowed for c in value):
+            raise ApiError.invalid(f"{name}: control characters are not allowed")
+
+
+class _Pace:
+    """The time limits of receiving a file: no pause longer than ``idle`` seconds between two pieces of it, and all
+    of it within ``total``. ``timeout`` is the context to receive in; call ``progress()`` for each piece."""
+
+    def __init__(self, idle: float, total: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.idle = idle
+        self.total = total
+        self.end = self._loop.time() + total
+        self.timeout = asyncio.timeout_at(min(self._loop.time() + idle, self.end))
+
+    def progress(self) -> None:
+        self.timeout.reschedule(min(self._loop.time() + self.idle, self.end))
+
+    def refusal(self) -> ApiError:
+        if self._loop.time() >= self.end:
+            return ApiError.too_slow(f"body: the file was not received within {self.total:.3g} s")
+        return ApiError.too_slow(f"body: nothing received for {self.idle:.3g} s")
+
+
 class _Spool:
     """The received file on disk, with its size and SHA-256."""
 
@@ -235,14 +312,15 @@ class _Spool:
         self.size = 0
         self.digest = hashlib.sha256()
         self.too_large = False
-        self.file_name = "upload.csv"
+        self.file_name = DEFAULT_FILE_NAME
 
     @property
     def sha256(self) -> str:
         return self.digest.hexdigest()
 
-    async def take(self, chunks: AsyncIterator[bytes], limit: int) -> None:
+    async def take(self, chunks: AsyncIterator[bytes], limit: int, progress: Callable[[], None]) -> None:
         async for chunk in chunks:
+            progress()
             self.size += len(chunk)
             if self.size > limit:
                 self.too_large = True
@@ -269,21 +347,25 @@ async def _body_chunks(request: web.Request) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def _field(part: BodyPartReader) -> str:
+async def _field(part: BodyPartReader, progress: Callable[[], None]) -> str:
     data = bytearray()
     while chunk := await part.read_chunk(CHUNK):
+        progress()
         data += chunk
         if len(data) > MAX_FIELD_BYTES:
             raise ApiError.invalid(f"{part.name}: at most {MAX_FIELD_BYTES} bytes")
     return data.decode("utf-8", "replace").strip()
 
 
-async def _read_form(request: web.Request, spool: _Spool, options: dict[str, str], limit: int) -> bool:
+async def _read_form(
+    request: web.Request, spool: _Spool, options: dict[str, str], limit: int, progress: Callable[[], None]
+) -> bool:
     """Stream the part named ``file`` to ``spool``; take the other parts as options. Whether a file came."""
     reader = await request.multipart()
     found = False
     fields = 0
     while (part := await reader.next()) is not None:
+        progress()
         if isinstance(part, MultipartReader):
             raise ApiError.invalid("body: nested multipart parts are not taken")
         fields += 1
@@ -293,38 +375,50 @@ async def _read_form(request: web.Request, spool: _Spool, options: dict[str, str
             if found:
                 raise ApiError.invalid("file: send one file per upload")
             found = True
-            spool.file_name = part.filename or "upload.csv"
-            await spool.take(_part_chunks(part), limit)
+            spool.file_name = _file_name(part.filename, "file")
+            await spool.take(_part_chunks(part), limit, progress)
             if spool.too_large:
                 break
         elif part.name:
-            options[part.name] = await _field(part)
+            options[part.name] = await _field(part, progress)
     return found
 
 
-async def _receive(request: web.Request, limit: int) -> tuple[_Spool, dict[str, str]]:
+async def _receive(request: web.Request, limit: int, idle: float) -> tuple[_Spool, dict[str, str]]:
     """Stream the file to disk; return it with the options (form fields over query parameters)."""
     options = dict(request.query.items())
     spool = _Spool()
+    pace = _Pace(idle, RECEIVE_TIMEOUT)
     try:
-        if request.content_type == "multipart/form-data":
-            try:
-                found = await _read_form(request, spool, options, limit)
-            except ValueError as exc:  # aiohttp's word for a broken multipart body
-                raise ApiError.invalid(f"body: not a valid multipart body ({exc})") from None
-            if not found:
-                raise ApiError.invalid("file: send the CSV as a multipart part named 'file'")
-        elif request.content_type in CSV_TYPES:
-            spool.file_name = options.pop("fileName", "") or "upload.csv"
-            await spool.take(_body_chunks(request), limit)
-        else:
-            raise ApiError(
-                CATALOG["UNSUPPORTED_MEDIA_TYPE"], "Send the CSV as multipart/form-data (part 'file') or text/csv."
-            )
+        try:
+            async with pace.timeout:
+                await _receive_into(request, spool, options, limit, pace.progress)
+        except TimeoutError:
+            raise pace.refusal() from None
+        _check_options(options)
     except BaseException:
         spool.close()
         raise
     return spool, options
+
+
+async def _receive_into(
+    request: web.Request, spool: _Spool, options: dict[str, str], limit: int, progress: Callable[[], None]
+) -> None:
+    if request.content_type == "multipart/form-data":
+        try:
+            found = await _read_form(request, spool, options, limit, progress)
+        except ValueError as exc:  # aiohttp's word for a broken multipart body
+            raise ApiError.invalid(f"body: not a valid multipart body ({exc})") from None
+        if not found:
+            raise ApiError.invalid("file: send the CSV as a multipart part named 'file'")
+    elif request.content_type in CSV_TYPES:
+        spool.file_name = _file_name(options.pop("fileName", None), "fileName")
+        await spool.take(_body_chunks(request), limit, progress)
+    else:
+        raise ApiError(
+            CATALOG["UNSUPPORTED_MEDIA_TYPE"], "Send the CSV as multipart/form-data (part 'file') or text/csv."
+        )
 
 
 def _flag(options: dict[str, str], name: str) -> bool:
@@ -357,8 +451,9 @@ def _redemption_rules(options: dict[str, str]) -> RedemptionRules:
         raise ApiError.invalid("uploadHeaders: a JSON object of upstream key -> column index or header name")
     try:
         mapping = json.loads(raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise ApiError.invalid("uploadHeaders: not valid JSON") from None
+    refuse_duplicate_keys(raw.encode(), dict[str, Any], field="uploadHeaders")
     if not isinstance(mapping, dict) or not all(isinstance(v, int | str) for v in mapping.values()):
         raise ApiError.invalid("uploadHeaders: a JSON object of upstream key -> column index or header name")
     try:
@@ -390,12 +485,14 @@ class BackOfficeHandlers:
         *,
         limits: Limits | None = None,
         duplicate_window: float = DUPLICATE_WINDOW,
+        body_timeout: float = 5.0,
     ) -> None:
         self._client = client
         self._series = series
         self._jobs = jobs
         self.limits = limits or Limits()
         self.duplicate_window = duplicate_window
+        self.body_timeout = body_timeout  # the longest pause while a file is received
 
     # ---- coupons
 
@@ -555,7 +652,7 @@ class BackOfficeHandlers:
             raise _upstream_error(exc) from None
         await self._known_series(series_id)
         limits = self.limits
-        spool, options = await _receive(request, limits.max_bytes)
+        spool, options = await _receive(request, limits.max_bytes, self.body_timeout)
         try:
             return await self._accept(request, kind, series_id, spool, options, limits)
         finally:

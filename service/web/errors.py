@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from typing import Final
 
@@ -21,6 +22,9 @@ from service.text import digits
 
 REQUEST_ID_HEADER: Final = "X-Request-ID"
 REQUEST_ID = web.RequestKey("request_id", str)
+#: What a caller's ``X-Request-ID`` may be to be echoed and logged as it is: anything else is replaced by one of ours
+#: (no spaces, quotes, control or non-ASCII characters can reach a header we send or a log line).
+SAFE_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 log = logging.getLogger("service.web")
 
@@ -64,16 +68,23 @@ class ApiError(Exception):
         *,
         upstream: UpstreamDetail | None = None,
         headers: dict[str, str] | None = None,
+        close: bool = False,
     ) -> None:
         super().__init__(message or error.message)
         self.error = error
         self.message = message or error.message
         self.upstream = upstream
         self.headers = headers or {}
+        self.close = close  # answer, then close the connection (the rest of the request cannot be trusted)
 
     @classmethod
     def invalid(cls, message: str) -> ApiError:
         return cls(CATALOG["INVALID_REQUEST"], message)
+
+    @classmethod
+    def too_slow(cls, message: str) -> ApiError:
+        """408: the client did not send its request in time. The connection is closed after the answer."""
+        return cls(CATALOG["REQUEST_TIMEOUT"], message, close=True)
 
 
 def detail(failure: Failure, request_id: str) -> ErrorDetail:
@@ -131,18 +142,26 @@ def error_response(
     )
 
 
-def _request_id(request: web.Request) -> str:
-    sent = request.headers.get(REQUEST_ID_HEADER, "")
-    if 0 < len(sent) <= 128 and sent.isprintable():
-        return sent
+def new_request_id() -> str:
     return uuid.uuid4().hex
+
+
+def request_id_of(request: web.BaseRequest) -> tuple[str, bool]:
+    """The request's id: the caller's ``X-Request-ID`` when it is in the safe set, else a new one; and whether a
+    caller's id was replaced."""
+    sent = request.headers.get(REQUEST_ID_HEADER)
+    if sent is None:
+        return new_request_id(), False
+    if SAFE_REQUEST_ID.fullmatch(sent):
+        return sent, False
+    return new_request_id(), True
 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give every request an id (echoed back) and turn every failure into the error envelope: no HTML
     error pages, no internals in a 500."""
-    request_id = request.get(REQUEST_ID) or _request_id(request)
+    request_id = request.get(REQUEST_ID) or request_id_of(request)[0]
     request[REQUEST_ID] = request_id
     try:
         response = await handler(request)
@@ -150,6 +169,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = error_response(
             exc.error, exc.message, request_id=request_id, upstream=exc.upstream, headers=exc.headers
         )
+        if exc.close:
+            response.force_close()
     except HttpProcessingError as exc:  # a malformed body part (multipart headers, chunking): the client's fault
         error = CATALOG["INVALID_REQUEST"]
         log.info("malformed request body: %s", type(exc).__name__, extra={"request_id": request_id})

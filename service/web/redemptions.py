@@ -31,6 +31,7 @@ from service.web.errors import (
     series_id_of,
     upstream_error,
 )
+from service.web.json_keys import refuse_duplicate_keys
 from service.web.schemas import (
     DiscountOut,
     InvalidRequest,
@@ -69,11 +70,14 @@ def parse_command(raw: bytes, decoder: msgspec.json.Decoder[B], store: str | Non
         raise ApiError.invalid("body: a JSON object is required")
     try:
         body = decoder.decode(raw)
+        refuse_duplicate_keys(raw, decoder.type)
         return command_from(body, store=store)
     except msgspec.ValidationError as exc:
         raise ApiError.invalid(describe(exc, decoder.type)) from None
     except msgspec.DecodeError:
         raise ApiError.invalid("body: not valid JSON") from None
+    except RecursionError:
+        raise ApiError.invalid("body: nested too deeply") from None
     except InvalidRequest as exc:
         raise ApiError.invalid(str(exc)) from None
 

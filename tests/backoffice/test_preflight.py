@@ -161,6 +161,76 @@ async def test_codes_are_not_empty_well_formed_and_unique(gateway: GatewayClient
     assert report["rows"] == 5
 
 
+# ---- cells a spreadsheet would run
+
+
+async def test_formula_leading_cells_are_refused_with_their_row_and_column(
+    gateway: GatewayClient, upstream: Upstream
+) -> None:
+    """Capillary's error and success files, and exports of these rows, are opened in spreadsheets: a cell that a
+    spreadsheet reads as a formula is refused (CSV injection), with its row, column and the rule."""
+    data = (
+        "mobile,code,note\n"
+        f'{BOB.mobile},PF-1,=HYPERLINK("http://x")\n'
+        f"{BOB.mobile},@SUM(A1),fine\n"
+        f"{CAROL.mobile},PF-3,\"+cmd|' /C calc'!A0\"\n"
+        f"{CAROL.mobile},PF-4,-2+3\n"
+        f'{CAROL.mobile},PF-5,"\tpadded"\n'
+        f"{CAROL.mobile},PF-6,  =1+1\n"
+        f'{CAROL.mobile},PF-7,"\r=1"\n'
+    )
+    report = await _refused(gateway, upstream, data)
+    assert _problems(report) == [
+        (2, "note"),
+        (3, "code"),
+        (4, "note"),
+        (5, "note"),
+        (6, "note"),
+        (7, "note"),
+        (8, "note"),
+    ]
+    reasons = [e["reason"] for e in report["errors"]]
+    assert reasons[0] == "starts with '=': a spreadsheet would run it as a formula (rule: no formula-leading cells)"
+    assert [r.split(":")[0] for r in reasons] == [
+        "starts with '='",
+        "starts with '@'",
+        "starts with '+'",
+        "starts with '-'",
+        "starts with a tab",
+        "starts with '='",
+        "starts with a carriage return",
+    ]
+
+
+@pytest.mark.parametrize(
+    "cell",
+    ["+919900000001", "-5", "+12.50", "-", "plain-text", "a=b", "mail@example.com", "  42"],
+)
+async def test_numbers_and_plain_text_are_not_formulas(gateway: GatewayClient, upstream: Upstream, cell: str) -> None:
+    """A leading + or - followed by a plain number cannot run (a mobile number keeps its country code's +)."""
+    status, body = await post_csv(
+        gateway,
+        coupon_uploads(ABS),
+        f"mobile,code,note\n{BOB.mobile},PF-1,{cell}\n+{CAROL.mobile},PF-2,x\n",
+        identifierType="MOBILE",
+        dryRun="true",
+    )
+    assert status == 200, body
+    assert body["report"]["valid"] is True, body["report"]["errors"]
+
+
+async def test_a_formula_in_the_header_is_refused(gateway: GatewayClient, upstream: Upstream) -> None:
+    report = await _refused(gateway, upstream, f"mobile,code,=cmd\n{BOB.mobile},PF-1,x\n")
+    assert _problems(report) == [(1, "=cmd")]
+    assert report["complete"] is False
+
+
+async def test_formula_cells_of_a_redemption_upload_are_refused(gateway: GatewayClient, upstream: Upstream) -> None:
+    data = f"code,mobile,date,store,details\nABS-ALICE-1,{ALICE.mobile},1893456000000,S001,@evil\n"
+    report = await _refused(gateway, upstream, data, redemptions=True)
+    assert _problems(report) == [(2, "details")]
+
+
 # ---- redemption uploads
 
 

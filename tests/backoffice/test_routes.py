@@ -9,7 +9,7 @@ import pytest
 
 from service.sandbox import DEMO
 from tests.api.spec import assert_matches
-from tests.backoffice.conftest import ABS, ALICE, BOB, DAVE, coupon_uploads
+from tests.backoffice.conftest import ABS, ALICE, BOB, DAVE, coupon_uploads, form
 from tests.conftest import GatewayClient, Upstream
 
 ONE_PER_CUSTOMER = DEMO.series_of("one_per_customer").id
@@ -147,3 +147,96 @@ async def test_create_series_checks_fields_before_calling_upstream(
     error = await _call(gateway, "POST", "/v1/series", 400, json=spec)
     assert field in error["error"]["message"]
     assert upstream.sandbox.call_count("series_create") == 0
+
+
+# ---- what reaches a header or the upstream: file names and options
+
+NAMES = {
+    "CR LF": "evil%0D%0AX-Injected%3A%201.csv",
+    "LF": "a%0Ab.csv",
+    "NUL": "a%00b.csv",
+    "tab": "a%09b.csv",
+    "line separator": "a%E2%80%A8b.csv",
+    "right-to-left override": "invoice%E2%80%AEvsc.exe",
+    "too long": "a" * 256 + ".csv",
+}
+
+
+def _multipart(file_name: str) -> bytes:
+    return (
+        b'--XX\r\nContent-Disposition: form-data; name="identifierType"\r\n\r\nNOT_TAGGED\r\n'
+        b"--XX\r\nContent-Disposition: form-data; name=\"file\"; filename*=utf-8''" + file_name.encode() + b"\r\n"
+        b"Content-Type: text/csv\r\n\r\ncode\r\nNAMED-1\r\n--XX--\r\n"
+    )
+
+
+@pytest.mark.parametrize("file_name", NAMES.values(), ids=NAMES.keys())
+async def test_a_file_name_with_control_characters_is_a_bad_request(
+    gateway: GatewayClient, upstream: Upstream, file_name: str
+) -> None:
+    """A file name goes upstream in a multipart header and into the job record: 400 naming the field, not a 500."""
+    multipart = await gateway.post(
+        coupon_uploads(ABS), data=_multipart(file_name), headers={"Content-Type": "multipart/form-data; boundary=XX"}
+    )
+    body = await multipart.json()
+    assert multipart.status == 400, body
+    assert_matches(coupon_uploads(ABS).replace(str(ABS), "{seriesId}"), "post", 400, body)
+    assert (body["error"]["code"], body["error"]["message"].split(":")[0]) == ("INVALID_REQUEST", "file")
+
+    query = await gateway.post(
+        f"{coupon_uploads(ABS)}?identifierType=NOT_TAGGED&fileName={file_name}",
+        data=b"code\nNAMED-2\n",
+        headers={"Content-Type": "text/csv"},
+    )
+    body = await query.json()
+    assert query.status == 400, body
+    assert body["error"]["message"].startswith("fileName: ")
+    assert upstream.sandbox.call_count("upload_coupons") == 0
+
+
+async def test_a_plain_unicode_file_name_is_taken(gateway: GatewayClient, upstream: Upstream) -> None:
+    multipart = {"Content-Type": "multipart/form-data; boundary=XX"}
+    response = await gateway.post(coupon_uploads(ABS), data=_multipart("%C3%A9t%C3%A9%202030.csv"), headers=multipart)
+    assert response.status == 202, await response.text()
+    assert upstream.sandbox.call_count("upload_coupons") == 1
+
+
+REDEEM_MAP = '{"couponCode": "code", "mobile": "mobile", "redeemedDateInMillis": "date", "redeemedAt": "store"}'
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("details", "note\x00hidden"), ("identifierColumn", "code\x1b[2J"), ("details", "line\x7f")],
+)
+async def test_an_option_with_control_characters_is_a_bad_request(
+    gateway: GatewayClient, upstream: Upstream, option: str, value: str
+) -> None:
+    fields = {"identifierType": "NOT_TAGGED", option: value}
+    if option == "details":
+        fields = {
+            "customerIdentifier": "MOBILE",
+            "couponIdentifier": "COUPON_CODE",
+            "uploadHeaders": REDEEM_MAP,
+            option: value,
+        }
+        path = f"/v1/series/{ABS}/redemption-uploads"
+    else:
+        path = coupon_uploads(ABS)
+    response = await gateway.post(path, data=form("code,mobile,date,store\n", **fields))
+    body = await response.json()
+    assert response.status == 400, body
+    assert body["error"]["message"] == f"{option}: control characters are not allowed"
+    assert upstream.sandbox.call_count("upload_coupons") + upstream.sandbox.call_count("upload_redeemed") == 0
+
+
+async def test_details_may_span_lines(gateway: GatewayClient, upstream: Upstream) -> None:
+    fields = {
+        "customerIdentifier": "MOBILE",
+        "couponIdentifier": "COUPON_CODE",
+        "uploadHeaders": REDEEM_MAP,
+        "details": "offline store 12\r\nbatch 3\tlate",
+        "dryRun": "true",
+    }
+    csv = f"code,mobile,date,store\nABS-BOB-1,{BOB.mobile},1893456000000,S001\n"
+    response = await gateway.post(f"/v1/series/{ABS}/redemption-uploads", data=form(csv, **fields))
+    assert response.status == 200, await response.text()

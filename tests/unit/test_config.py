@@ -30,6 +30,22 @@ def test_oauth_settings_with_defaults() -> None:
     assert settings.capillary.timeout > settings.capillary.connect_timeout > 0
 
 
+def test_door_limits_have_defaults_and_read_their_variables() -> None:
+    access = load_settings(OAUTH).access
+    limits = (access.header_timeout, access.body_timeout, access.keepalive, access.max_requests_per_connection)
+    assert limits == (10.0, 5.0, 75.0, 1000)
+    env = {
+        **OAUTH,
+        "GATEWAY_HEADER_TIMEOUT_SECONDS": "2.5",
+        "GATEWAY_BODY_TIMEOUT_SECONDS": "1",
+        "GATEWAY_KEEPALIVE_SECONDS": "30",
+        "GATEWAY_MAX_REQUESTS_PER_CONNECTION": "0",
+    }
+    access = load_settings(env).access
+    limits = (access.header_timeout, access.body_timeout, access.keepalive, access.max_requests_per_connection)
+    assert limits == (2.5, 1.0, 30.0, 0)
+
+
 def test_basic_settings_do_not_need_oauth_credentials() -> None:
     settings = load_settings({**BASIC, "GATEWAY_PORT": "9000", "GATEWAY_HOST": "127.0.0.1"})
     assert (settings.capillary.till_username, settings.port, settings.host) == ("store.till", 9000, "127.0.0.1")
@@ -58,6 +74,10 @@ def test_secrets_never_appear_in_repr() -> None:
         ({**OAUTH, "CAPILLARY_CONNECT_TIMEOUT_SECONDS": "9"}, "CAPILLARY_CONNECT_TIMEOUT_SECONDS"),
         ({**OAUTH, "CAPILLARY_SOURCE": "in store"}, "CAPILLARY_SOURCE"),
         ({**OAUTH, "LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+        ({**OAUTH, "GATEWAY_HEADER_TIMEOUT_SECONDS": "0"}, "GATEWAY_HEADER_TIMEOUT_SECONDS"),
+        ({**OAUTH, "GATEWAY_BODY_TIMEOUT_SECONDS": "never"}, "GATEWAY_BODY_TIMEOUT_SECONDS"),
+        ({**OAUTH, "GATEWAY_KEEPALIVE_SECONDS": "0.5"}, "GATEWAY_KEEPALIVE_SECONDS"),
+        ({**OAUTH, "GATEWAY_MAX_REQUESTS_PER_CONNECTION": "2.5"}, "GATEWAY_MAX_REQUESTS_PER_CONNECTION"),
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], variable: str) -> None:
