@@ -70,7 +70,7 @@ async def start_door(upstream: Upstream) -> AsyncIterator[StartDoor]:
             capillary=upstream.settings(),
             access=AccessSettings(**{"rate_per_second": 100_000, "rate_burst": 100_000, **access}),
         )
-        app = create_app(settings, keys=TEST_KEYS, clock=upstream.sandbox.now)
+        app = create_app(settings, keys=TEST_KEYS)
         runner = await serve(
             app,
             "127.0.0.1",
