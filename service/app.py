@@ -248,14 +248,11 @@ def create_app(
         instruments.registry.register(collector)
         resilience = ResilienceCollector(app[CAPILLARY])
         instruments.registry.register(resilience)
-        sweeper = asyncio.create_task(ledger.run_sweeper(state.reconcile_interval))
+        ledger.start_sweeper(state.reconcile_interval)
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
-            await ledger.close()
+            await ledger.close()  # the sweeper and the background writes too
             await store.close()
             instruments.registry.unregister(collector)
             instruments.registry.unregister(resilience)

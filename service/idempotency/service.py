@@ -135,6 +135,19 @@ class Timing:
         return self.hard_limit + self.upstream_timeout
 
 
+async def _stop(task: asyncio.Task[None] | None) -> None:
+    """Cancel a background task and wait until it has ended. One cancel is not always enough on Python 3.11:
+    ``asyncio.wait_for`` (redis-py wraps its socket writes in it) returns the inner result instead of raising
+    when the cancel arrives as that inner write completes, and the task runs on. So: cancel until it ends."""
+    if task is None:
+        return
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=1.0)
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("%s ended with %s", task.get_name(), type(error).__name__)
+
+
 @dataclass
 class _Unwritten:
     """An answer given to a till but not yet in the ledger: written again when the store is back."""
@@ -164,6 +177,8 @@ class ExactlyOnce:
     _unwritten: dict[str, _Unwritten] = field(default_factory=dict)  # by ref
     _unwritten_keys: dict[str, str] = field(default_factory=dict)  # idempotency key -> ref
     _writer: asyncio.Task[None] | None = None
+    _sweeper: asyncio.Task[None] | None = None
+    _stopping: bool = False
     # read by the metrics collector
     pending_count: int = 0
     reconciliations: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -552,28 +567,31 @@ class ExactlyOnce:
                 log.exception("reconciling %s failed", ref)
         return looked
 
+    def start_sweeper(self, interval: float) -> None:
+        self._sweeper = asyncio.create_task(self.run_sweeper(interval))
+
     async def run_sweeper(self, interval: float) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self.sweep()
             except StoreUnavailable as exc:
                 log.warning("sweeper: %s", exc)
-            await asyncio.sleep(interval)
+            if not self._stopping:
+                await asyncio.sleep(interval)
 
     async def close(self) -> None:
-        """Wait (bounded) for redeems still running; what is cut off stays pending for the sweeper. Answers the
-        ledger missed get a last chance to be written."""
+        """Stop the sweeper; wait (bounded) for redeems still running: what is cut off stays pending for the
+        sweepers of the other replicas. Answers the ledger missed get a last chance to be written."""
+        self._stopping = True
+        await _stop(self._sweeper)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.timing.deadline)
         for task in list(self._tasks):
             task.cancel()
         writer = self._writer
-        if writer is not None:
-            if self._unwritten:
-                await asyncio.wait([writer], timeout=self.timing.lease_margin)
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
+        if writer is not None and self._unwritten:
+            await asyncio.wait([writer], timeout=self.timing.lease_margin)
+        await _stop(writer)
         if self._unwritten:
             log.error("shutting down with %d answers not recorded: %s", len(self._unwritten), sorted(self._unwritten))
 

@@ -1,9 +1,15 @@
-"""The ledger never concludes "not applied" while its own redeem call is still running, whatever its wall clock
-says (a clock stepped forward, a process stalled past the settle time): recording fakes, a clock moved by hand."""
+"""The ledger's work in the background, with recording fakes and a clock moved by hand:
+
+- it never concludes "not applied" while its own redeem call is still running, whatever its wall clock says (a
+  clock stepped forward, a process stalled past the settle time);
+- closing it stops its sweeper even when a cancellation is lost on the way (as Python 3.11's asyncio.wait_for,
+  inside redis-py, can lose one), instead of hanging the shutdown.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Sequence
 from decimal import Decimal as D
@@ -85,3 +91,35 @@ async def test_a_clock_past_the_settle_time_does_not_conclude_while_the_call_run
     done = await ledger.redeem(command, key, "req-3")
     assert (done.status, done.ref, done.replayed) == (200, first.ref, True)
     assert json.loads(done.body)["coupons"][0]["redemptionId"] == 700
+
+
+class LosingStore(MemoryStore):
+    """A store whose first sweep read loses the cancellation it gets, as a redis-py write under Python 3.11's
+    asyncio.wait_for does when the cancel arrives as the write completes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside = asyncio.Event()
+        self.lost = 0
+
+    async def unresolved(self) -> list[str]:
+        self.inside.set()
+        if self.lost:
+            await asyncio.Event().wait()  # from now on a cancel is a cancel
+        with contextlib.suppress(asyncio.CancelledError):  # lost: the caller goes on as if nothing had happened
+            await asyncio.Event().wait()
+        self.lost += 1
+        return []
+
+
+async def test_closing_stops_the_sweeper_even_when_a_cancel_is_lost() -> None:
+    store, upstream = LosingStore(), HeldUpstream()
+    ledger = ExactlyOnce(RedemptionFlow(upstream, NoSeries()), store, upstream, NoSeries(), JsonRenderer())
+    ledger.start_sweeper(0.01)
+    await store.inside.wait()
+    closing = asyncio.create_task(ledger.close())
+    done, _ = await asyncio.wait([closing], timeout=10)  # a guard against a hang, not a measure
+    assert closing in done, "closing the ledger hangs on its sweeper"
+    assert ledger._sweeper is not None
+    assert ledger._sweeper.done()
+    assert store.lost == 1
