@@ -19,6 +19,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from service.idempotency.models import Entry, entry_decoder, entry_encoder
@@ -124,8 +127,16 @@ class RedisStore:
 
     def __init__(self, url: str, *, prefix: str = "pos_coupon:", timeout: float = 0.5) -> None:
         self.refusals: collections.Counter[str] = collections.Counter()  # none: Redis has no bounds of ours
+        # A pooled connection a restarted Redis no longer knows fails its next command: each call is tried once
+        # more on a fresh connection. Every call here may run twice (scripts write the same state again; a claim
+        # that had landed finds itself, see ExactlyOnce.redeem), so nobody sees a 503 for a stale socket.
         self._redis: redis.Redis = redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=30,
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[RedisConnectionError],
         )
         self._prefix = prefix
         self._claim = self._redis.register_script(_CLAIM)

@@ -173,7 +173,8 @@ class ExactlyOnce:
     clock: Callable[[], float] = time.time
     _guards: dict[str, asyncio.Lock] = field(default_factory=dict)
     _tasks: set[asyncio.Task[Reply]] = field(default_factory=set)
-    _running: set[str] = field(default_factory=set)  # refs whose redeem is still at work in this process
+    _running: dict[str, Entry] = field(default_factory=dict)  # by ref: redeems still at work in this process
+    _running_keys: dict[str, str] = field(default_factory=dict)  # idempotency key -> ref
     _unwritten: dict[str, _Unwritten] = field(default_factory=dict)  # by ref
     _unwritten_keys: dict[str, str] = field(default_factory=dict)  # idempotency key -> ref
     _writer: asyncio.Task[None] | None = None
@@ -211,8 +212,13 @@ class ExactlyOnce:
             settle_after=now + self.timing.settle,
         )
         for _ in range(2):  # a second round only after a pending entry resolved as "not applied"
-            existing = await self.store.claim(entry, self.timing.ttl, legacy_key=legacy_key)
-            if existing is None:
+            try:
+                existing = await self.store.claim(entry, self.timing.ttl, legacy_key=legacy_key)
+            except StoreUnavailable:
+                if key in self._running_keys:  # the ledger is away, but this very request is at work here
+                    raise Refused(CATALOG["REQUEST_IN_PROGRESS"], retry_after=1) from None
+                raise
+            if existing is None or existing.ref == entry.ref:  # ours: a claim that landed, then was sent again
                 return await self._first(entry, command)
             reply = await self._replay(existing, entry.fingerprint, request_id)
             if reply is not None:
@@ -231,7 +237,8 @@ class ExactlyOnce:
             raise Refused(CATALOG["COUPON_IN_USE"], message, retry_after=1)
         task = asyncio.create_task(self._run(entry, command))
         self._tasks.add(task)
-        self._running.add(entry.ref)
+        self._running[entry.ref] = entry
+        self._running_keys[entry.key] = entry.ref
         task.add_done_callback(functools.partial(self._settled, entry.ref))
         remaining = entry.created_at + self.timing.deadline - self.clock()
         if (asked := time_left()) is not None:  # the request's own deadline, if sooner
@@ -279,7 +286,9 @@ class ExactlyOnce:
     def _settled(self, ref: str, task: asyncio.Task[Reply]) -> None:
         """A redeem that outlived its till's deadline ends with nobody awaiting it: its error is logged here."""
         self._tasks.discard(task)
-        self._running.discard(ref)
+        entry = self._running.pop(ref, None)
+        if entry is not None and self._running_keys.get(entry.key) == ref:
+            del self._running_keys[entry.key]
         if not task.cancelled() and (error := task.exception()) is not None and not isinstance(error, Refused):
             log.info("redeem finished after its deadline with %s", type(error).__name__)
 
@@ -536,10 +545,18 @@ class ExactlyOnce:
     async def status(self, ref: str, *, store: str | None = None) -> Reply:
         """``GET /v1/redemptions/{ref}``: the recorded answer, reconciling a pending one first. With ``store``,
         only a redemption of that store is found."""
-        unwritten = self._unwritten.get(ref)
-        entry = unwritten.entry if unwritten is not None else await self.store.load(ref)  # the answer we hold
+        unwritten, away = self._unwritten.get(ref), False
+        try:
+            entry = unwritten.entry if unwritten is not None else await self.store.load(ref)  # the answer we hold
+        except StoreUnavailable:
+            if ref not in self._running:
+                raise
+            entry, away = self._running[ref], True  # the ledger is away; this process is still at work on it
         if entry is None or (store is not None and entry.command.store != store):
             raise Refused(CATALOG["REDEMPTION_NOT_FOUND"])
+        if away:
+            response = self.render.pending(entry.ref, entry.command.command(), entry.request_id)
+            return Reply(200, response.body, ref=ref)
         if entry.state in ("in_flight", "pending"):
             entry = await self.reconcile(entry)
         if entry.reversal is not None and entry.reversal.state == "done" and entry.reversal.response:

@@ -107,7 +107,7 @@ async def _until_recorded(gateway: GatewayClient, count: float = 1.0) -> None:
 async def test_an_applied_redemption_is_answered_and_recorded_when_the_ledger_is_back(
     start_gateway: StartGateway, upstream: Upstream, own_redis: RedisServer
 ) -> None:
-    state = StateSettings(redis_url=own_redis.url, timeout=0.2, **{**FAST, "redeem_deadline": 3.0})
+    state = StateSettings(redis_url=own_redis.url, timeout=0.2, **{**FAST, "redeem_deadline": 10.0})
     gateway = await start_gateway(upstream, timeout=2.0, state=state)
     upstream.sandbox.add_fault(Fault(FaultKind.LATENCY, "redeem", delay_seconds=0.5))
     status, payload = await _redeem_while_redis_dies(gateway, upstream, own_redis, "till-9-a")

@@ -1,9 +1,10 @@
-"""The ledger's work in the background, with recording fakes and a clock moved by hand:
+"""The ledger at its edges, with recording fakes and a clock moved by hand:
 
 - it never concludes "not applied" while its own redeem call is still running, whatever its wall clock says (a
   clock stepped forward, a process stalled past the settle time);
 - closing it stops its sweeper even when a cancellation is lost on the way (as Python 3.11's asyncio.wait_for,
-  inside redis-py, can lose one), instead of hanging the shutdown.
+  inside redis-py, can lose one), instead of hanging the shutdown;
+- a claim the Redis client sent twice (its first reply lost) is still the request's own.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 from collections.abc import Sequence
 from decimal import Decimal as D
 
-from service.idempotency.models import FoundRedemption, natural_key
+from service.idempotency.models import Entry, FoundRedemption, natural_key
 from service.idempotency.service import ExactlyOnce, Timing
 from service.idempotency.store import MemoryStore
 from service.redemption.flow import Redeemed, RedemptionFlow, Verdict
@@ -123,3 +124,20 @@ async def test_closing_stops_the_sweeper_even_when_a_cancel_is_lost() -> None:
     assert ledger._sweeper is not None
     assert ledger._sweeper.done()
     assert store.lost == 1
+
+
+class ResentStore(MemoryStore):
+    """A claim whose reply was lost and that the Redis client sent again: the second run finds the first."""
+
+    async def claim(self, entry: Entry, ttl: float, *, legacy_key: str | None = None) -> Entry | None:
+        await super().claim(entry, ttl, legacy_key=legacy_key)
+        return await super().claim(entry, ttl, legacy_key=legacy_key)
+
+
+async def test_a_claim_sent_twice_is_still_the_requests_own() -> None:
+    upstream = HeldUpstream()
+    upstream.release.set()
+    ledger = ExactlyOnce(RedemptionFlow(upstream, NoSeries()), ResentStore(), upstream, NoSeries(), JsonRenderer())
+    command = RedemptionCommand(CustomerRef("mobile", "919900000001"), ("A",), D(100), "T-1", store="S1")
+    reply = await ledger.redeem(command, natural_key(command), "req-1")
+    assert (reply.status, reply.replayed) == (200, False)  # not "in progress" behind itself
