@@ -347,6 +347,7 @@ class ExactlyOnce:
             log.error("redemption %s %s but not recorded yet: the ledger is unavailable", entry.ref, entry.state)
             self._defer(_Unwritten(entry, self._ttl(entry), final=True, force=force))
             return Resolution(False)
+        self._written(entry.ref)  # an older answer still waiting for the store is superseded
         if resolution.taken:
             # Written anyway (forced: Capillary answered this very request with these ids), but another record
             # holds one of them: that record adopted a redemption that was not its own.
@@ -399,9 +400,12 @@ class ExactlyOnce:
                     log.info("redemption %s recorded after the ledger came back", ref)
                     pause = 0.05
                 if self._unwritten.get(ref) is item:  # not replaced by a later answer meanwhile
-                    del self._unwritten[ref]
-                    if self._unwritten_keys.get(item.entry.key) == ref:
-                        del self._unwritten_keys[item.entry.key]
+                    self._written(ref)
+
+    def _written(self, ref: str) -> None:
+        item = self._unwritten.pop(ref, None)
+        if item is not None and self._unwritten_keys.get(item.entry.key) == ref:
+            del self._unwritten_keys[item.entry.key]
 
     async def _write(self, item: _Unwritten) -> None:
         entry = item.entry
