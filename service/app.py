@@ -104,20 +104,29 @@ async def readyz(request: web.Request) -> web.Response:
     replica would be alike, and validation still works without the ledger. Draining (after SIGTERM): 503."""
     app = request.app
     if app[LIFECYCLE].draining:
-        body = {"status": "draining", "checks": {}, "ledger": app[LEDGER_STORE].backend}
-        return web.json_response(body, status=503)
+        draining = {"status": "draining", "checks": {}, "ledger": app[LEDGER_STORE].backend}
+        return web.json_response(draining, status=503)
     checks = {"upstream": "up" if await _reachable(app[SETTINGS].capillary.api_url) else "down"}
+    reasons = []
     try:
         await app[LEDGER_STORE].ping()
         checks["ledger"] = "up"
     except StoreUnavailable:
         checks["ledger"] = "down"
+    if checks["ledger"] == "up" and (refusing := app[LEDGER_STORE].refusing()) is not None:
+        checks["ledger"] = "refusing"  # up, but at its bounds: some or all new redemptions are refused
+        reasons.append(refusing)
+    if unwritten := app[LEDGER].unwritten_count:
+        reasons.append(f"{unwritten} redemption answers not yet recorded in the ledger")
     checks["cache"] = "up" if await app[SERIES].healthy() else "down"
     # Each Capillary host's circuit breaker: one not closed means calls to it are being refused.
     breakers = {b.host: b.state.value for b in app[CAPILLARY].breakers}
     healthy = all(v == "up" for v in checks.values()) and all(v == "closed" for v in breakers.values())
-    status = "ready" if healthy else "degraded"
-    body = {"status": status, "checks": checks, "breakers": breakers, "ledger": app[LEDGER_STORE].backend}
+    status = "ready" if healthy and not reasons else "degraded"
+    body: dict[str, Any] = {"status": status, "checks": checks, "breakers": breakers}
+    body["ledger"] = app[LEDGER_STORE].backend
+    if reasons:
+        body["reasons"] = reasons
     return await _upstream_auth_check(app, body)
 
 
@@ -254,7 +263,7 @@ def create_app(
             store = RedisStore(state.redis_url, timeout=state.timeout)
             log.info("redemption ledger: redis (shared by every replica, kept across restarts)")
         else:
-            store = MemoryStore(max_entries=state.memory_max_entries)
+            store = MemoryStore(max_entries=state.memory_max_entries, max_per_store=state.memory_max_per_store)
             log.warning("redemption ledger: in memory (one process only; lost on restart). Set REDIS_URL for more")
         app[LEDGER_STORE] = store
         coupons = CapillaryCoupons(app[CAPILLARY])
@@ -265,22 +274,22 @@ def create_app(
             ttl=state.ttl,
             lease_margin=state.lease_margin,
             reconcile_gap=state.reconcile_interval,
+            refused_ttl=state.refused_ttl,
+            clock_skew=state.clock_skew,
+            write_retry=state.write_retry,
         )
         ledger = ExactlyOnce(flow, store, coupons, app[SERIES], JsonRenderer(), timing)
         app[LEDGER] = ledger
         app[HANDLERS] = RedemptionHandlers(flow, app[SERIES], ledger, instruments)
-        collector = _state_collector(app, ledger, store.backend)
+        collector = _state_collector(app, ledger, store)
         instruments.registry.register(collector)
         resilience = ResilienceCollector(app[CAPILLARY])
         instruments.registry.register(resilience)
-        sweeper = asyncio.create_task(ledger.run_sweeper(state.reconcile_interval))
+        ledger.start_sweeper(state.reconcile_interval)
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
-            await ledger.close()
+            await ledger.close()  # the sweeper and the background writes too
             await store.close()
             instruments.registry.unregister(collector)
             instruments.registry.unregister(resilience)
@@ -340,7 +349,7 @@ def _ops_routes(app: web.Application) -> None:
     app.router.add_get("/openapi.yaml", openapi, allow_head=False)
 
 
-def _state_collector(app: web.Application, ledger: ExactlyOnce, ledger_backend: str) -> StateCollector:
+def _state_collector(app: web.Application, ledger: ExactlyOnce, store: LedgerStore) -> StateCollector:
     catalog, client = app[SERIES], app[CAPILLARY]
     backend = "redis" if app[SETTINGS].cache.url else "memory"
     caches = [CacheView("series", backend, catalog.stats.series), CacheView("code", backend, catalog.stats.code)]
@@ -350,4 +359,7 @@ def _state_collector(app: web.Application, ledger: ExactlyOnce, ledger_backend: 
         token_refreshes=lambda: client.tokens.refreshes if client.tokens else 0,
         pending=lambda: ledger.pending_count,
         reconciliations=lambda: dict(ledger.reconciliations),
+        deferred_writes=lambda: dict(ledger.deferred_writes),
+        unwritten=lambda: ledger.unwritten_count,
+        ledger_refusals=lambda: dict(store.refusals),
     )

@@ -94,6 +94,10 @@ class StateSettings:
     timeout: float = 0.5
     lease_margin: float = 5.0  # slack on top of the deadline and an upstream call before presuming a gateway gone
     memory_max_entries: int = 100_000  # the in-memory ledger's bound: full, it refuses new redemptions
+    memory_max_per_store: int = 20_000  # one store's share of it: past that, that store's redemptions are refused
+    refused_ttl: float = 900.0  # how long a redemption that redeemed nothing is remembered (its replays answered)
+    clock_skew: float = 300.0  # reconciliation: how far Capillary's redemption dates may lag our clock
+    write_retry: float = 600.0  # how long an answer the ledger missed is retried in the background
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,16 +294,22 @@ def cache_from_env(env: Mapping[str, str], problems: list[ConfigError] | None = 
 
 def state_from_env(env: Mapping[str, str], problems: list[ConfigError] | None = None) -> StateSettings:
     read = _Env(env, problems)
+    ttl = read.number("IDEMPOTENCY_TTL_SECONDS", 72 * 3600.0, minimum=60, maximum=30 * 24 * 3600)
+    max_entries = int(read.number("LEDGER_MEMORY_MAX_ENTRIES", 100_000, minimum=100, maximum=10_000_000, integer=True))
+    per_store = int(read.number("LEDGER_MEMORY_MAX_PER_STORE", 20_000, minimum=100, maximum=10_000_000, integer=True))
+    refused_ttl = read.number("LEDGER_REFUSED_TTL_SECONDS", 900.0, minimum=10, maximum=30 * 24 * 3600)
     return StateSettings(
         redis_url=read.redis_url("REDIS_URL"),
         redeem_deadline=read.number("REDEEM_DEADLINE_SECONDS", 10.0, minimum=0.5, maximum=120),
-        ttl=read.number("IDEMPOTENCY_TTL_SECONDS", 72 * 3600.0, minimum=60, maximum=30 * 24 * 3600),
+        ttl=ttl,
         reconcile_interval=read.number("RECONCILE_INTERVAL_SECONDS", 5.0, minimum=0.05, maximum=3600),
         timeout=read.number("REDIS_TIMEOUT_SECONDS", 0.5, minimum=0.01, maximum=10),
         lease_margin=read.number("LEASE_MARGIN_SECONDS", 5.0, minimum=0.05, maximum=600),
-        memory_max_entries=int(
-            read.number("LEDGER_MEMORY_MAX_ENTRIES", 100_000, minimum=100, maximum=10_000_000, integer=True)
-        ),
+        memory_max_entries=max_entries,
+        memory_max_per_store=min(per_store, max_entries),  # a share of the whole, never more
+        refused_ttl=min(refused_ttl, ttl),  # never longer than any record is kept
+        clock_skew=read.number("RECONCILE_CLOCK_SKEW_SECONDS", 300.0, minimum=0, maximum=24 * 3600),
+        write_retry=read.number("LEDGER_WRITE_RETRY_SECONDS", 600.0, minimum=1, maximum=24 * 3600),
     )
 
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio as redis
@@ -168,39 +169,89 @@ def free_port() -> int:
 
 
 #: The tests' own database; our keys are removed after each test. Two checkouts testing side by side on one Redis
-#: set ``TEST_REDIS_DB`` (and ``TEST_REDIS_CACHE_DB``) to different numbers.
-REDIS_TEST_DB = f"redis://127.0.0.1:6379/{os.environ.get('TEST_REDIS_DB', '15')}"
+#: set ``TEST_REDIS_DB`` (and ``TEST_REDIS_CACHE_DB``) to different numbers; ``TEST_REDIS_URL`` names another Redis
+#: (``redis://host:port``, as ``python -m bench.stress`` does with one of its own).
+REDIS_TEST_SERVER = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
+REDIS_TEST_DB = f"{REDIS_TEST_SERVER}/{os.environ.get('TEST_REDIS_DB', '15')}"
+_REDIS_ADDRESS = (urlsplit(REDIS_TEST_SERVER).hostname or "127.0.0.1", urlsplit(REDIS_TEST_SERVER).port or 6379)
+#: Which test session uses the database now. Two sessions on one database share every natural key of the tests
+#: and delete each other's keys: one's replay is answered from the other's record (the failure of issue 14, item
+#: 7). So a session holds the database while it uses it, and a second one is stopped with a clear message.
+SESSION_HOLDER_KEY = "pos_coupon_test:session"
+SESSION_HOLDER = f"{socket.gethostname()}:{os.getpid()}"
+SESSION_HOLD_MS = 150_000  # longer than any one test (120 s); refreshed before and after each test using it
 
 
 def redis_up() -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
+        with socket.create_connection(_REDIS_ADDRESS, timeout=0.5):
             return True
     except OSError:
         return False
 
 
+def _holder_gone(holder: str) -> bool:
+    """A holder on this machine whose process no longer exists (killed before it could let go)."""
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+async def _hold_database(client: redis.Redis) -> None:
+    if await client.set(SESSION_HOLDER_KEY, SESSION_HOLDER, nx=True, px=SESSION_HOLD_MS):
+        return
+    holder = (await client.get(SESSION_HOLDER_KEY) or b"").decode()
+    if holder == SESSION_HOLDER or not holder or _holder_gone(holder):
+        await client.set(SESSION_HOLDER_KEY, SESSION_HOLDER, px=SESSION_HOLD_MS)
+        return
+    pytest.fail(
+        f"{REDIS_TEST_DB} is in use by another test session ({holder}): two sessions on one database answer each "
+        "other's replays. Set TEST_REDIS_DB (and TEST_REDIS_CACHE_DB) to a database of your own."
+    )
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Let go of the test database (if this session held it)."""
+    if not redis_up():
+        return
+    import redis as sync_redis
+
+    with contextlib.suppress(sync_redis.RedisError), sync_redis.Redis.from_url(REDIS_TEST_DB) as client:
+        if client.get(SESSION_HOLDER_KEY) == SESSION_HOLDER.encode():
+            client.delete(SESSION_HOLDER_KEY)
+
+
 @contextlib.asynccontextmanager
 async def clean_redis() -> AsyncIterator[str]:
-    """The tests' Redis database, emptied of the gateway's keys before and after. Skips without Redis, except
-    under CI, where Redis is required."""
+    """The tests' Redis database, held by this session and emptied of the gateway's keys before and after. Skips
+    without Redis, except under CI, where Redis is required."""
     if not redis_up():
         if os.environ.get("CI") == "true":
-            pytest.fail("Redis must answer at 127.0.0.1:6379 under CI")
-        pytest.skip("no Redis at 127.0.0.1:6379")
+            pytest.fail(f"Redis must answer at {REDIS_TEST_SERVER} under CI")
+        pytest.skip(f"no Redis at {REDIS_TEST_SERVER}")
     client = redis.Redis.from_url(REDIS_TEST_DB)
 
     async def clean() -> None:
+        await _hold_database(client)
         keys = [k async for k in client.scan_iter(match="pos_coupon:*")]
         if keys:
             await client.delete(*keys)
 
-    await clean()
     try:
+        await clean()
         yield REDIS_TEST_DB
     finally:
-        await clean()
-        await client.aclose()
+        try:
+            await clean()
+        finally:
+            await client.aclose()
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from service.capillary.errors import (
 )
 from service.capillary.models import BulkRedeemResponse, Customer, RedeemItem, RedeemResponse, Said
 from service.capillary.resilience import retry_after_seconds
+from service.idempotency.models import FoundRedemption, latest_moment
 from service.redemption.catalog import CATALOG
 from service.redemption.discount import DiscountRule
 from service.redemption.flow import Redeemed, UpstreamFailure, Verdict
@@ -155,25 +156,26 @@ class CapillaryCoupons:
 
     async def find_redemptions(
         self, customer: CustomerRef, codes: Sequence[str], transaction_number: str
-    ) -> dict[str, int]:
-        """Which of ``codes`` Capillary shows redeemed in this transaction, with their redemption ids.
+    ) -> dict[str, list[FoundRedemption]]:
+        """The redemptions Capillary shows for each of ``codes`` in this transaction, with their ids and dates.
 
         Reads the customer's coupons with their redemptions' transaction numbers; where that lookup is refused
         outright, falls back to ``is_redeemable``: a single-use code we hold the lock on that now says
-        "already used" (711/716/747) went through with us (its redemption id then unknown: 0).
+        "already used" (711/716/747) went through with us (its redemption id and date then unknown).
         """
         try:
             reply = await self._client.customer_coupons(customer_of(customer))
         except CapillaryError as exc:
             if exc.maybe_applied or (exc.http_status or 0) >= 500 or exc.http_status in (None, 429):
                 raise upstream_failure(exc) from exc
-            return await self._find_by_verdicts(customer, codes)
-        found: dict[str, int] = {}
+            return {c: [FoundRedemption(i)] for c, i in (await self._find_by_verdicts(customer, codes)).items()}
+        found: dict[str, list[FoundRedemption]] = {}
         for coupon in reply.data:
             if coupon.code is not None and coupon.code in codes:
                 for redemption in coupon.redemptions:
                     if redemption.transaction_number == transaction_number:
-                        found[coupon.code] = redemption.id or 0
+                        latest = latest_moment(redemption.date)
+                        found.setdefault(coupon.code, []).append(FoundRedemption(redemption.id or 0, latest))
         return found
 
     async def reactivate(self, redemption_ids: list[int]) -> None:

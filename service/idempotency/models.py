@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Literal
 
@@ -89,9 +90,52 @@ class Entry(msgspec.Struct, kw_only=True):
     checked_at: float = 0.0  # when Capillary was last asked about it
 
 
-def natural_key(command: RedemptionCommand) -> str:
-    """A key for a till that sends no Idempotency-Key: its store, the transaction number and the sorted codes."""
-    return f"natural:{command.store or '-'}:{command.transaction_number}:{','.join(sorted(command.codes))}"
+NATURAL = "natural"
+
+
+def natural_key(command: RedemptionCommand, till: str | None = None) -> str:
+    """A key for a till that sends no Idempotency-Key: its store, its till (when its API key names one), the
+    transaction number and the sorted codes. Two tills of one store may use the same transaction numbers."""
+    codes = sorted(command.codes)
+    if till is None:  # the format of the first releases, kept: records made before the till was in the key
+        return f"{NATURAL}:{command.store or '-'}:{command.transaction_number}:{','.join(codes)}"
+    parts = [command.store or "-", till, command.transaction_number or "", codes]
+    return f"{NATURAL}-till:{msgspec.json.encode(parts).decode()}"  # JSON: no separator inside a part can fool it
+
+
+def is_natural(key: str) -> bool:
+    return key.startswith(NATURAL)
+
+
+#: How far a date without a zone may be from UTC (zones run from UTC-12 to UTC+14).
+_ANY_ZONE = timedelta(hours=14)
+
+
+def latest_moment(shown: str | None) -> datetime | None:
+    """The latest moment a redemption dated ``shown`` can have been made: its date-time plus the precision it is
+    given in (a second; a whole day for a bare date), widened by any time zone when it names none. None when
+    there is no date or it cannot be read: then the date rules nothing out."""
+    if not shown:
+        return None
+    text = shown.strip()
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if len(text) <= 10:  # a bare date: any time that day
+        when = datetime.combine(date.fromisoformat(text), datetime.min.time()) + timedelta(days=1)
+    else:
+        when += timedelta(seconds=1)  # shown to the second: it may be up to a second later
+    if when.tzinfo is None:
+        return when.replace(tzinfo=UTC) + _ANY_ZONE
+    return when.astimezone(UTC)
+
+
+class FoundRedemption(msgspec.Struct, frozen=True):
+    """A redemption Capillary shows for a code and a transaction number, as reconciliation reads it."""
+
+    id: int  # Capillary's redemption id; 0 when it could not be learnt
+    latest: datetime | None = None  # the latest moment it can have been made, from the date shown (None: no date)
 
 
 entry_encoder = msgspec.json.Encoder()

@@ -4,6 +4,7 @@ Keys (all under ``pos_coupon:``, all with TTLs):
 - ``idem:<sha256 of the idempotency key>`` -> ref
 - ``rdm:<ref>``                            -> the entry (msgspec JSON)
 - ``lock:<coupon code>``                   -> the ref holding it
+- ``rid:<Capillary redemption id>``        -> the ref that owns that redemption (no other may adopt it)
 - ``unresolved``                           -> set of refs in flight or pending, for the sweeper
 
 Every multi-key change is one Lua script or one MULTI, so a crash never leaves half of it. (Scripts touch keys
@@ -12,32 +13,91 @@ they compute; that is fine on one Redis, not on Redis Cluster.)
 
 from __future__ import annotations
 
+import collections
 import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from service.idempotency.models import Entry, entry_decoder, entry_encoder
-from service.idempotency.store import UNRESOLVED_STATES, StoreUnavailable
+from service.idempotency.store import UNRESOLVED_STATES, Resolution, StoreUnavailable
 
 _CLAIM = """
-local existing = redis.call('GET', KEYS[1])
-if existing then
-  local record = redis.call('GET', ARGV[4] .. existing)
-  if record then return record end
+local function live(key)
+  if not key then return false end
+  local existing = redis.call('GET', key)
+  if existing then
+    local record = redis.call('GET', ARGV[4] .. existing)
+    if record then return record end
+  end
+  return false
 end
+local found = live(KEYS[1]) or live(KEYS[4])
+if found then return found end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('SADD', KEYS[3], ARGV[1])
 return false
 """
 
-_RELEASE_KEY = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+_FINAL = """
+local function final(record)
+  if not record then return false end
+  local state = cjson.decode(record)['state']
+  return state == 'done' or state == 'failed'
+end
 """
+
+_SAVE_UNRESOLVED = (
+    _FINAL
+    + """
+local current = redis.call('GET', KEYS[1])
+if final(current) then return current end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[1])
+return false
+"""
+)
+
+# KEYS: idempotency key, record, unresolved set, then n ``rid:`` keys, then the codes' lock keys.
+# ARGV: ref, entry, ttl (ms), state, force (1/0), n.
+_RESOLVE = (
+    _FINAL
+    + """
+local ref, ttl, n = ARGV[1], ARGV[3], tonumber(ARGV[6])
+local taken = {}
+for i = 1, n do
+  local owner = redis.call('GET', KEYS[3 + i])
+  if owner and owner ~= ref then
+    table.insert(taken, i)
+    table.insert(taken, owner)
+  end
+end
+if ARGV[5] ~= '1' then
+  local current = redis.call('GET', KEYS[2])
+  if final(current) then return {1, current} end
+  if #taken > 0 then return {2, taken} end
+end
+for i = 1, n do redis.call('SET', KEYS[3 + i], ref, 'PX', ttl) end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
+redis.call('SREM', KEYS[3], ref)
+local holder = redis.call('GET', KEYS[1])
+if ARGV[4] == 'failed' then
+  if holder == ref then redis.call('DEL', KEYS[1]) end
+elseif (not holder) or holder == ref then
+  redis.call('SET', KEYS[1], ref, 'PX', ttl)
+end
+for i = 4 + n, #KEYS do
+  if redis.call('GET', KEYS[i]) == ref then redis.call('DEL', KEYS[i]) end
+end
+return {0, taken}
+"""
+)
 
 _LOCK = """
 local busy = {}
@@ -66,12 +126,22 @@ class RedisStore:
     backend = "redis"
 
     def __init__(self, url: str, *, prefix: str = "pos_coupon:", timeout: float = 0.5) -> None:
+        self.refusals: collections.Counter[str] = collections.Counter()  # none: Redis has no bounds of ours
+        # A pooled connection a restarted Redis no longer knows fails its next command: each call is tried once
+        # more on a fresh connection. Every call here may run twice (scripts write the same state again; a claim
+        # that had landed finds itself, see ExactlyOnce.redeem), so nobody sees a 503 for a stale socket.
         self._redis: redis.Redis = redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=30,
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[RedisConnectionError],
         )
         self._prefix = prefix
         self._claim = self._redis.register_script(_CLAIM)
-        self._release = self._redis.register_script(_RELEASE_KEY)
+        self._save_unresolved = self._redis.register_script(_SAVE_UNRESOLVED)
+        self._resolve = self._redis.register_script(_RESOLVE)
         self._lock = self._redis.register_script(_LOCK)
         self._unlock = self._redis.register_script(_UNLOCK)
 
@@ -84,6 +154,9 @@ class RedisStore:
     def _code(self, code: str) -> str:
         return f"{self._prefix}lock:{code}"
 
+    def _bound(self, redemption_id: int) -> str:
+        return f"{self._prefix}rid:{redemption_id}"
+
     @property
     def _unresolved_set(self) -> str:
         return f"{self._prefix}unresolved"
@@ -94,12 +167,12 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
 
-    async def claim(self, entry: Entry, ttl: float) -> Entry | None:
+    async def claim(self, entry: Entry, ttl: float, *, legacy_key: str | None = None) -> Entry | None:
+        keys = [self._key(entry.key), self._record(entry.ref), self._unresolved_set]
+        if legacy_key is not None:
+            keys.append(self._key(legacy_key))
         found = await self._run(
-            self._claim(
-                keys=[self._key(entry.key), self._record(entry.ref), self._unresolved_set],
-                args=[entry.ref, entry_encoder.encode(entry), _ms(ttl), self._record()],
-            )
+            self._claim(keys=keys, args=[entry.ref, entry_encoder.encode(entry), _ms(ttl), self._record()])
         )
         return None if found is None else entry_decoder.decode(found)
 
@@ -112,12 +185,45 @@ class RedisStore:
                 pipe.srem(self._unresolved_set, entry.ref)
             await self._run(pipe.execute())
 
+    async def save_unresolved(self, entry: Entry, ttl: float) -> Entry | None:
+        found = await self._run(
+            self._save_unresolved(
+                keys=[self._record(entry.ref), self._unresolved_set],
+                args=[entry.ref, entry_encoder.encode(entry), _ms(ttl)],
+            )
+        )
+        return None if found is None else entry_decoder.decode(found)
+
+    async def resolve(self, entry: Entry, ttl: float, *, force: bool = False, unlock: bool = True) -> Resolution:
+        ids = [i for i in entry.redemption_ids.values() if i > 0] if entry.state == "done" else []
+        keys = [self._key(entry.key), self._record(entry.ref), self._unresolved_set]
+        keys += [self._bound(i) for i in ids]
+        if unlock:
+            keys += [self._code(c) for c in entry.command.codes]
+        args: list[str | bytes | int] = [
+            entry.ref,
+            entry_encoder.encode(entry),
+            _ms(ttl),
+            entry.state,
+            "1" if force else "0",
+            len(ids),
+        ]
+        status, detail = await self._run(self._resolve(keys=keys, args=args))
+        if int(status) == 1:
+            return Resolution(False, current=entry_decoder.decode(detail))
+        pairs = list(detail or [])
+        taken = {ids[int(pairs[i]) - 1]: pairs[i + 1].decode() for i in range(0, len(pairs), 2)}
+        return Resolution(int(status) == 0, taken=taken)
+
+    async def owners(self, redemption_ids: Sequence[int]) -> dict[int, str]:
+        if not redemption_ids:
+            return {}
+        found = await self._run(self._redis.mget([self._bound(i) for i in redemption_ids]))
+        return {i: ref.decode() for i, ref in zip(redemption_ids, found, strict=True) if ref is not None}
+
     async def load(self, ref: str) -> Entry | None:
         raw = await self._run(self._redis.get(self._record(ref)))
         return None if raw is None else entry_decoder.decode(raw)
-
-    async def release_key(self, key: str, ref: str) -> None:
-        await self._run(self._release(keys=[self._key(key)], args=[ref]))
 
     async def unresolved(self) -> list[str]:
         refs = sorted(r.decode() for r in await self._run(self._redis.smembers(self._unresolved_set)))
@@ -138,6 +244,9 @@ class RedisStore:
 
     async def unlock(self, codes: Sequence[str], owner: str) -> None:
         await self._run(self._unlock(keys=[self._code(c) for c in codes], args=[owner]))
+
+    def refusing(self) -> str | None:
+        return None  # Redis holds what its memory holds; an unreachable Redis shows in ping
 
     async def ping(self) -> None:
         await self._run(self._redis.ping())

@@ -11,6 +11,14 @@
   once no call of ours can still be running (``settle_after``); then the key is released so the till may retry.
 - A gateway that dies mid-request leaves an in-flight entry whose lease runs out: the next replay or the sweeper
   takes it as pending.
+- Reconciliation adopts only a redemption that fits the request (its codes and transaction number, made after
+  the request was claimed, when Capillary shows a date) and that no other record owns: each Capillary redemption
+  id is bound to one ref when a record is resolved, in the same atomic write.
+- A reversal is part of the record: a replay of a reversed redemption is answered 409 ``REDEMPTION_REVERSED``,
+  never as redeemed. Its key is not freed: a till redeems again under a new transaction number or key.
+- An answer Capillary gave goes to the till even when the ledger cannot record it at that moment: the write is
+  retried in the background (bounded), and until it lands a replay of the same key in this process is answered
+  "in progress", never run again.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,9 +34,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
+import msgspec
+
 from service.deadline import DEADLINE, URGENT, time_left
-from service.idempotency.models import Entry, Reversal, StoredCommand, StoredResponse
-from service.idempotency.store import LedgerStore, StoreUnavailable
+from service.idempotency.models import Entry, FoundRedemption, Reversal, StoredCommand, StoredResponse, is_natural
+from service.idempotency.store import LedgerStore, Resolution, StoreUnavailable
 from service.redemption.catalog import CATALOG, LocalError
 from service.redemption.flow import RedemptionFlow, UpstreamFailure, new_ref, price
 from service.redemption.models import CodeOutcome, CustomerRef, Failure, Outcome, RedemptionCommand, SeriesSummary
@@ -56,13 +67,20 @@ class Renderer(Protocol):
 
     def reversed(self, ref: str, redemption_ids: dict[str, int], request_id: str) -> StoredResponse: ...
 
+    def reversed_redeem(self, entry: Entry, request_id: str) -> StoredResponse:
+        """A replay of a redeem whose redemption was reversed (or is being reversed): what is true now."""
+        ...
+
 
 class Reconciling(Protocol):
     """What reconciliation asks the upstream and the series cache."""
 
     async def find_redemptions(
         self, customer: CustomerRef, codes: tuple[str, ...], transaction_number: str
-    ) -> dict[str, int]: ...
+    ) -> dict[str, list[FoundRedemption]]:
+        """The redemptions Capillary shows for each of ``codes`` in this transaction (several for a multi-use
+        code redeemed more than once in it)."""
+        ...
 
     async def reactivate(self, redemption_ids: list[int]) -> None: ...
 
@@ -102,6 +120,9 @@ class Timing:
     ttl: float = 72 * 3600.0  # how long records are kept
     lease_margin: float = 5.0
     reconcile_gap: float = 5.0  # the least time between two upstream checks of one pending redemption
+    refused_ttl: float = 900.0  # how long a record that redeemed nothing is kept (replays within it are answered)
+    clock_skew: float = 300.0  # how far Capillary's clock may be behind ours when it dates a redemption
+    write_retry: float = 600.0  # how long an answer the ledger could not record is retried in the background
 
     @property
     def hard_limit(self) -> float:
@@ -112,6 +133,33 @@ class Timing:
     def settle(self) -> float:
         """Time after which no call of ours, started within the hard limit, can still reach Capillary."""
         return self.hard_limit + self.upstream_timeout
+
+
+async def _stop(task: asyncio.Task[None] | None) -> None:
+    """Cancel a background task and wait until it has ended. One cancel is not always enough on Python 3.11:
+    ``asyncio.wait_for`` (redis-py wraps its socket writes in it) returns the inner result instead of raising
+    when the cancel arrives as that inner write completes, and the task runs on. So: cancel until it ends."""
+    if task is None:
+        return
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=1.0)
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.error("%s ended with %s", task.get_name(), type(error).__name__)
+
+
+@dataclass
+class _Unwritten:
+    """An answer given to a till but not yet in the ledger: written again when the store is back."""
+
+    entry: Entry
+    ttl: float
+    final: bool  # a final answer (resolve), or a pending one (save unless resolved)
+    force: bool
+    since: float = field(default_factory=time.monotonic)
+
+
+WRITE_RESULTS = ("deferred", "written", "gave_up")
 
 
 @dataclass
@@ -125,13 +173,31 @@ class ExactlyOnce:
     clock: Callable[[], float] = time.time
     _guards: dict[str, asyncio.Lock] = field(default_factory=dict)
     _tasks: set[asyncio.Task[Reply]] = field(default_factory=set)
+    _running: dict[str, Entry] = field(default_factory=dict)  # by ref: redeems still at work in this process
+    _running_keys: dict[str, str] = field(default_factory=dict)  # idempotency key -> ref
+    _unwritten: dict[str, _Unwritten] = field(default_factory=dict)  # by ref
+    _unwritten_keys: dict[str, str] = field(default_factory=dict)  # idempotency key -> ref
+    _writer: asyncio.Task[None] | None = None
+    _sweeper: asyncio.Task[None] | None = None
+    _stopping: bool = False
     # read by the metrics collector
     pending_count: int = 0
     reconciliations: collections.Counter[str] = field(default_factory=collections.Counter)
+    deferred_writes: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    @property
+    def unwritten_count(self) -> int:
+        return len(self._unwritten)
 
     # ------------------------------------------------------------------------------------------ redeem
 
-    async def redeem(self, command: RedemptionCommand, key: str, request_id: str) -> Reply:
+    async def redeem(
+        self, command: RedemptionCommand, key: str, request_id: str, *, legacy_key: str | None = None
+    ) -> Reply:
+        """``legacy_key``: the key earlier releases recorded this same request under (a record there is
+        replayed too)."""
+        if key in self._unwritten_keys:  # answered, not yet recorded: never run it again meanwhile
+            raise Refused(CATALOG["REQUEST_IN_PROGRESS"], retry_after=1)
         stored = StoredCommand.of(command)
         now = self.clock()
         entry = Entry(
@@ -146,10 +212,15 @@ class ExactlyOnce:
             settle_after=now + self.timing.settle,
         )
         for _ in range(2):  # a second round only after a pending entry resolved as "not applied"
-            existing = await self.store.claim(entry, self.timing.ttl)
-            if existing is None:
+            try:
+                existing = await self.store.claim(entry, self.timing.ttl, legacy_key=legacy_key)
+            except StoreUnavailable:
+                if key in self._running_keys:  # the ledger is away, but this very request is at work here
+                    raise Refused(CATALOG["REQUEST_IN_PROGRESS"], retry_after=1) from None
+                raise
+            if existing is None or existing.ref == entry.ref:  # ours: a claim that landed, then was sent again
                 return await self._first(entry, command)
-            reply = await self._replay(existing, entry.fingerprint)
+            reply = await self._replay(existing, entry.fingerprint, request_id)
             if reply is not None:
                 return reply
         raise Refused(CATALOG["REQUEST_IN_PROGRESS"], retry_after=1)
@@ -158,8 +229,7 @@ class ExactlyOnce:
         try:
             busy = await self.store.lock(command.codes, entry.ref, self.timing.hard_limit)
         except StoreUnavailable:
-            with contextlib.suppress(StoreUnavailable):
-                await self._drop(entry)
+            await self._drop(entry)  # nothing was sent; recorded now or when the store is back
             raise
         if busy:
             await self._drop(entry, locked=False)
@@ -167,7 +237,9 @@ class ExactlyOnce:
             raise Refused(CATALOG["COUPON_IN_USE"], message, retry_after=1)
         task = asyncio.create_task(self._run(entry, command))
         self._tasks.add(task)
-        task.add_done_callback(self._settled)
+        self._running[entry.ref] = entry
+        self._running_keys[entry.key] = entry.ref
+        task.add_done_callback(functools.partial(self._settled, entry.ref))
         remaining = entry.created_at + self.timing.deadline - self.clock()
         if (asked := time_left()) is not None:  # the request's own deadline, if sooner
             remaining = min(remaining, asked)
@@ -208,12 +280,15 @@ class ExactlyOnce:
             raise UpstreamFailure(Failure(CATALOG["UPSTREAM_TIMEOUT"])) from None
         response = self.render.outcome(outcome, command, entry.request_id)
         async with self._guard(entry.ref):
-            await self._finish(entry, outcome, response)
+            await self._finish(entry, outcome, response, force=True)  # Capillary's own answer: the truth
         return Reply(response.status, response.body, ref=entry.ref, **_summary(outcome))
 
-    def _settled(self, task: asyncio.Task[Reply]) -> None:
+    def _settled(self, ref: str, task: asyncio.Task[Reply]) -> None:
         """A redeem that outlived its till's deadline ends with nobody awaiting it: its error is logged here."""
         self._tasks.discard(task)
+        entry = self._running.pop(ref, None)
+        if entry is not None and self._running_keys.get(entry.key) == ref:
+            del self._running_keys[entry.key]
         if not task.cancelled() and (error := task.exception()) is not None and not isinstance(error, Refused):
             log.info("redeem finished after its deadline with %s", type(error).__name__)
 
@@ -228,45 +303,125 @@ class ExactlyOnce:
         if not lock.locked():
             self._guards.pop(ref, None)
 
+    def _ttl(self, entry: Entry) -> float:
+        """A final record that redeemed nothing is kept for the shorter ``refused_ttl``: once it expires a replay
+        simply runs again, and nothing it could find upstream was applied under it."""
+        if entry.state in ("done", "failed") and not entry.redemption_ids:
+            return self.timing.refused_ttl
+        return self.timing.ttl
+
     async def _drop(self, entry: Entry, *, locked: bool = True) -> None:
         """Forget an attempt that applied nothing: free its key and codes. Its record says so."""
         entry.state = "failed"
         entry.response = self.render.not_applied(entry.ref, entry.command.command(), entry.request_id)
-        await self.store.save(entry, self.timing.ttl)
-        await self.store.release_key(entry.key, entry.ref)
-        if locked:
-            await self.store.unlock(entry.command.codes, entry.ref)
+        await self._resolve(entry, force=True, unlock=locked)
 
     async def _pend(self, entry: Entry) -> Reply:
-        current = await self.store.load(entry.ref)
-        if current is not None and current.state in ("done", "failed"):
-            assert current.response is not None
-            return Reply(current.response.status, current.response.body, ref=entry.ref)
         response = self.render.pending(entry.ref, entry.command.command(), entry.request_id)
         entry.state, entry.response = "pending", response
-        await self.store.save(entry, self.timing.ttl)
-        await self.store.lock(entry.command.codes, entry.ref, self.timing.ttl)  # held until resolved
+        try:
+            current = await self.store.save_unresolved(entry, self.timing.ttl)
+            if current is None:
+                await self.store.lock(entry.command.codes, entry.ref, self.timing.ttl)  # held until resolved
+        except StoreUnavailable:
+            # The redeem may be applied upstream: the till gets its ref, and the record follows the store back.
+            self._defer(_Unwritten(entry, self.timing.ttl, final=False, force=False))
+            current = None
+        if current is not None:
+            assert current.response is not None
+            return Reply(current.response.status, current.response.body, ref=entry.ref)
         log.warning("redemption %s pending: outcome unknown, reconciling", entry.ref)
         return Reply(response.status, response.body, ref=entry.ref, outcome="pending")
 
-    async def _finish(self, entry: Entry, outcome: Outcome, response: StoredResponse) -> None:
+    async def _finish(self, entry: Entry, outcome: Outcome, response: StoredResponse, *, force: bool) -> Resolution:
         entry.state, entry.response = "done", response
         entry.redemption_ids = {o.code: o.redemption_id or 0 for o in outcome.codes if o.ok}
+        return await self._resolve(entry, force=force)
+
+    async def _resolve(self, entry: Entry, *, force: bool, unlock: bool = True) -> Resolution:
+        """Record a final answer; when the ledger is down, the till still gets the answer and the record is
+        written when the store is back (meanwhile this process answers replays of its key "in progress")."""
         try:
-            await self.store.save(entry, self.timing.ttl)
+            resolution = await self.store.resolve(entry, self._ttl(entry), force=force, unlock=unlock)
         except StoreUnavailable:
-            # The answer is true and goes to the till; the entry stays in flight until its lease runs out,
-            # and reconciliation then finds this very redemption.
-            log.error("redemption %s done but not recorded: the ledger is unavailable", entry.ref)
-            return
-        await self.store.unlock(entry.command.codes, entry.ref)
+            log.error("redemption %s %s but not recorded yet: the ledger is unavailable", entry.ref, entry.state)
+            self._defer(_Unwritten(entry, self._ttl(entry), final=True, force=force))
+            return Resolution(False)
+        self._written(entry.ref)  # an older answer still waiting for the store is superseded
+        if resolution.taken:
+            # Written anyway (forced: Capillary answered this very request with these ids), but another record
+            # holds one of them: that record adopted a redemption that was not its own.
+            log.error(
+                "redemption %s: redemption ids %s were bound to %s",
+                entry.ref,
+                sorted(resolution.taken),
+                sorted(set(resolution.taken.values())),
+            )
+        return resolution
+
+    # ------------------------------------------------------------------------- writes the ledger missed
+
+    def _defer(self, item: _Unwritten) -> None:
+        item.entry = msgspec.structs.replace(item.entry)  # as it is now: the request goes on changing its own
+        previous = self._unwritten.get(item.entry.ref)
+        if previous is not None and previous.final and not item.final:
+            return  # a final answer waiting already: a pending one adds nothing
+        if previous is not None:
+            item.since = previous.since
+        self._unwritten[item.entry.ref] = item
+        self._unwritten_keys[item.entry.key] = item.entry.ref
+        self.deferred_writes["deferred"] += 1
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_unwritten())
+
+    async def _write_unwritten(self) -> None:
+        """Write what the ledger missed, oldest first, with a backoff; each for at most ``write_retry``."""
+        pause = 0.05
+        while self._unwritten:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
+            for ref, item in list(self._unwritten.items()):
+                try:
+                    await self._write(item)
+                except StoreUnavailable:
+                    if time.monotonic() - item.since < self.timing.write_retry:
+                        break  # still down: wait, then try again from the oldest
+                    self.deferred_writes["gave_up"] += 1
+                    log.error(
+                        "redemption %s: gave up recording it after %.0f s (%s); codes %s, redemption ids %s",
+                        ref,
+                        self.timing.write_retry,
+                        item.entry.state,
+                        ",".join(item.entry.command.codes),
+                        item.entry.redemption_ids,
+                    )
+                else:
+                    self.deferred_writes["written"] += 1
+                    log.info("redemption %s recorded after the ledger came back", ref)
+                    pause = 0.05
+                if self._unwritten.get(ref) is item:  # not replaced by a later answer meanwhile
+                    self._written(ref)
+
+    def _written(self, ref: str) -> None:
+        item = self._unwritten.pop(ref, None)
+        if item is not None and self._unwritten_keys.get(item.entry.key) == ref:
+            del self._unwritten_keys[item.entry.key]
+
+    async def _write(self, item: _Unwritten) -> None:
+        entry = item.entry
+        if item.final:
+            await self.store.resolve(entry, item.ttl, force=item.force)
+        elif await self.store.save_unresolved(entry, item.ttl) is None:
+            await self.store.lock(entry.command.codes, entry.ref, item.ttl)
 
     # -------------------------------------------------------------------------------- replay, reconcile
 
-    async def _replay(self, entry: Entry, fingerprint: str) -> Reply | None:
+    async def _replay(self, entry: Entry, fingerprint: str, request_id: str) -> Reply | None:
         """The answer for a request whose key is taken; None when it turned out free to run again."""
         if entry.fingerprint != fingerprint:
-            raise Refused(CATALOG["IDEMPOTENCY_KEY_REUSED"])
+            raise self._reused(entry)
+        if entry.ref in self._unwritten:
+            raise Refused(CATALOG["REQUEST_IN_PROGRESS"], retry_after=1)
         if entry.state == "in_flight" and self.clock() < entry.lease_until:
             raise Refused(CATALOG["REQUEST_IN_PROGRESS"], retry_after=1)
         if entry.state in ("in_flight", "pending"):
@@ -275,11 +430,34 @@ class ExactlyOnce:
             return None
         if entry.state == "in_flight":
             raise Refused(CATALOG["REQUEST_IN_PROGRESS"], retry_after=1)
+        if entry.reversal is not None:  # what is true now: reversed, or being reversed
+            response = self.render.reversed_redeem(entry, request_id)
+            return Reply(
+                response.status,
+                response.body,
+                replayed=True,
+                ref=entry.ref,
+                outcome="error",
+                error_code="REDEMPTION_REVERSED",
+            )
         assert entry.response is not None
         return Reply(entry.response.status, entry.response.body, replayed=True, ref=entry.ref)
 
+    @staticmethod
+    def _reused(entry: Entry) -> Refused:
+        if is_natural(entry.key):  # the till sent no key: speak of what it did send
+            number = entry.command.transaction_number
+            message = (
+                f"Transaction {number} was already sent with these coupons but another customer, bill amount, mode "
+                "or redemption time: send it again unchanged, or use a new transaction number."
+            )
+            return Refused(CATALOG["TRANSACTION_REUSED"], message)
+        return Refused(CATALOG["IDEMPOTENCY_KEY_REUSED"])
+
     async def reconcile(self, entry: Entry) -> Entry:
         """Ask Capillary whether this pending redemption went through; record what it says."""
+        if entry.ref in self._running or entry.ref in self._unwritten:
+            return entry  # this very process is still at work on it, or holds its answer: nothing to conclude
         now = self.clock()
         if entry.state == "in_flight":
             if now < entry.lease_until:
@@ -301,14 +479,26 @@ class ExactlyOnce:
             log.warning("reconciling %s: upstream unavailable (%s)", entry.ref, exc.failure.error.code)
             self.reconciliations["upstream_unavailable"] += 1
             return await self._save_if_unresolved(entry)
-        if found:
-            outcome = await self._found_outcome(entry, command, found)
+        ours = await self._ours(entry, found)
+        if ours:
+            outcome = await self._found_outcome(entry, command, ours)
             response = self.render.outcome(outcome, command, entry.request_id)
-            await self._finish(entry, outcome, response)
+            resolution = await self._finish(entry, outcome, response, force=False)
+            if resolution.current is not None:
+                return resolution.current  # resolved meanwhile: that answer stands
+            if resolution.taken:  # another record bound one of them first: look again next time
+                self.reconciliations["not_ours"] += 1
+                entry.state, entry.redemption_ids = "pending", {}
+                entry.response = self.render.pending(entry.ref, command, entry.request_id)
+                return await self._save_if_unresolved(entry)
             self.reconciliations["redeemed"] += 1
             log.info("redemption %s resolved: redeemed", entry.ref)
         elif now >= entry.settle_after:
-            await self._drop(entry)
+            entry.state = "failed"
+            entry.response = self.render.not_applied(entry.ref, command, entry.request_id)
+            resolution = await self._resolve(entry, force=False)
+            if resolution.current is not None:
+                return resolution.current
             self.reconciliations["not_applied"] += 1
             log.info("redemption %s resolved: not applied", entry.ref)
         else:
@@ -316,13 +506,30 @@ class ExactlyOnce:
             return await self._save_if_unresolved(entry)
         return entry
 
+    async def _ours(self, entry: Entry, found: dict[str, list[FoundRedemption]]) -> dict[str, int]:
+        """Of the redemptions Capillary shows for this transaction, the one per code this request may adopt: not
+        bound to another record, and not made before this request was claimed (when Capillary dates it)."""
+        ids = sorted({r.id for rs in found.values() for r in rs if r.id > 0})
+        owners = await self.store.owners(ids) if ids else {}
+        earliest = entry.created_at - self.timing.clock_skew
+        ours: dict[str, int] = {}
+        for code in entry.command.codes:
+            for redemption in sorted(found.get(code, ()), key=lambda r: r.id):
+                if redemption.id > 0 and owners.get(redemption.id, entry.ref) != entry.ref:
+                    continue  # another record's
+                if redemption.latest is not None and redemption.latest.timestamp() < earliest:
+                    continue  # made before this request existed
+                ours[code] = redemption.id
+                break
+        if found and len(ours) < sum(1 for c in entry.command.codes if found.get(c)):
+            self.reconciliations["not_ours"] += 1
+            log.info("reconciling %s: a redemption of this transaction belongs to another request", entry.ref)
+        return ours
+
     async def _save_if_unresolved(self, entry: Entry) -> Entry:
         """Record a still-pending entry, unless someone resolved it meanwhile (their answer wins)."""
-        current = await self.store.load(entry.ref)
-        if current is not None and current.state in ("done", "failed"):
-            return current
-        await self.store.save(entry, self.timing.ttl)
-        return entry
+        current = await self.store.save_unresolved(entry, self.timing.ttl)
+        return entry if current is None else current
 
     async def _found_outcome(self, entry: Entry, command: RedemptionCommand, found: dict[str, int]) -> Outcome:
         series = await self.series.for_codes(command.codes)
@@ -342,9 +549,18 @@ class ExactlyOnce:
     async def status(self, ref: str, *, store: str | None = None) -> Reply:
         """``GET /v1/redemptions/{ref}``: the recorded answer, reconciling a pending one first. With ``store``,
         only a redemption of that store is found."""
-        entry = await self.store.load(ref)
+        unwritten, away = self._unwritten.get(ref), False
+        try:
+            entry = unwritten.entry if unwritten is not None else await self.store.load(ref)  # the answer we hold
+        except StoreUnavailable:
+            if ref not in self._running:
+                raise
+            entry, away = self._running[ref], True  # the ledger is away; this process is still at work on it
         if entry is None or (store is not None and entry.command.store != store):
             raise Refused(CATALOG["REDEMPTION_NOT_FOUND"])
+        if away:
+            response = self.render.pending(entry.ref, entry.command.command(), entry.request_id)
+            return Reply(200, response.body, ref=ref)
         if entry.state in ("in_flight", "pending"):
             entry = await self.reconcile(entry)
         if entry.reversal is not None and entry.reversal.state == "done" and entry.reversal.response:
@@ -372,60 +588,77 @@ class ExactlyOnce:
                 log.exception("reconciling %s failed", ref)
         return looked
 
+    def start_sweeper(self, interval: float) -> None:
+        self._sweeper = asyncio.create_task(self.run_sweeper(interval))
+
     async def run_sweeper(self, interval: float) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self.sweep()
             except StoreUnavailable as exc:
                 log.warning("sweeper: %s", exc)
-            await asyncio.sleep(interval)
+            if not self._stopping:
+                await asyncio.sleep(interval)
 
     async def close(self) -> None:
-        """Wait (bounded) for redeems still running; what is cut off stays pending for the sweeper."""
+        """Stop the sweeper; wait (bounded) for redeems still running: what is cut off stays pending for the
+        sweepers of the other replicas. Answers the ledger missed get a last chance to be written."""
+        self._stopping = True
+        await _stop(self._sweeper)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.timing.deadline)
         for task in list(self._tasks):
             task.cancel()
+        writer = self._writer
+        if writer is not None and self._unwritten:
+            await asyncio.wait([writer], timeout=self.timing.lease_margin)
+        await _stop(writer)
+        if self._unwritten:
+            log.error("shutting down with %d answers not recorded: %s", len(self._unwritten), sorted(self._unwritten))
 
     # ------------------------------------------------------------------------------------------- reversal
 
     async def reverse(self, ref: str, key: str | None, request_id: str, *, store: str | None = None) -> Reply:
-        entry = await self.store.load(ref)
-        if entry is None or (store is not None and entry.command.store != store):
-            raise Refused(CATALOG["REDEMPTION_NOT_FOUND"])
-        if entry.state in ("in_flight", "pending"):
-            entry = await self.reconcile(entry)
-        if entry.state in ("in_flight", "pending"):
-            raise Refused(CATALOG["REDEMPTION_PENDING"], retry_after=5)
-        if entry.state == "failed" or not entry.redemption_ids:
-            raise Refused(CATALOG["NOTHING_TO_REVERSE"])
-        reversal = entry.reversal
-        if reversal is not None and reversal.state == "done" and reversal.response is not None:
-            if key is None or key == reversal.key:
-                return Reply(reversal.response.status, reversal.response.body, replayed=True, ref=ref)
-            raise Refused(CATALOG["ALREADY_REVERSED"])
         owner = f"reversal:{new_ref()}"
         guard = [f"reversal:{ref}"]
         if await self.store.lock(guard, owner, self.timing.hard_limit):
             raise Refused(CATALOG["REQUEST_IN_PROGRESS"], retry_after=1)
         try:
+            entry = await self.store.load(ref)  # read under the guard: another reversal may just have ended
+            if entry is None or (store is not None and entry.command.store != store):
+                raise Refused(CATALOG["REDEMPTION_NOT_FOUND"])
+            if entry.state in ("in_flight", "pending"):
+                entry = await self.reconcile(entry)
+            if entry.state in ("in_flight", "pending"):
+                raise Refused(CATALOG["REDEMPTION_PENDING"], retry_after=5)
+            if entry.state == "failed" or not entry.redemption_ids:
+                raise Refused(CATALOG["NOTHING_TO_REVERSE"])
+            reversal = entry.reversal
+            if reversal is not None and reversal.state == "done" and reversal.response is not None:
+                if key is None or key == reversal.key:
+                    return Reply(reversal.response.status, reversal.response.body, replayed=True, ref=ref)
+                raise Refused(CATALOG["ALREADY_REVERSED"])
             return await self._reactivate(entry, key, request_id)
         finally:
             await self.store.unlock(guard, owner)
 
     async def _reactivate(self, entry: Entry, key: str | None, request_id: str) -> Reply:
         ids = [i for i in entry.redemption_ids.values() if i > 0]
-        tried_before = entry.reversal is not None and entry.reversal.state == "unknown"
+        if not ids:
+            raise UpstreamFailure(Failure(CATALOG["NOTHING_TO_REVERSE"], None, "no redemption ids known"))
+        previous = entry.reversal
+        tried_before = previous is not None and previous.state in ("unknown", "in_flight")
+        # Recorded before the call: from now on a replay of the redeem must not be answered "redeemed".
+        entry.reversal = Reversal(state="in_flight", key=key, at=self.clock())
+        await self.store.save(entry, self.timing.ttl)
         try:
-            if not ids:
-                raise UpstreamFailure(Failure(CATALOG["NOTHING_TO_REVERSE"], None, "no redemption ids known"))
             await self.upstream.reactivate(ids)
         except UpstreamFailure as exc:
             already = tried_before and exc.failure.upstream_code == 510  # our earlier attempt went through
             if not already:
-                if exc.maybe_applied:
-                    entry.reversal = Reversal(state="unknown", key=key, at=self.clock())
-                    await self.store.save(entry, self.timing.ttl)
+                # Maybe applied: it stays "unknown" until a retry settles it; refused: the redemption stands.
+                entry.reversal = Reversal(state="unknown", key=key, at=self.clock()) if exc.maybe_applied else previous
+                await self.store.save(entry, self.timing.ttl)
                 raise
         response = self.render.reversed(entry.ref, entry.redemption_ids, request_id)
         entry.reversal = Reversal(state="done", key=key, response=response, at=self.clock())

@@ -5,11 +5,13 @@ Records are kept encoded, like in Redis, so both backends hand out copies and be
 
 from __future__ import annotations
 
+import collections
 import heapq
 import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from service.idempotency.models import Entry, entry_decoder, entry_encoder
@@ -25,20 +27,50 @@ class StoreUnavailable(Exception):
     """The ledger cannot be read or written: nothing may be redeemed without it."""
 
 
+FINAL_STATES = ("done", "failed")
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What :meth:`LedgerStore.resolve` did."""
+
+    written: bool
+    current: Entry | None = None  # not written: the final entry already recorded (its answer wins)
+    taken: dict[int, str] = field(default_factory=dict)  # redemption ids already bound to another ref
+
+
 class LedgerStore(Protocol):
     backend: str
+    #: New redemptions refused by the store's own bounds, by reason (for metrics).
+    refusals: collections.Counter[str]
 
-    async def claim(self, entry: Entry, ttl: float) -> Entry | None:
+    async def claim(self, entry: Entry, ttl: float, *, legacy_key: str | None = None) -> Entry | None:
         """Record ``entry`` under its idempotency key if that key is free (returns None); otherwise change
-        nothing and return the entry the key already points to."""
+        nothing and return the entry the key already points to. ``legacy_key``: another key the same request
+        was recorded under by earlier releases; a live record there is returned as well."""
 
     async def save(self, entry: Entry, ttl: float) -> None:
         """Store ``entry`` (by its ref), replacing what was there."""
 
-    async def load(self, ref: str) -> Entry | None: ...
+    async def save_unresolved(self, entry: Entry, ttl: float) -> Entry | None:
+        """Store an in-flight or pending ``entry`` unless its record is already final: then return that."""
 
-    async def release_key(self, key: str, ref: str) -> None:
-        """Free an idempotency key, if it still points to ``ref``, so the same request may run again."""
+    async def resolve(self, entry: Entry, ttl: float, *, force: bool = False, unlock: bool = True) -> Resolution:
+        """Record a final answer (``done`` or ``failed``), all at once:
+
+        - unless ``force``, a record already final is left as it is and returned (the first answer wins), and a
+          redemption id already bound to another ref refuses the whole write (returned in ``taken``);
+        - each redemption id of a ``done`` entry is bound to its ref (``redemption id -> ref``), so no other
+          record can adopt it;
+        - the idempotency key: ``failed`` frees it (the same request may run again); ``done`` keeps it for
+          ``ttl`` (set again if the store lost it);
+        - the entry leaves the unresolved set, and with ``unlock`` its codes' locks held by it are released.
+        """
+
+    async def owners(self, redemption_ids: Sequence[int]) -> dict[int, str]:
+        """The ref each of these Capillary redemption ids is bound to, for those bound."""
+
+    async def load(self, ref: str) -> Entry | None: ...
 
     async def unresolved(self) -> list[str]:
         """Refs of the entries still in flight or pending, for the sweeper."""
@@ -49,6 +81,9 @@ class LedgerStore(Protocol):
 
     async def unlock(self, codes: Sequence[str], owner: str) -> None:
         """Release the codes ``owner`` holds."""
+
+    def refusing(self) -> str | None:
+        """Why new redemptions are being refused right now, if they are (for ``/readyz``)."""
 
     async def ping(self) -> None: ...
 
@@ -100,46 +135,99 @@ class _Expiring(Generic[T]):
 class MemoryStore:
     """The ledger in this process's memory, bounded.
 
-    Every record expires with its TTL (``IDEMPOTENCY_TTL_SECONDS``), swept as the ledger is written. A record is
-    never dropped before then: forgetting a redemption a till may still retry could redeem a multi-use coupon
-    twice. So at most ``max_entries`` records are held, and past that a new redemption is refused as the ledger
-    being unavailable (503, nothing redeemed) until records expire: it fails closed, never open. The memory
-    ledger is for one process; Redis holds as many as it has memory for.
+    Every record expires with its TTL (``IDEMPOTENCY_TTL_SECONDS``, or the shorter ``LEDGER_REFUSED_TTL_SECONDS``
+    for one that redeemed nothing), swept as the ledger is written. A record is never dropped before then:
+    forgetting a redemption a till may still retry could redeem a multi-use coupon twice. So at most
+    ``max_entries`` records are held, and at most ``max_per_store`` of one store (one store's tills cannot fill
+    the ledger for every store); past either, a new redemption is refused as the ledger being unavailable (503,
+    nothing redeemed) until records expire: it fails closed, never open. The memory ledger is for one process;
+    Redis holds as many as it has memory for.
     """
 
     backend = "memory"
 
     #: About a kilobyte each: 100 MB or so when full.
     DEFAULT_MAX_ENTRIES = 100_000
+    DEFAULT_MAX_PER_STORE = 20_000
 
-    def __init__(self, clock: Callable[[], float] = time.time, *, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        *,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        max_per_store: int | None = None,
+    ) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self._clock = clock
         self._max = max_entries
+        self._max_per_store = min(max_entries, max_per_store or max_entries)
         self._unresolved: set[str] = set()
+        self._store_of: dict[str, str] = {}  # ref -> store, for the per-store count
+        self._per_store: collections.Counter[str] = collections.Counter()
         self._keys: _Expiring[str] = _Expiring(clock)
-        self._entries: _Expiring[bytes] = _Expiring(clock, self._unresolved.discard)
+        self._entries: _Expiring[bytes] = _Expiring(clock, self._forget)
         self._locks: _Expiring[str] = _Expiring(clock)
+        self._bound: _Expiring[str] = _Expiring(clock)  # Capillary redemption id -> ref
+        #: Claims refused, by reason (``full``, ``store_quota``), read by the metrics collector.
+        self.refusals: collections.Counter[str] = collections.Counter()
+        self._refusing: str | None = None
 
     def __len__(self) -> int:
         """Ledger records held (entries), for tests and diagnostics."""
         return len(self._entries)
 
-    async def claim(self, entry: Entry, ttl: float) -> Entry | None:
-        ref = self._keys.get(entry.key)
-        if ref is not None and (existing := await self.load(ref)) is not None:
-            return existing
-        self._entries.sweep()
-        self._keys.sweep()
+    def _forget(self, ref: str) -> None:
+        self._unresolved.discard(ref)
+        store = self._store_of.pop(ref, None)
+        if store is not None:
+            self._per_store[store] -= 1
+            if self._per_store[store] <= 0:
+                del self._per_store[store]
+
+    def _sweep(self) -> None:
+        for table in (self._entries, self._keys, self._bound):
+            table.sweep()
+
+    def _refuse(self, reason: str, message: str) -> StoreUnavailable:
+        self.refusals[reason] += 1
+        if self._refusing != message:  # once per change, not once per refused request
+            log.warning("in-memory ledger refuses new redemptions: %s", message)
+            self._refusing = message
+        return StoreUnavailable(message)
+
+    async def claim(self, entry: Entry, ttl: float, *, legacy_key: str | None = None) -> Entry | None:
+        for key in (entry.key, legacy_key):
+            ref = None if key is None else self._keys.get(key)
+            if ref is not None and (existing := await self.load(ref)) is not None:
+                return existing
+        self._sweep()
         if len(self._entries) >= self._max or len(self._keys) >= self._max:
-            log.warning("in-memory ledger full (%d redemptions): new redemptions are refused", self._max)
-            raise StoreUnavailable(
+            raise self._refuse(
+                "full",
                 f"the in-memory ledger holds {self._max} redemptions not yet expired: set REDIS_URL, or raise "
-                "LEDGER_MEMORY_MAX_ENTRIES or lower IDEMPOTENCY_TTL_SECONDS"
+                "LEDGER_MEMORY_MAX_ENTRIES or lower IDEMPOTENCY_TTL_SECONDS",
             )
+        store = entry.command.store or "-"
+        if self._per_store[store] >= self._max_per_store:
+            raise self._refuse(
+                "store_quota",
+                f"store {store} has {self._max_per_store} redemptions in the in-memory ledger, its share "
+                "(LEDGER_MEMORY_MAX_PER_STORE): its new redemptions are refused until records expire",
+            )
+        self._refusing = None
         await self.save(entry, ttl)
         self._keys.put(entry.key, entry.ref, ttl)
+        return None
+
+    def refusing(self) -> str | None:
+        self._sweep()
+        if len(self._entries) >= self._max or len(self._keys) >= self._max:
+            return f"in-memory ledger full ({self._max} redemptions): new redemptions are refused"
+        full = sorted(s for s, n in self._per_store.items() if n >= self._max_per_store)
+        if full:
+            named = ", ".join(full[:5]) + (f" and {len(full) - 5} more" if len(full) > 5 else "")
+            return f"in-memory ledger: store {named} at its quota ({self._max_per_store}): its redemptions are refused"
         return None
 
     async def save(self, entry: Entry, ttl: float) -> None:
@@ -147,15 +235,51 @@ class MemoryStore:
             self._unresolved.add(entry.ref)
         else:
             self._unresolved.discard(entry.ref)
+        if entry.ref not in self._store_of:
+            store = self._store_of[entry.ref] = entry.command.store or "-"
+            self._per_store[store] += 1
         self._entries.put(entry.ref, entry_encoder.encode(entry), ttl)
+
+    async def save_unresolved(self, entry: Entry, ttl: float) -> Entry | None:
+        current = await self.load(entry.ref)
+        if current is not None and current.state in FINAL_STATES:
+            return current
+        await self.save(entry, ttl)
+        return None
+
+    async def resolve(self, entry: Entry, ttl: float, *, force: bool = False, unlock: bool = True) -> Resolution:
+        ids = [i for i in entry.redemption_ids.values() if i > 0] if entry.state == "done" else []
+        taken = {i: owner for i in ids if (owner := self._bound.get(str(i))) is not None and owner != entry.ref}
+        if not force:
+            current = await self.load(entry.ref)
+            if current is not None and current.state in FINAL_STATES:
+                return Resolution(False, current=current)
+            if taken:
+                return Resolution(False, taken=taken)
+        for i in ids:
+            self._bound.put(str(i), entry.ref, ttl)
+        await self.save(entry, ttl)
+        holder = self._keys.get(entry.key)
+        if entry.state == "failed":
+            if holder == entry.ref:
+                self._keys.delete(entry.key)
+        elif holder is None or holder == entry.ref:
+            self._keys.put(entry.key, entry.ref, ttl)
+        if unlock:
+            await self.unlock(entry.command.codes, entry.ref)
+        return Resolution(True, taken=taken)
+
+    async def owners(self, redemption_ids: Sequence[int]) -> dict[int, str]:
+        return {i: ref for i in redemption_ids if (ref := self._bound.get(str(i))) is not None}
+
+    def expires_in(self, ref: str) -> float | None:
+        """Seconds until the record of ``ref`` expires (None: no such record), for tests and diagnostics."""
+        found = self._entries.items.get(ref)
+        return None if found is None else found[1] - self._clock()
 
     async def load(self, ref: str) -> Entry | None:
         raw = self._entries.get(ref)
         return None if raw is None else entry_decoder.decode(raw)
-
-    async def release_key(self, key: str, ref: str) -> None:
-        if self._keys.get(key) == ref:
-            self._keys.delete(key)
 
     async def unresolved(self) -> list[str]:
         self._entries.sweep()

@@ -45,7 +45,9 @@ UPSTREAM_OUTCOMES: Final = (
     "connection_error",
     "bad_response",
 )
-RECONCILE_RESULTS: Final = ("redeemed", "not_applied", "still_pending", "upstream_unavailable")
+RECONCILE_RESULTS: Final = ("redeemed", "not_applied", "still_pending", "upstream_unavailable", "not_ours")
+LEDGER_WRITE_RESULTS: Final = ("deferred", "written", "gave_up")
+LEDGER_REFUSAL_REASONS: Final = ("full", "store_quota")
 STATUS_CLASSES: Final = ("2xx", "3xx", "4xx", "5xx")
 NO_ERROR: Final = "none"
 ACCESS_REASONS: Final = (
@@ -254,12 +256,18 @@ class StateCollector(Collector):
         token_refreshes: Callable[[], int],
         pending: Callable[[], int],
         reconciliations: Callable[[], dict[str, int]],
+        deferred_writes: Callable[[], dict[str, int]] = dict,
+        unwritten: Callable[[], int] = int,
+        ledger_refusals: Callable[[], dict[str, int]] = dict,
     ) -> None:
         self._caches = list(caches)
         self._fetch_sizes = fetch_sizes
         self._token_refreshes = token_refreshes
         self._pending = pending
         self._reconciliations = reconciliations
+        self._deferred_writes = deferred_writes
+        self._unwritten = unwritten
+        self._ledger_refusals = ledger_refusals
 
     def collect(self) -> Iterable[Metric]:
         requests = CounterMetricFamily(
@@ -298,6 +306,31 @@ class StateCollector(Collector):
         )
         for result in RECONCILE_RESULTS:
             family.add_metric([result], results.get(result, 0))
+        yield family
+
+        writes = self._deferred_writes()
+        family = CounterMetricFamily(
+            f"{PREFIX}_ledger_deferred_writes",
+            "Ledger records the store could not take when the answer was given: deferred, then written when it was "
+            "back, or given up (LEDGER_WRITE_RETRY_SECONDS).",
+            labels=["result"],
+        )
+        for result in LEDGER_WRITE_RESULTS:
+            family.add_metric([result], writes.get(result, 0))
+        yield family
+        yield GaugeMetricFamily(
+            f"{PREFIX}_ledger_unwritten_records",
+            "Answers given to tills and not yet recorded in the ledger (its store is unavailable).",
+            value=self._unwritten(),
+        )
+        refusals = self._ledger_refusals()
+        family = CounterMetricFamily(
+            f"{PREFIX}_ledger_refusals",
+            "New redemptions refused by the in-memory ledger's bounds: full, or the store at its quota.",
+            labels=["reason"],
+        )
+        for reason in LEDGER_REFUSAL_REASONS:
+            family.add_metric([reason], refusals.get(reason, 0))
         yield family
 
 

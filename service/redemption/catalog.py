@@ -69,10 +69,17 @@ CATALOG: Final = _catalog(
     LocalError("REQUEST_IN_PROGRESS", 409, True, "This request is still being processed; try again shortly."),
     LocalError("COUPON_IN_USE", 409, True, "This coupon is being redeemed in another transaction right now."),
     LocalError("IDEMPOTENCY_KEY_REUSED", 422, False, "This Idempotency-Key was used for a different request."),
+    LocalError("TRANSACTION_REUSED", 422, False, "This transaction number was already sent with a different request."),
     LocalError("REDEMPTION_PENDING", 409, True, "The outcome of this redemption is still being confirmed."),
     LocalError("REDEMPTION_NOT_APPLIED", 503, True, "The redemption did not go through; it can be sent again."),
     LocalError("NOTHING_TO_REVERSE", 409, False, "Nothing was redeemed in this redemption."),
     LocalError("ALREADY_REVERSED", 409, False, "This redemption has already been reversed."),
+    LocalError(
+        "REDEMPTION_REVERSED",
+        409,
+        False,
+        "This redemption was reversed; redeem again under a new transaction number.",
+    ),
     LocalError("STATE_STORE_UNAVAILABLE", 503, True, "Redemptions are paused: the gateway cannot record them."),
     # the upstream
     LocalError("UPSTREAM_UNAVAILABLE", 503, True, "The coupon service is unavailable; try again shortly."),

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable
+from datetime import UTC, datetime
 from typing import Final, TypeVar
 
 import msgspec
 import structlog
 from aiohttp import web
 
-from service.idempotency.models import StoredResponse, natural_key
+from service.idempotency.models import Entry, StoredResponse, natural_key
 from service.idempotency.service import ExactlyOnce, Refused, Reply
 from service.idempotency.store import StoreUnavailable
 from service.observability.logging import mask
@@ -24,6 +25,7 @@ from service.web.access import API_KEY
 from service.web.errors import (
     REQUEST_ID,
     ApiError,
+    ErrorDetail,
     detail,
     encoder,
     json_response,
@@ -58,6 +60,12 @@ def _store(request: web.Request) -> str | None:
     """The store of the API key: a till redeems for its own store only (a body cannot name another)."""
     key = request.get(API_KEY)
     return key.store if key is not None else None
+
+
+def _till(request: web.Request) -> str | None:
+    """The till the API key names, if it names one."""
+    key = request.get(API_KEY)
+    return key.till if key is not None else None
 
 
 async def _command(request: web.Request, decoder: msgspec.json.Decoder[B]) -> RedemptionCommand:
@@ -201,8 +209,14 @@ class RedemptionHandlers:
         try:
             command = await _command(request, REDEEM_DECODER)
             _bind(command)
-            key = _idempotency_key(request) or natural_key(command)
-            reply = await _exactly_once(self._ledger.redeem(command, key, request[REQUEST_ID]))
+            key, legacy = _idempotency_key(request), None
+            if key is None:
+                till = _till(request)
+                key = natural_key(command, till)
+                # A till's records made before the till was part of the natural key stay theirs for their TTL.
+                legacy = natural_key(command) if till is not None else None
+            redeeming = self._ledger.redeem(command, key, request[REQUEST_ID], legacy_key=legacy)
+            reply = await _exactly_once(redeeming)
         except ApiError as exc:
             code = exc.error.code
             if code in ("COUPON_IN_USE", "REQUEST_IN_PROGRESS"):
@@ -311,3 +325,27 @@ class JsonRenderer:
     def reversed(self, ref: str, redemption_ids: dict[str, int], request_id: str) -> StoredResponse:
         coupons = [ReversedCoupon(code=c, redemption_id=i or None, reversed=True) for c, i in redemption_ids.items()]
         return StoredResponse(200, encoder.encode(ReversalOut(ref=ref, status="reversed", coupons=coupons)))
+
+    def reversed_redeem(self, entry: Entry, request_id: str) -> StoredResponse:
+        """409 ``REDEMPTION_REVERSED``: the redemption as it stands now, with the ids that were reversed."""
+        assert entry.reversal is not None
+        error = CATALOG["REDEMPTION_REVERSED"]
+        when = datetime.fromtimestamp(entry.reversal.at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if entry.reversal.state == "done":
+            what = f"Redemption {entry.ref} was reversed at {when}: nothing is redeemed under it now."
+        else:
+            what = f"Redemption {entry.ref} is being reversed (since {when}): give no discount for it."
+        message = f"{what} To redeem again, send a new transaction number (or a new Idempotency-Key)."
+        coupons = [
+            RedeemedCoupon(code=c, series_id=None, discount=None, redeemed=False, redemption_id=i or None, error=None)
+            for c, i in entry.redemption_ids.items()
+        ]
+        body = RedeemOut(
+            ref=entry.ref,
+            status="reversed",
+            transaction_number=entry.command.transaction_number,
+            coupons=coupons,
+            total_discount=ZERO,
+            error=ErrorDetail(error.code, message, error.retryable, None, request_id),
+        )
+        return StoredResponse(error.http_status, encoder.encode(body))

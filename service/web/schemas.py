@@ -171,7 +171,7 @@ class ValidateOut(Outbound):
     error: ErrorDetail | None = None
 
 
-RedeemStatus = Literal["redeemed", "partially_redeemed", "rejected", "pending", "failed"]
+RedeemStatus = Literal["redeemed", "partially_redeemed", "rejected", "pending", "failed", "reversed"]
 
 
 class RedeemOut(Outbound):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -17,7 +16,8 @@ import pytest
 from service.config import StateSettings
 from service.sandbox import DEMO, Fault, FaultKind
 from tests.api.spec import assert_matches
-from tests.conftest import RESPONSE_STYLES, GatewayClient, StartGateway, Upstream, clean_redis
+from tests.conftest import RESPONSE_STYLES, GatewayClient, StartGateway, Upstream
+from tests.integration.conftest import FAST, Gateway
 
 
 @pytest.fixture(params=RESPONSE_STYLES)
@@ -31,34 +31,9 @@ ALICE = {"mobile": DEMO.customer("alice").mobile}
 REDEEM = "/v1/redemptions"
 RETRYABLE = {409, 503, 504}
 
-# Short times for tests: the deadline a till waits, and slack before "not applied" may be concluded.
-FAST = {"redeem_deadline": 1.0, "lease_margin": 0.2, "reconcile_interval": 0.1}
-
 
 def _body(*codes: str, txn: str = "T-EO-1", **extra: Any) -> dict[str, Any]:
     return {"customer": ALICE, "codes": list(codes), "billAmount": "1000.00", "transactionNumber": txn, **extra}
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
-    """The ledger backend: None (in memory) or the tests' Redis database."""
-    if request.param == "memory":
-        yield None
-        return
-    async with clean_redis() as url:
-        yield url
-
-
-Gateway = Callable[..., Awaitable[GatewayClient]]
-
-
-@pytest.fixture
-def make_gateway(start_gateway: StartGateway, upstream: Upstream, backend: str | None) -> Gateway:
-    async def make(timeout: float = 0.5, **state: Any) -> GatewayClient:
-        settings = StateSettings(redis_url=backend, **{**FAST, **state})
-        return await start_gateway(upstream, timeout=timeout, state=settings)
-
-    return make
 
 
 async def till(

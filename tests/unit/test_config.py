@@ -78,6 +78,10 @@ def test_secrets_never_appear_in_repr() -> None:
         ({**OAUTH, "GATEWAY_BODY_TIMEOUT_SECONDS": "never"}, "GATEWAY_BODY_TIMEOUT_SECONDS"),
         ({**OAUTH, "GATEWAY_KEEPALIVE_SECONDS": "0.5"}, "GATEWAY_KEEPALIVE_SECONDS"),
         ({**OAUTH, "GATEWAY_MAX_REQUESTS_PER_CONNECTION": "2.5"}, "GATEWAY_MAX_REQUESTS_PER_CONNECTION"),
+        ({**OAUTH, "LEDGER_MEMORY_MAX_PER_STORE": "10"}, "LEDGER_MEMORY_MAX_PER_STORE"),
+        ({**OAUTH, "LEDGER_REFUSED_TTL_SECONDS": "a while"}, "LEDGER_REFUSED_TTL_SECONDS"),
+        ({**OAUTH, "RECONCILE_CLOCK_SKEW_SECONDS": "-1"}, "RECONCILE_CLOCK_SKEW_SECONDS"),
+        ({**OAUTH, "LEDGER_WRITE_RETRY_SECONDS": "0"}, "LEDGER_WRITE_RETRY_SECONDS"),
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], variable: str) -> None:
@@ -109,3 +113,11 @@ def test_every_client_operation_is_a_named_operation() -> None:
     source = Path(__file__).resolve().parents[2].joinpath("service/capillary/client.py").read_text()
     used = set(re.findall(r'_call\(\s*"([a-z_]+)"', source))
     assert used == set(OPERATIONS)
+
+
+def test_the_ledgers_shares_never_exceed_their_whole() -> None:
+    """A lowered TTL or cap (a benchmark's IDEMPOTENCY_TTL_SECONDS=60) lowers the parts with it, not a start error."""
+    state = load_settings({**OAUTH, "IDEMPOTENCY_TTL_SECONDS": "60", "LEDGER_MEMORY_MAX_ENTRIES": "1000"}).state
+    assert (state.refused_ttl, state.memory_max_per_store) == (60, 1000)
+    default = load_settings(OAUTH).state
+    assert (default.refused_ttl, default.memory_max_per_store, default.clock_skew) == (900, 20_000, 300)

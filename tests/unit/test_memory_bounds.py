@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import msgspec
 import pytest
 
 from service.idempotency.models import Entry, State, StoredCommand
@@ -162,3 +163,48 @@ async def test_memory_cache_hands_out_copies() -> None:
     one, two = (await cache.multi_get(["1"]))[0], (await cache.multi_get(["1"]))[0]
     assert one == two == SeriesSummary(id=1)
     assert one is not two
+
+
+def _of_store(n: int, store: str) -> Entry:
+    entry = _entry(n)
+    entry.command = msgspec.structs.replace(entry.command, store=store)
+    entry.key = f"natural:{store}:T{n}:C{n}"
+    return entry
+
+
+async def test_one_store_gets_its_quota_and_no_more() -> None:
+    """A till flooding the ledger (every refused redeem is a record) cannot take the room of the other stores."""
+    clock = Clock()
+    store = MemoryStore(clock, max_entries=100, max_per_store=3)
+    for n in range(3):
+        assert await store.claim(_of_store(n, "S1"), ttl=60) is None
+    assert store.refusing() is not None
+    assert "S1" in (store.refusing() or "")
+    with pytest.raises(StoreUnavailable, match="LEDGER_MEMORY_MAX_PER_STORE"):
+        await store.claim(_of_store(3, "S1"), ttl=60)
+    assert await store.claim(_of_store(4, "S2"), ttl=60) is None  # another store is not held back
+    assert (await store.claim(_of_store(0, "S1"), ttl=60) or _entry(99)).ref == _of_store(0, "S1").ref
+    assert store.refusals == {"store_quota": 1}
+    clock.now += 61
+    assert await store.claim(_of_store(3, "S1"), ttl=60) is None  # its records expired: room again
+    assert store.refusing() is None
+
+
+async def test_resolving_binds_redemption_ids_to_one_record() -> None:
+    clock = Clock()
+    store = MemoryStore(clock)
+    one, two = _entry(1, "in_flight"), _entry(2, "in_flight")
+    await store.claim(one, ttl=3600)
+    await store.claim(two, ttl=3600)
+    one.state, one.redemption_ids = "done", {"C1": 501}
+    assert (await store.resolve(one, ttl=3600)).written
+    assert await store.owners([501, 502]) == {501: one.ref}
+    two.state, two.redemption_ids = "done", {"C2": 501}  # the same redemption: not two's to take
+    refused = await store.resolve(two, ttl=3600)
+    assert (refused.written, refused.taken) == (False, {501: one.ref})
+    two.state, two.redemption_ids = "failed", {}
+    assert (await store.resolve(two, ttl=60)).written
+    assert await store.claim(_entry(2), ttl=60) is None  # "failed" freed its key
+    again = await store.resolve(one, ttl=3600)  # a second resolution of a final record changes nothing
+    assert again.current is not None
+    assert again.current.ref == one.ref
