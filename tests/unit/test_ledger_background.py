@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from decimal import Decimal as D
 
 from service.idempotency.models import Entry, FoundRedemption, natural_key
@@ -60,6 +60,12 @@ class HeldUpstream:
 
 
 class NoSeries:
+    async def known(self, codes: Sequence[str]) -> dict[str, SeriesSummary]:
+        return {}
+
+    async def by_ids(self, ids: Iterable[int]) -> dict[int, SeriesSummary]:
+        return {}
+
     async def for_codes(self, codes: Sequence[str]) -> dict[str, SeriesSummary]:
         return {}
 
