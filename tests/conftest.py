@@ -161,6 +161,24 @@ async def gateway(start_gateway: StartGateway, upstream: Upstream) -> GatewayCli
     return await start_gateway(upstream)
 
 
+def serve_env(upstream_url: str, keys_file: str, port: int, **settings: str) -> dict[str, str]:
+    """The environment of a real ``coupon-gateway serve`` in front of a sandbox: this process's environment without
+    any gateway, Capillary or sandbox setting, then OAuth to the sandbox, the key file, 127.0.0.1:``port``, and
+    ``settings`` on top."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPILLARY_", "GATEWAY_", "SANDBOX_"))}
+    return env | {
+        "CAPILLARY_API_URL": upstream_url,
+        "CAPILLARY_UPLOAD_URL": upstream_url,
+        "CAPILLARY_AUTH": "oauth",
+        "CAPILLARY_CLIENT_KEY": DEMO.client_key,
+        "CAPILLARY_CLIENT_SECRET": DEMO.client_secret,
+        "GATEWAY_API_KEYS_FILE": keys_file,
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_PORT": str(port),
+        **settings,
+    }
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -51,6 +51,18 @@ _KINDS: Final[Mapping[str, UploadKind]] = {"coupons": "coupons", "redemptions": 
 _SETUP: Final = "export GATEWAY_URL=http://127.0.0.1:8080 GATEWAY_API_KEY=sandbox-admin-key  # once per shell\n"
 
 
+def _action_adder(subparsers: Any, shared: argparse.ArgumentParser) -> Callable[..., argparse.ArgumentParser]:
+    """``add(name, help, *examples)``: one subcommand with the shared options, its help as description, examples."""
+
+    def add(name: str, help: str, *examples: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = subparsers.add_parser(
+            name, parents=[shared], help=help, description=help, formatter_class=_Help, epilog=_examples(*examples)
+        )
+        return parser
+
+    return add
+
+
 def _examples(*lines: str) -> str:
     return "examples:\n  " + _SETUP.replace("\n", "") + "".join(f"\n  {line}" for line in lines)
 
@@ -89,11 +101,7 @@ def add_parser(commands: Any) -> None:
     )
     subparsers = coupons.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    def action(name: str, help: str, *examples: str) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = subparsers.add_parser(
-            name, parents=[shared], help=help, description=help, formatter_class=_Help, epilog=_examples(*examples)
-        )
-        return parser
+    action = _action_adder(subparsers, shared)
 
     def customer(parser: argparse.ArgumentParser) -> None:
         group = parser.add_mutually_exclusive_group(required=True)
@@ -210,11 +218,7 @@ def add_parser(commands: Any) -> None:
     )
     series_actions = series.add_subparsers(dest="action", required=True, metavar="ACTION")
 
-    def series_action(name: str, help: str, *examples: str) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = series_actions.add_parser(
-            name, parents=[shared], help=help, description=help, formatter_class=_Help, epilog=_examples(*examples)
-        )
-        return parser
+    series_action = _action_adder(series_actions, shared)
 
     show = series_action(
         "show",

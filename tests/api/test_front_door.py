@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,7 +27,17 @@ from service.config import AccessSettings, Settings
 from service.sandbox import DEMO
 from service.web.server import DoorLimits, serve
 from tests.api.spec import assert_matches
-from tests.conftest import ADMIN_KEY, TEST_KEYS, TILL_KEY, LogCapture, StartUpstream, Upstream, bearer, free_port
+from tests.conftest import (
+    ADMIN_KEY,
+    TEST_KEYS,
+    TILL_KEY,
+    LogCapture,
+    StartUpstream,
+    Upstream,
+    bearer,
+    free_port,
+    serve_env,
+)
 
 SERIES = DEMO.series_of("abs").id
 VALIDATE = {"customer": {"mobile": DEMO.customer("alice").mobile}, "codes": ["ABS-ALICE-1"], "billAmount": "2000.00"}
@@ -407,23 +416,17 @@ async def test_serve_applies_the_door_limits_from_its_environment(
     keys = tmp_path / "keys.json"
     keys.write_text(json.dumps([key_entry(TILL_KEY, name="till", store="S001", scopes=["redeem"])]))
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPILLARY_", "GATEWAY_", "SANDBOX_"))}
-    env |= {
-        "CAPILLARY_API_URL": upstream.url,
-        "CAPILLARY_UPLOAD_URL": upstream.url,
-        "CAPILLARY_AUTH": "oauth",
-        "CAPILLARY_CLIENT_KEY": DEMO.client_key,
-        "CAPILLARY_CLIENT_SECRET": DEMO.client_secret,
-        "GATEWAY_API_KEYS_FILE": str(keys),
-        "GATEWAY_HOST": "127.0.0.1",
-        "GATEWAY_PORT": str(port),
-        "GATEWAY_HEADER_TIMEOUT_SECONDS": "0.5",
-        "GATEWAY_BODY_TIMEOUT_SECONDS": "0.5",
-        "GATEWAY_KEEPALIVE_SECONDS": "600",
-        "GATEWAY_SHUTDOWN_GRACE_SECONDS": "0",
-        "LOG_LEVEL": "warning",
-        "LOG_FORMAT": "json",
-    }
+    env = serve_env(
+        upstream.url,
+        str(keys),
+        port,
+        GATEWAY_HEADER_TIMEOUT_SECONDS="0.5",
+        GATEWAY_BODY_TIMEOUT_SECONDS="0.5",
+        GATEWAY_KEEPALIVE_SECONDS="600",
+        GATEWAY_SHUTDOWN_GRACE_SECONDS="0",
+        LOG_LEVEL="warning",
+        LOG_FORMAT="json",
+    )
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "service", "serve", env=env, stdout=asyncio.subprocess.DEVNULL
     )

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import sys
 from datetime import UTC, datetime
@@ -16,8 +15,7 @@ from pathlib import Path
 import aiohttp
 
 from service.access.keys import key_entry
-from service.sandbox import DEMO
-from tests.conftest import StartUpstream, bearer, free_port
+from tests.conftest import StartUpstream, bearer, free_port, serve_env
 
 KEY = "shutdown-test-key"
 BURST = 60
@@ -52,22 +50,16 @@ async def test_sigterm_mid_burst_fails_no_accepted_request_and_loses_none(
     keys = tmp_path / "keys.json"
     keys.write_text(json.dumps([key_entry(KEY, name="burst", store="S001", scopes=["redeem"])]))
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPILLARY_", "GATEWAY_", "SANDBOX_"))}
-    env |= {
-        "CAPILLARY_API_URL": upstream.url,
-        "CAPILLARY_UPLOAD_URL": upstream.url,
-        "CAPILLARY_AUTH": "oauth",
-        "CAPILLARY_CLIENT_KEY": DEMO.client_key,
-        "CAPILLARY_CLIENT_SECRET": DEMO.client_secret,
-        "GATEWAY_API_KEYS_FILE": str(keys),
-        "GATEWAY_HOST": "127.0.0.1",
-        "GATEWAY_PORT": str(port),
-        "GATEWAY_RATE_LIMIT_PER_SECOND": "10000",
-        "GATEWAY_SHUTDOWN_GRACE_SECONDS": "0.4",
-        "GATEWAY_SHUTDOWN_TIMEOUT_SECONDS": "15",
-        "LOG_LEVEL": "warning",
-        "LOG_FORMAT": "json",
-    }
+    env = serve_env(
+        upstream.url,
+        str(keys),
+        port,
+        GATEWAY_RATE_LIMIT_PER_SECOND="10000",
+        GATEWAY_SHUTDOWN_GRACE_SECONDS="0.4",
+        GATEWAY_SHUTDOWN_TIMEOUT_SECONDS="15",
+        LOG_LEVEL="warning",
+        LOG_FORMAT="json",
+    )
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
