@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.http_exceptions import (
     BadHttpMethod,
     BadStatusLine,
@@ -181,6 +181,15 @@ def _raw_error(status: int, reason: str, code: str, message: str) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
 
 
+class _Anonymous(web.Response):
+    """An answer without aiohttp's ``Server`` header, which names the software and its version. (Answers of the
+    application lose it in its response-prepare hook; these answers, given outside the application, have none.)"""
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        self.headers.popall(hdrs.SERVER, None)
+
+
 class DoorRequestHandler(RequestHandler):
     """aiohttp's HTTP/1.1 protocol with the header timeout, the error envelope for malformed requests and the
     per-connection request limit (see the module's description)."""
@@ -261,8 +270,10 @@ class DoorRequestHandler(RequestHandler):
             response = error_response(error, message, request_id=request_id)
         response.headers.update(SECURITY_HEADERS)
         response.headers[REQUEST_ID_HEADER] = request_id
-        response.force_close()
-        return response
+        assert isinstance(response.body, bytes)
+        anonymous = _Anonymous(status=response.status, body=response.body, headers=response.headers)
+        anonymous.force_close()
+        return anonymous
 
 
 class DoorSite(web.BaseSite):

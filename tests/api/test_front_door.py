@@ -318,6 +318,7 @@ async def test_malformed_http_gets_the_envelope_and_echoes_nothing(
     assert SECRET not in answer.raw
     assert not re.search(rb"GE.T|coupons|redemptions|AAAA|CCCC|X-Key|\x16", answer.raw)
     assert answer.headers["x-frame-options"] == "DENY"
+    assert "server" not in answer.headers  # no software, no version: not even aiohttp's own
     assert_matches("/v1/redemptions", "post", 400, json.loads(answer.body))
     assert ADMIN_KEY not in captured_logs.text
     assert door.refused("malformed_http") == 1
