@@ -48,6 +48,9 @@ class ErrorBody(msgspec.Struct, frozen=True):
 
 encoder: Final = msgspec.json.Encoder()
 
+# aiohttp's text for a body beyond ``client_max_size`` (read in chunks, so no Content-Length said so first).
+_TOO_LARGE: Final = re.compile(r"Maximum request body size (\d+) exceeded(?:, actual body size (\d+))?")
+
 # Local codes for failures of HTTP itself.
 HTTP_CODES: Final = {
     400: "INVALID_REQUEST",
@@ -180,6 +183,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         error = CATALOG[HTTP_CODES.get(exc.status, "HTTP_ERROR")]
         message = exc.reason if exc.text is None or exc.text.startswith(f"{exc.status}:") else exc.text
+        if exc.status == 413 and (sizes := _TOO_LARGE.search(exc.text or "")):  # aiohttp's own words, as the gate's
+            message = f"body: at most {sizes[1]} bytes" + (f", got {sizes[2]}" if sizes[2] else "")
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         response = error_response(error, message, request_id=request_id, status=exc.status, headers=allow)
     except Exception:

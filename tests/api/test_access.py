@@ -178,7 +178,9 @@ async def test_a_body_over_the_limit_gets_413_before_it_is_read(
     body = json.dumps({**_redeem_body("ABS-ALICE-1"), "padding": "x" * 2000}).encode()
     declared = await client.post("/v1/redemptions", data=body, headers={"Content-Type": "application/json"})
     assert declared.status == 413
-    assert (await _error(declared))["code"] == "PAYLOAD_TOO_LARGE"
+    said = await _error(declared)
+    assert said["code"] == "PAYLOAD_TOO_LARGE"
+    assert said["message"].startswith("body: at most 1024 bytes, got ")
 
     async def chunks() -> Any:  # no Content-Length: the read itself stops at the limit
         for _ in range(4):
@@ -186,6 +188,7 @@ async def test_a_body_over_the_limit_gets_413_before_it_is_read(
 
     chunked = await client.post("/v1/redemptions", data=chunks(), headers={"Content-Type": "application/json"})
     assert chunked.status == 413
+    assert (await _error(chunked))["message"].startswith("body: at most 1024 bytes")  # one wording for both
     assert upstream.sandbox.call_count() == 0
 
 
