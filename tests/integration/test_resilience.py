@@ -359,3 +359,38 @@ async def test_the_outbound_limiter_sheds_checks_and_keeps_redeems_going(make_ga
     samples = await _metrics(gateway)
     assert _metric(samples, "pos_coupon_upstream_rejected_total", reason="rate_limited", priority="check") >= 2
     assert upstream.sandbox.call_count("redeem") == 1
+
+
+async def test_error_statuses_whose_bodies_name_refusals_are_no_outage(make_gateway: Any, upstream: Upstream) -> None:
+    """A run of bad scans answered 500 with per-code refusals: each is a refusal, never retried, never counted
+    against the breaker, so other stores keep their circuit closed."""
+    gateway = await make_gateway(breaker_min_calls=4, retry_attempts=2)
+    for _ in range(8):
+        upstream.sandbox.add_fault(Fault(FaultKind.CODE, "is_redeemable", code=711, status=500, times=1))
+        body = {"customer": ALICE, "codes": ["ABS-ALICE-1"], "billAmount": "1000.00"}
+        response = await gateway.post("/v1/redemptions/validate", json=body)
+        payload = await response.json()
+        assert response.status == 200, payload
+        assert payload["coupons"][0]["error"]["code"] == "COUPON_ALREADY_REDEEMED"
+    assert upstream.sandbox.call_count("is_redeemable") == 8  # none retried
+    ready = await (await gateway.get("/readyz")).json()
+    assert set(ready["breakers"].values()) == {"closed"}
+    fine = await gateway.post(
+        "/v1/redemptions/validate", json={"customer": ALICE, "codes": ["ABS-ALICE-1"], "billAmount": "1000.00"}
+    )
+    assert fine.status == 200
+    assert (await fine.json())["coupons"][0]["redeemable"] is True
+
+
+async def test_try_later_statuses_are_retried_reads_and_no_outage(make_gateway: Any, upstream: Upstream) -> None:
+    """461 "search engine busy" and 521 "multiple actions for the same customer": a read tries again; they say
+    nothing of the host's health."""
+    gateway = await make_gateway(breaker_min_calls=2, retry_attempts=2)
+    for status in (461, 521, 461, 521):
+        upstream.sandbox.add_fault(Fault(FaultKind.HTTP_ERROR, "is_redeemable", status=status, times=1))
+        body = {"customer": ALICE, "codes": ["ABS-ALICE-1"], "billAmount": "1000.00"}
+        response = await gateway.post("/v1/redemptions/validate", json=body)
+        assert response.status == 200, await response.json()  # the retry went through
+    assert upstream.sandbox.call_count("is_redeemable") == 8
+    ready = await (await gateway.get("/readyz")).json()
+    assert set(ready["breakers"].values()) == {"closed"}
