@@ -1,0 +1,73 @@
+"""The back office's view of offline acceptance (admin scope): what is outstanding, the conflicts staff must
+resolve, and settling now."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from aiohttp import web
+
+from service.offline.service import Offline, conflict_message
+from service.offline.settler import Settler
+from service.web.errors import ApiError
+
+OFFLINE: Final = web.AppKey("offline", Offline)
+SETTLER: Final = web.AppKey("offline_settler", Settler)
+MAX_LIMIT: Final = 200
+
+
+def _mask(code: str) -> str:
+    """Codes as elsewhere in logs and back-office lists: the first two characters, then stars."""
+    return code[:2] + "***"
+
+
+def _int(request: web.Request, name: str, default: int, maximum: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 0 <= int(raw) <= maximum:
+        raise ApiError.invalid(f"{name}: a whole number from 0 to {maximum}")
+    return int(raw)
+
+
+async def overview(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[OFFLINE].overview())
+
+
+async def conflicts(request: web.Request) -> web.Response:
+    limit = _int(request, "limit", 50, MAX_LIMIT) or 1
+    offset = _int(request, "offset", 0, 10_000_000)
+    found = await request.app[OFFLINE].journal.conflicts()
+    page = found[offset : offset + limit]
+    items = [
+        {
+            "ref": item.ref,
+            "reason": item.reason,
+            "message": conflict_message(item),
+            "store": item.store,
+            "till": item.till,
+            "transactionNumber": item.transaction_number,
+            "codes": [_mask(line.code) for line in item.lines],
+            "recorded": [_mask(line.code) for line in item.lines if line.state == "ok"],
+            "totalDiscount": str(item.total),
+            "redeemedAt": item.at,
+            "conflictAt": item.resolved_at,
+        }
+        for item in page
+    ]
+    more = offset + limit < len(found)
+    return web.json_response({"items": items, "total": len(found), "nextOffset": offset + limit if more else None})
+
+
+async def settle(request: web.Request) -> web.Response:
+    raw = (await request.read()).strip()
+    if raw and raw != b"{}":
+        raise ApiError.invalid("body: send no body, or {}")
+    done = await request.app[SETTLER].settle()
+    return web.json_response({"result": done})
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/v1/offline", overview, allow_head=False)
+    router.add_get("/v1/offline/conflicts", conflicts, allow_head=False)
+    router.add_post("/v1/offline/settle", settle)

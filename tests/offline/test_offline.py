@@ -1,0 +1,255 @@
+"""Offline acceptance through the front door: the sandbox as Capillary, the journal in Redis or in the SQLite file.
+
+validate online -> outage -> provisional -> nothing at the sandbox -> recovery -> settled once through the
+redeemed-coupons upload, with the till's time and transaction number; conflicts, caps, locks, restarts, replicas
+and reversal.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.sandbox import DEMO, Fault, FaultKind
+from tests.conftest import ADMIN_KEY, OTHER_STORE_KEY, GatewayClient, Upstream, bearer
+from tests.offline.conftest import MakeGateway
+
+ALICE = {"mobile": DEMO.customer("alice").mobile}
+REDEEM = "/v1/redemptions"
+ADMIN = bearer(ADMIN_KEY)
+
+
+def body(*codes: str, txn: str = "T-OFF-1", bill: str = "1000.00", customer: dict[str, str] = ALICE) -> dict[str, Any]:
+    return {"customer": customer, "codes": list(codes), "billAmount": bill, "transactionNumber": txn}
+
+
+def outage(upstream: Upstream) -> None:
+    """Capillary answers 503 to every check (nothing is sent to redeem)."""
+    upstream.sandbox.add_fault(Fault(FaultKind.HTTP_ERROR, "is_redeemable", times=None))
+
+
+def recover(upstream: Upstream) -> None:
+    upstream.sandbox.faults.clear()
+
+
+def redeemed(upstream: Upstream, code: str) -> list[Any]:
+    return upstream.sandbox.redemptions_of(code, include_reversed=False)
+
+
+async def validate(gateway: GatewayClient, *codes: str, customer: dict[str, str] = ALICE) -> None:
+    response = await gateway.post(f"{REDEEM}/validate", json=body(*codes, customer=customer))
+    assert response.status == 200, await response.text()
+
+
+async def settle(gateway: GatewayClient) -> dict[str, int]:
+    response = await gateway.post("/v1/offline/settle", headers=ADMIN)
+    assert response.status == 200, await response.text()
+    result: dict[str, int] = (await response.json())["result"]
+    return result
+
+
+async def status_of(gateway: GatewayClient, ref: str) -> dict[str, Any]:
+    response = await gateway.get(f"{REDEEM}/{ref}")
+    assert response.status == 200
+    payload: dict[str, Any] = await response.json()
+    return payload
+
+
+async def test_provisional_then_settled_once_with_the_tills_time_and_number(
+    make_gateway: MakeGateway, offline_upstream: Upstream
+) -> None:
+    gateway = await make_gateway()
+    await validate(gateway, "ABS-ALICE-1")
+    outage(offline_upstream)
+    before = datetime.now(UTC)
+    response = await gateway.post(REDEEM, json=body("ABS-ALICE-1"))
+    payload = await response.json()
+    assert response.status == 200, payload
+    assert payload["status"] == "provisional"
+    assert payload["ref"].startswith("rdm_")
+    assert payload["totalDiscount"] == "100.00"
+    [coupon] = payload["coupons"]
+    assert coupon["redeemed"] is True and coupon["provisional"] is True
+    assert coupon["discount"]["amount"] == "100.00"
+    assert redeemed(offline_upstream, "ABS-ALICE-1") == []
+    assert (await status_of(gateway, payload["ref"]))["status"] == "provisional"
+
+    # Still down: the settler does nothing.
+    assert "redeemed" not in await settle(gateway)
+    assert redeemed(offline_upstream, "ABS-ALICE-1") == []
+
+    recover(offline_upstream)
+    assert (await settle(gateway)).get("redeemed") == 1
+    [redemption] = redeemed(offline_upstream, "ABS-ALICE-1")
+    assert redemption.transaction_number == "T-OFF-1"
+    assert redemption.store == "T1"  # the till
+    assert abs((redemption.redeemed_on - before).total_seconds()) < 5  # the till's time, not the settling time
+    settled = await status_of(gateway, payload["ref"])
+    assert settled["status"] == "redeemed"
+    assert settled["coupons"][0]["redemptionId"] == redemption.id
+
+    # Settling again, and the till's replay: nothing more upstream.
+    assert await settle(gateway) == {}
+    replay = await gateway.post(REDEEM, json=body("ABS-ALICE-1"))
+    assert replay.status == 200 and replay.headers.get("Idempotent-Replayed") == "true"
+    assert len(redeemed(offline_upstream, "ABS-ALICE-1")) == 1
+
+
+async def test_a_code_redeemed_elsewhere_during_the_outage_ends_as_a_conflict(
+    make_gateway: MakeGateway, offline_upstream: Upstream
+) -> None:
+    gateway = await make_gateway()
+    await validate(gateway, "ABS-ALICE-2")
+    outage(offline_upstream)
+    response = await gateway.post(REDEEM, json=body("ABS-ALICE-2", txn="T-OFF-2"))
+    ref = (await response.json())["ref"]
+    assert response.status == 200
+    # Meanwhile the coupon is used at another channel, straight at Capillary.
+    coupon = offline_upstream.sandbox.state.coupon_by_code("ABS-ALICE-2")
+    assert coupon is not None
+    offline_upstream.sandbox.state.record_redemption(
+        coupon,
+        customer_id=DEMO.customer("alice").id,
+        now=datetime.now(UTC),
+        store="WEB",
+        transaction_number="WEB-1",
+        bill_amount=__import__("decimal").Decimal(0),
+        discount=__import__("decimal").Decimal(100),
+        source="INSTORE",
+    )
+    recover(offline_upstream)
+    assert (await settle(gateway)).get("conflict") == 1
+    assert [r.transaction_number for r in redeemed(offline_upstream, "ABS-ALICE-2")] == ["WEB-1"]
+    state = await status_of(gateway, ref)
+    assert state["status"] == "conflict"
+    assert state["conflict"]["reason"] == "COUPON_ALREADY_REDEEMED"
+    listed = await gateway.get("/v1/offline/conflicts", headers=ADMIN)
+    page = await listed.json()
+    assert listed.status == 200
+    [item] = page["items"]
+    assert item["ref"] == ref and item["reason"] == "COUPON_ALREADY_REDEEMED"
+    assert item["store"] == "S001" and item["till"] == "T1"
+    assert item["codes"] == ["AB***"]
+    assert "ABS-ALICE-2" not in await listed.text()
+
+
+async def test_not_validated_online_is_refused_as_today_saying_why(
+    make_gateway: MakeGateway, offline_upstream: Upstream
+) -> None:
+    gateway = await make_gateway()
+    outage(offline_upstream)
+    response = await gateway.post(REDEEM, json=body("ABS-ALICE-1"))
+    payload = await response.json()
+    assert response.status == 503
+    assert payload["error"]["code"] == "UPSTREAM_UNAVAILABLE" and payload["error"]["retryable"] is True
+    assert "not validated online" in payload["error"]["message"]
+
+
+async def test_caps_refuse_with_clear_messages(
+    make_gateway: MakeGateway, offline_upstream: Upstream, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"maxPerTill": 1, "maxDiscountPerTransaction": "150.00"}))
+    gateway = await make_gateway(policy_file=str(policy))
+    await validate(gateway, "ABS-ALICE-1", "ABS-ALICE-2", "CAP-ALICE-1")
+    outage(offline_upstream)
+    two = await gateway.post(REDEEM, json=body("ABS-ALICE-1", "ABS-ALICE-2", txn="T-CAP-1"))
+    assert two.status == 503
+    assert "exceeds 150.00 per transaction" in (await two.json())["error"]["message"]
+    one = await gateway.post(REDEEM, json=body("ABS-ALICE-1", txn="T-CAP-2"))
+    assert one.status == 200
+    another = await gateway.post(REDEEM, json=body("ABS-ALICE-2", txn="T-CAP-3"))
+    message = (await another.json())["error"]["message"]
+    assert another.status == 503
+    assert "this till has 1 provisional redemptions outstanding (at most 1)" in message
+    metrics = await (await gateway.get("/metrics")).text()
+    assert 'gateway_offline_cap_refusals_total{cap="till_count"} 1.0' in metrics
+    assert 'gateway_offline_cap_refusals_total{cap="transaction_discount"} 1.0' in metrics
+
+
+async def test_a_provisional_code_is_not_accepted_twice_across_tills_and_replicas(
+    make_gateway: MakeGateway, offline_upstream: Upstream
+) -> None:
+    first, second = await make_gateway(), await make_gateway(key=ADMIN_KEY)
+    await validate(first, "ABS-ALICE-1")
+    outage(offline_upstream)
+    accepted = await first.post(REDEEM, json=body("ABS-ALICE-1", txn="T-TWO-1"))
+    assert accepted.status == 200
+    again = await second.post(REDEEM, json=body("ABS-ALICE-1", txn="T-TWO-2"))
+    assert again.status in (409, 503)
+    assert (await again.json())["error"]["code"] in ("COUPON_IN_USE", "UPSTREAM_UNAVAILABLE")
+    recover(offline_upstream)
+    # Back online, the code stays locked until it settles.
+    online = await second.post(REDEEM, json=body("ABS-ALICE-1", txn="T-TWO-3"))
+    assert online.status == 409
+    assert (await online.json())["error"]["code"] == "COUPON_IN_USE"
+    assert redeemed(offline_upstream, "ABS-ALICE-1") == []
+
+
+async def test_two_replicas_never_settle_one_twice(make_gateway: MakeGateway, offline_upstream: Upstream) -> None:
+    import asyncio
+
+    first, second = await make_gateway(), await make_gateway()
+    await validate(first, "ABS-ALICE-1")
+    await validate(first, "PERC-ALICE-1")
+    outage(offline_upstream)
+    for code, txn in (("ABS-ALICE-1", "T-R-1"), ("PERC-ALICE-1", "T-R-2")):
+        response = await first.post(REDEEM, json=body(code, txn=txn))
+        assert response.status == 200
+    recover(offline_upstream)
+    results = await asyncio.gather(settle(first), settle(second), settle(first), settle(second))
+    await settle(second)  # whatever a busy round left
+    assert sum(r.get("redeemed", 0) for r in results) <= 2
+    assert len(redeemed(offline_upstream, "ABS-ALICE-1")) == 1
+    assert len(redeemed(offline_upstream, "PERC-ALICE-1")) == 1
+    uploads = [j for j in offline_upstream.sandbox.state.upload_jobs.values() if j.kind == "redeemed"]
+    assert sum(j.total_uploaded_count for j in uploads) == 2
+
+
+async def test_a_restart_loses_no_provisional_redemption(
+    make_gateway: MakeGateway, offline_upstream: Upstream, aiohttp_client: Any
+) -> None:
+    gateway = await make_gateway()
+    await validate(gateway, "ABS-ALICE-1")
+    outage(offline_upstream)
+    response = await gateway.post(REDEEM, json=body("ABS-ALICE-1", txn="T-RS-1"))
+    assert response.status == 200
+    await gateway.close()  # the process ends
+    recover(offline_upstream)
+    restarted = await make_gateway()
+    overview = await (await restarted.get("/v1/offline", headers=ADMIN)).json()
+    assert overview["outstanding"] == 1
+    assert (await settle(restarted)).get("redeemed") == 1
+    assert [r.transaction_number for r in redeemed(offline_upstream, "ABS-ALICE-1")] == ["T-RS-1"]
+
+
+async def test_reversal_before_settling_makes_no_upstream_call(
+    make_gateway: MakeGateway, offline_upstream: Upstream
+) -> None:
+    gateway = await make_gateway()
+    await validate(gateway, "ABS-ALICE-1")
+    outage(offline_upstream)
+    response = await gateway.post(REDEEM, json=body("ABS-ALICE-1", txn="T-REV-1"))
+    ref = (await response.json())["ref"]
+    calls = len(offline_upstream.sandbox.calls)
+    reversal = await gateway.post(f"{REDEEM}/{ref}/reversal")
+    assert reversal.status == 200, await reversal.text()
+    assert (await reversal.json())["status"] == "reversed"
+    assert len(offline_upstream.sandbox.calls) == calls  # no upstream call at all
+    recover(offline_upstream)
+    assert "redeemed" not in await settle(gateway)
+    assert redeemed(offline_upstream, "ABS-ALICE-1") == []
+    replay = await gateway.post(REDEEM, json=body("ABS-ALICE-1", txn="T-REV-1"))
+    assert replay.status == 409 and (await replay.json())["error"]["code"] == "REDEMPTION_REVERSED"
+    # The code is free again: online, it redeems.
+    online = await gateway.post(REDEEM, json=body("ABS-ALICE-1", txn="T-REV-2"))
+    assert online.status == 200 and (await online.json())["status"] == "redeemed"
+
+
+async def test_other_store_cannot_see_the_offline_routes(make_gateway: MakeGateway) -> None:
+    gateway = await make_gateway(key=OTHER_STORE_KEY)
+    assert (await gateway.get("/v1/offline")).status == 403
