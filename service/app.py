@@ -53,7 +53,6 @@ from service.web.redemptions import JsonRenderer, RedemptionHandlers
 
 log = logging.getLogger("service.app")
 OFFLINE_TASK: Final = web.AppKey("offline_task", asyncio.Task[None])
-OFFLINE_COLLECTOR: Final = web.AppKey("offline_collector", OfflineCollector)
 
 SETTINGS: Final = web.AppKey("settings", Settings)
 CAPILLARY: Final = web.AppKey("capillary", CapillaryClient)
@@ -290,6 +289,8 @@ def create_app(
         ledger = ExactlyOnce(flow, store, coupons, app[SERIES], JsonRenderer(), timing)
         app[LEDGER] = ledger
         offline = await _setup_offline(app, ledger, store, coupons) if settings.offline.enabled else None
+        offline_metrics = OfflineCollector(offline, app.get(web_offline.SETTLER))
+        instruments.registry.register(offline_metrics)
         app[HANDLERS] = RedemptionHandlers(flow, app[SERIES], ledger, instruments, offline)
         collector = _state_collector(app, ledger, store)
         instruments.registry.register(collector)
@@ -305,6 +306,7 @@ def create_app(
             await store.close()
             instruments.registry.unregister(collector)
             instruments.registry.unregister(resilience)
+            instruments.registry.unregister(offline_metrics)
 
     async def backoffice_ctx(app: web.Application) -> AsyncIterator[None]:
         # Upload jobs live beside the ledger: in memory, or in Redis when the ledger is there.
@@ -340,8 +342,7 @@ def create_app(
     app.router.add_post(f"/v1/redemptions/{{ref:{REF_SEGMENT}}}/reversal", reversal)
     app.router.add_get("/v1/series/{seriesId}", series, allow_head=False)
     backoffice.add_routes(app.router)
-    if settings.offline.enabled:
-        web_offline.add_routes(app.router)
+    web_offline.add_routes(app.router)  # 404 unless OFFLINE_MODE=on
     instruments.initialise_routes(
         [(r.resource.canonical, r.method) for r in app.router.routes() if r.resource is not None]
     )
@@ -375,9 +376,6 @@ async def _setup_offline(
     app[web_offline.OFFLINE] = offline
     app[web_offline.SETTLER] = settler
     app[OFFLINE_TASK] = asyncio.create_task(settler.run(settings.offline.settle_interval))
-    collector = OfflineCollector(offline, settler)
-    app[METRICS].registry.register(collector)
-    app[OFFLINE_COLLECTOR] = collector
     log.info("offline acceptance on: journal %s", journal.backend)
     return offline
 
@@ -387,7 +385,6 @@ async def _stop_offline(app: web.Application) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    app[METRICS].registry.unregister(app[OFFLINE_COLLECTOR])
     await app[web_offline.OFFLINE].journal.close()
 
 

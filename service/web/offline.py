@@ -9,11 +9,20 @@ from aiohttp import web
 
 from service.offline.service import Offline, conflict_message
 from service.offline.settler import Settler
+from service.redemption.catalog import CATALOG
 from service.web.errors import ApiError
 
 OFFLINE: Final = web.AppKey("offline", Offline)
 SETTLER: Final = web.AppKey("offline_settler", Settler)
 MAX_LIMIT: Final = 200
+
+
+def _offline(request: web.Request) -> Offline:
+    """The offline service; without OFFLINE_MODE=on these routes do not exist (404)."""
+    offline = request.app.get(OFFLINE)
+    if offline is None:
+        raise ApiError(CATALOG["NOT_FOUND"])
+    return offline
 
 
 def _mask(code: str) -> str:
@@ -31,13 +40,14 @@ def _int(request: web.Request, name: str, default: int, maximum: int) -> int:
 
 
 async def overview(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[OFFLINE].overview())
+    return web.json_response(await _offline(request).overview())
 
 
 async def conflicts(request: web.Request) -> web.Response:
+    offline = _offline(request)
     limit = _int(request, "limit", 50, MAX_LIMIT) or 1
     offset = _int(request, "offset", 0, 10_000_000)
-    found = await request.app[OFFLINE].journal.conflicts()
+    found = await offline.journal.conflicts()
     page = found[offset : offset + limit]
     items = [
         {
@@ -60,6 +70,7 @@ async def conflicts(request: web.Request) -> web.Response:
 
 
 async def settle(request: web.Request) -> web.Response:
+    _offline(request)
     raw = (await request.read()).strip()
     if raw and raw != b"{}":
         raise ApiError.invalid("body: send no body, or {}")

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from service.sandbox import DEMO, Fault, FaultKind
+from tests.api.spec import assert_matches
 from tests.conftest import ADMIN_KEY, OTHER_STORE_KEY, GatewayClient, Upstream, bearer
 from tests.offline.conftest import MakeGateway
 
@@ -48,7 +48,9 @@ async def validate(gateway: GatewayClient, *codes: str, customer: dict[str, str]
 async def settle(gateway: GatewayClient) -> dict[str, int]:
     response = await gateway.post("/v1/offline/settle", headers=ADMIN)
     assert response.status == 200, await response.text()
-    result: dict[str, int] = (await response.json())["result"]
+    answer = await response.json()
+    assert_matches("/v1/offline/settle", "post", 200, answer)
+    result: dict[str, int] = answer["result"]
     return result
 
 
@@ -56,6 +58,7 @@ async def status_of(gateway: GatewayClient, ref: str) -> dict[str, Any]:
     response = await gateway.get(f"{REDEEM}/{ref}")
     assert response.status == 200
     payload: dict[str, Any] = await response.json()
+    assert_matches(f"{REDEEM}/{{ref}}", "get", 200, payload)
     return payload
 
 
@@ -69,11 +72,13 @@ async def test_provisional_then_settled_once_with_the_tills_time_and_number(
     response = await gateway.post(REDEEM, json=body("ABS-ALICE-1"))
     payload = await response.json()
     assert response.status == 200, payload
+    assert_matches(REDEEM, "post", 200, payload)
     assert payload["status"] == "provisional"
     assert payload["ref"].startswith("rdm_")
     assert payload["totalDiscount"] == "100.00"
     [coupon] = payload["coupons"]
-    assert coupon["redeemed"] is True and coupon["provisional"] is True
+    assert coupon["redeemed"] is True
+    assert coupon["provisional"] is True
     assert coupon["discount"]["amount"] == "100.00"
     assert redeemed(offline_upstream, "ABS-ALICE-1") == []
     assert (await status_of(gateway, payload["ref"]))["status"] == "provisional"
@@ -95,7 +100,8 @@ async def test_provisional_then_settled_once_with_the_tills_time_and_number(
     # Settling again, and the till's replay: nothing more upstream.
     assert await settle(gateway) == {}
     replay = await gateway.post(REDEEM, json=body("ABS-ALICE-1"))
-    assert replay.status == 200 and replay.headers.get("Idempotent-Replayed") == "true"
+    assert replay.status == 200
+    assert replay.headers.get("Idempotent-Replayed") == "true"
     assert len(redeemed(offline_upstream, "ABS-ALICE-1")) == 1
 
 
@@ -117,8 +123,8 @@ async def test_a_code_redeemed_elsewhere_during_the_outage_ends_as_a_conflict(
         now=datetime.now(UTC),
         store="WEB",
         transaction_number="WEB-1",
-        bill_amount=__import__("decimal").Decimal(0),
-        discount=__import__("decimal").Decimal(100),
+        bill_amount=Decimal(0),
+        discount=Decimal(100),
         source="INSTORE",
     )
     recover(offline_upstream)
@@ -129,10 +135,13 @@ async def test_a_code_redeemed_elsewhere_during_the_outage_ends_as_a_conflict(
     assert state["conflict"]["reason"] == "COUPON_ALREADY_REDEEMED"
     listed = await gateway.get("/v1/offline/conflicts", headers=ADMIN)
     page = await listed.json()
+    assert_matches("/v1/offline/conflicts", "get", 200, page)
     assert listed.status == 200
     [item] = page["items"]
-    assert item["ref"] == ref and item["reason"] == "COUPON_ALREADY_REDEEMED"
-    assert item["store"] == "S001" and item["till"] == "T1"
+    assert item["ref"] == ref
+    assert item["reason"] == "COUPON_ALREADY_REDEEMED"
+    assert item["store"] == "S001"
+    assert item["till"] == "T1"
     assert item["codes"] == ["AB***"]
     assert "ABS-ALICE-2" not in await listed.text()
 
@@ -145,7 +154,8 @@ async def test_not_validated_online_is_refused_as_today_saying_why(
     response = await gateway.post(REDEEM, json=body("ABS-ALICE-1"))
     payload = await response.json()
     assert response.status == 503
-    assert payload["error"]["code"] == "UPSTREAM_UNAVAILABLE" and payload["error"]["retryable"] is True
+    assert payload["error"]["code"] == "UPSTREAM_UNAVAILABLE"
+    assert payload["error"]["retryable"] is True
     assert "not validated online" in payload["error"]["message"]
 
 
@@ -167,8 +177,8 @@ async def test_caps_refuse_with_clear_messages(
     assert another.status == 503
     assert "this till has 1 provisional redemptions outstanding (at most 1)" in message
     metrics = await (await gateway.get("/metrics")).text()
-    assert 'gateway_offline_cap_refusals_total{cap="till_count"} 1.0' in metrics
-    assert 'gateway_offline_cap_refusals_total{cap="transaction_discount"} 1.0' in metrics
+    assert 'pos_coupon_offline_cap_refusals_total{cap="till_count"} 1.0' in metrics
+    assert 'pos_coupon_offline_cap_refusals_total{cap="transaction_discount"} 1.0' in metrics
 
 
 async def test_a_provisional_code_is_not_accepted_twice_across_tills_and_replicas(
@@ -222,6 +232,7 @@ async def test_a_restart_loses_no_provisional_redemption(
     recover(offline_upstream)
     restarted = await make_gateway()
     overview = await (await restarted.get("/v1/offline", headers=ADMIN)).json()
+    assert_matches("/v1/offline", "get", 200, overview)
     assert overview["outstanding"] == 1
     assert (await settle(restarted)).get("redeemed") == 1
     assert [r.transaction_number for r in redeemed(offline_upstream, "ABS-ALICE-1")] == ["T-RS-1"]
@@ -238,18 +249,35 @@ async def test_reversal_before_settling_makes_no_upstream_call(
     calls = len(offline_upstream.sandbox.calls)
     reversal = await gateway.post(f"{REDEEM}/{ref}/reversal")
     assert reversal.status == 200, await reversal.text()
-    assert (await reversal.json())["status"] == "reversed"
+    reversed_body = await reversal.json()
+    assert_matches(f"{REDEEM}/{{ref}}/reversal", "post", 200, reversed_body)
+    assert reversed_body["status"] == "reversed"
     assert len(offline_upstream.sandbox.calls) == calls  # no upstream call at all
     recover(offline_upstream)
     assert "redeemed" not in await settle(gateway)
     assert redeemed(offline_upstream, "ABS-ALICE-1") == []
     replay = await gateway.post(REDEEM, json=body("ABS-ALICE-1", txn="T-REV-1"))
-    assert replay.status == 409 and (await replay.json())["error"]["code"] == "REDEMPTION_REVERSED"
+    assert replay.status == 409
+    assert (await replay.json())["error"]["code"] == "REDEMPTION_REVERSED"
     # The code is free again: online, it redeems.
     online = await gateway.post(REDEEM, json=body("ABS-ALICE-1", txn="T-REV-2"))
-    assert online.status == 200 and (await online.json())["status"] == "redeemed"
+    assert online.status == 200
+    assert (await online.json())["status"] == "redeemed"
 
 
 async def test_other_store_cannot_see_the_offline_routes(make_gateway: MakeGateway) -> None:
     gateway = await make_gateway(key=OTHER_STORE_KEY)
     assert (await gateway.get("/v1/offline")).status == 403
+
+
+async def test_bad_paging_is_a_clear_400(make_gateway: MakeGateway) -> None:
+    gateway = await make_gateway()
+    response = await gateway.get("/v1/offline/conflicts?limit=x", headers=ADMIN)
+    assert response.status == 400
+    assert "limit" in (await response.json())["error"]["message"]
+
+
+async def test_offline_routes_are_404_when_off(gateway: GatewayClient) -> None:
+    response = await gateway.get("/v1/offline")
+    assert response.status == 404
+    assert (await response.json())["error"]["code"] == "NOT_FOUND"
