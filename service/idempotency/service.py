@@ -102,6 +102,10 @@ class OfflineAcceptance(Protocol):
 
     async def reverse(self, entry: Entry, key: str | None, reversed_body: StoredResponse) -> StoredResponse | None: ...
 
+    async def answer(self, ref: str, store: str | None) -> bytes | None:
+        """The journal's answer for a provisional redemption the ledger does not hold."""
+        ...
+
     async def held(self, codes: tuple[str, ...], ref: str) -> str | None:
         """A code held by another outstanding provisional redemption."""
         ...
@@ -614,6 +618,8 @@ class ExactlyOnce:
             if ref not in self._running:
                 raise
             entry, away = self._running[ref], True  # the ledger is away; this process is still at work on it
+        if entry is None and self.offline is not None and (body := await self.offline.answer(ref, store)):
+            return Reply(200, body, ref=ref)
         if entry is None or (store is not None and entry.command.store != store):
             raise Refused(CATALOG["REDEMPTION_NOT_FOUND"])
         if away:

@@ -31,7 +31,9 @@ class Line(msgspec.Struct, kw_only=True):
 
     code: str
     series_id: int
-    discount: Decimal
+    discount: Decimal  # the amount on this bill
+    kind: str = "ABS"  # the series' rule, as shown to the till
+    value: Decimal | None = None
     state: LineState = "open"
     batch: str | None = None
     reason: str | None = None
@@ -93,6 +95,11 @@ class Journal(Protocol):
         ...
 
     async def conflicts(self) -> list[Provisional]: ...
+    async def settled(self, ref: str, body: bytes, ttl: float) -> None:
+        """Keep a settled redemption's answer (its status, even where the ledger forgot it: a memory ledger)."""
+        ...
+
+    async def settled_answer(self, ref: str) -> bytes | None: ...
     async def conflict(self, item: Provisional) -> None:
         """Move ``item`` (state conflict) from the outstanding ones to the conflicts."""
         ...
@@ -180,6 +187,13 @@ class RedisJournal:
         values = await self._do(self._redis.hmget(PREFIX + "codes", codes))
         assert isinstance(values, list)
         return {c: v.decode() for c, v in zip(codes, values, strict=True) if v is not None}
+
+    async def settled(self, ref: str, body: bytes, ttl: float) -> None:
+        await self._do(self._redis.set(PREFIX + "settled:" + ref, body, px=max(1, int(ttl * 1000))))
+
+    async def settled_answer(self, ref: str) -> bytes | None:
+        value = await self._do(self._redis.get(PREFIX + "settled:" + ref))
+        return value if isinstance(value, bytes) else None
 
     async def conflicts(self) -> list[Provisional]:
         values = await self._do(self._redis.hgetall(PREFIX + "conflicts"))
@@ -336,6 +350,12 @@ class SqliteJournal:
             if value is not None:
                 found[code] = value.decode()
         return found
+
+    async def settled(self, ref: str, body: bytes, ttl: float) -> None:
+        await self._set("settled", ref, body, time.time() + ttl)
+
+    async def settled_answer(self, ref: str) -> bytes | None:
+        return await self._get("settled", ref)
 
     async def conflicts(self) -> list[Provisional]:
         items = [msgspec.json.decode(v, type=Provisional) for v in await self._all("conflict")]

@@ -88,7 +88,7 @@ def provisional_body(item: Provisional, status: str = "provisional", ids: dict[s
         _Coupon(
             code=line.code,
             series_id=line.series_id,
-            discount={"type": "ABS", "value": str(line.discount), "amount": str(line.discount)},
+            discount={"type": line.kind, "value": str(line.value or line.discount), "amount": str(line.discount)},
             redeemed=status != "conflict" or line.state == "ok",
             provisional=status == "provisional",
             redemption_id=(ids or {}).get(line.code) or None,
@@ -216,7 +216,16 @@ class Offline:
         total = price(outcomes, command.bill_amount, lambda o: o.ok)
         if any(o.amount is None for o in outcomes):
             raise OfflineDeclined(cause, "a discount cannot be computed offline")
-        lines = [Line(code=o.code, series_id=o.series_id or 0, discount=o.amount or Decimal(0)) for o in outcomes]
+        lines = [
+            Line(
+                code=o.code,
+                series_id=o.series_id or 0,
+                discount=o.amount or Decimal(0),
+                kind=o.rule.kind if o.rule else "ABS",
+                value=o.rule.value if o.rule else None,
+            )
+            for o in outcomes
+        ]
         return Provisional(
             ref=entry.ref,
             key=entry.key,
@@ -294,6 +303,23 @@ class Offline:
         except JournalUnavailable as exc:
             raise StoreUnavailable(str(exc)) from None
         return next((code for code, holder in holders.items() if holder != ref), None)
+
+    async def answer(self, ref: str, store: str | None) -> bytes | None:
+        """A provisional redemption's answer from the journal (the ledger no longer has it: a memory ledger after
+        a restart); None when the journal does not know ``ref`` (or it is another store's)."""
+        try:
+            item = await self.journal.get(ref)
+            if item is not None:
+                if store is not None and item.store != store:
+                    return None
+                return provisional_body(item, item.state)
+            kept = await self.journal.settled_answer(ref)  # b"<store>\n<body>"
+            if kept is None:
+                return None
+            owner, _, body = kept.partition(b"\n")
+            return body if store is None or owner == store.encode() else None
+        except JournalUnavailable:
+            return None
 
     # -------------------------------------------------------------------------------------- reversal
 

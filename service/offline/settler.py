@@ -75,6 +75,7 @@ class Settler:
     clock: Callable[[], float] = time.time
     owner: str = field(default_factory=lambda: uuid.uuid4().hex)
     last_round: float | None = None
+    _round: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def journal(self) -> Any:
@@ -85,6 +86,12 @@ class Settler:
 
     async def settle(self) -> dict[str, int]:
         """One round, if this replica holds the lease and Capillary is up. Returns what it did."""
+        if self._round.locked():  # the background round and POST /v1/offline/settle: one at a time here too
+            return {"busy": 1}
+        async with self._round:
+            return await self._settle()
+
+    async def _settle(self) -> dict[str, int]:
         done: dict[str, int] = {}
         self.offline.snapshot = await self.journal.outstanding()
         if not self.healthy():
@@ -233,6 +240,8 @@ class Settler:
             if time.monotonic() > deadline:
                 return
             await asyncio.sleep(self.poll_interval)
+            if not await self.journal.lease("settler", self.owner, self.lease_seconds):  # renewed while it waits
+                return
         refused = await self._errors(job) if job.error_count else {}
         await self._settle_lines(batch, refused, done)
 
@@ -307,10 +316,12 @@ class Settler:
         except Exception as exc:  # the ids are a nicety: the redemption is recorded either way
             log.info("settler: redemption ids of %s not found (%s)", item.ref, type(exc).__name__)
             ids = dict.fromkeys(item.codes, 0)
+        answer = self.render_redeemed(item, ids)
+        await self.journal.settled(item.ref, item.store.encode() + b"\n" + answer.body, self.offline.ttl)
         entry = await self.offline.ledger.load(item.ref)
         if entry is not None:
             entry.state, entry.redemption_ids = "done", ids
-            entry.response = self.render_redeemed(item, ids)
+            entry.response = answer
             try:
                 await self.offline.ledger.resolve(entry, self.offline.ttl, force=True)
             except StoreUnavailable:

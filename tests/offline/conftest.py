@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from service.app import create_app
-from service.config import OfflineSettings, Settings, StateSettings
+from service.config import CacheSettings, OfflineSettings, Settings, StateSettings
 from tests.conftest import TEST_ACCESS, TEST_KEYS, TILL_KEY, GatewayClient, StartUpstream, Upstream, bearer, clean_redis
 
 #: Short times: the till's wait and the ledger's slack; the settler runs only when a test asks (POST settle).
@@ -42,13 +42,19 @@ def make_gateway(aiohttp_client: Any, offline_upstream: Upstream, journal: dict[
     """``await make_gateway(key=TILL_KEY, policy_file=..., app_out=[])``: a gateway with OFFLINE_MODE=on."""
 
     async def make(
-        *, key: str = TILL_KEY, policy_file: str | None = None, breaker_min_calls: int = 1000, **state: Any
+        *,
+        key: str = TILL_KEY,
+        policy_file: str | None = None,
+        breaker_min_calls: int = 1000,
+        cache: CacheSettings | None = None,
+        **state: Any,
     ) -> GatewayClient:
         capillary = dataclasses.replace(
             offline_upstream.settings(timeout=1.0), breaker_min_calls=breaker_min_calls, retry_attempts=0
         )
         settings = Settings(
             capillary=capillary,
+            cache=cache or CacheSettings(),
             state=StateSettings(redis_url=journal.get("redis_url"), **{**FAST, **state}),
             access=TEST_ACCESS,
             offline=OfflineSettings(

@@ -13,6 +13,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from service.sandbox import DEMO, Fault, FaultKind
 from tests.api.spec import assert_matches
 from tests.conftest import ADMIN_KEY, OTHER_STORE_KEY, GatewayClient, Upstream, bearer
@@ -228,14 +230,19 @@ async def test_a_restart_loses_no_provisional_redemption(
     outage(offline_upstream)
     response = await gateway.post(REDEEM, json=body("ABS-ALICE-1", txn="T-RS-1"))
     assert response.status == 200
+    ref = (await response.json())["ref"]
     await gateway.close()  # the process ends
     recover(offline_upstream)
     restarted = await make_gateway()
     overview = await (await restarted.get("/v1/offline", headers=ADMIN)).json()
     assert_matches("/v1/offline", "get", 200, overview)
     assert overview["outstanding"] == 1
+    assert (await status_of(restarted, ref))["status"] == "provisional"
     assert (await settle(restarted)).get("redeemed") == 1
     assert [r.transaction_number for r in redeemed(offline_upstream, "ABS-ALICE-1")] == ["T-RS-1"]
+    # The ref's answer survives too (the in-memory ledger beside the file journal forgot it: the journal has it).
+    settled = await status_of(restarted, ref)
+    assert settled["status"] == "redeemed"
 
 
 async def test_reversal_before_settling_makes_no_upstream_call(
@@ -281,3 +288,160 @@ async def test_offline_routes_are_404_when_off(gateway: GatewayClient) -> None:
     response = await gateway.get("/v1/offline")
     assert response.status == 404
     assert (await response.json())["error"]["code"] == "NOT_FOUND"
+
+
+# ------------------------------------------------------------------------ what counts as "not reached"
+
+
+async def test_a_check_timing_out_gives_provisional(make_gateway: MakeGateway, offline_upstream: Upstream) -> None:
+    gateway = await make_gateway()
+    await validate(gateway, "PERC-ALICE-1")
+    offline_upstream.sandbox.add_fault(Fault(FaultKind.TIMEOUT, "is_redeemable", delay_seconds=3.0, times=None))
+    response = await gateway.post(REDEEM, json=body("PERC-ALICE-1", txn="T-TO-1"))
+    payload = await response.json()
+    assert response.status == 200, payload
+    assert_matches(REDEEM, "post", 200, payload)
+    assert payload["status"] == "provisional"
+    assert payload["coupons"][0]["discount"]["type"] == "PERC"
+    assert payload["totalDiscount"] == "150.00"  # 15 % of 1000.00, from the cached series
+
+
+async def test_an_open_breaker_gives_provisional(make_gateway: MakeGateway, offline_upstream: Upstream) -> None:
+    gateway = await make_gateway(breaker_min_calls=1)
+    await validate(gateway, "ABS-ALICE-1")
+    outage(offline_upstream)
+    first = await gateway.post(REDEEM, json=body("ABS-ALICE-2", txn="T-BR-0"))  # opens the breaker
+    assert first.status == 503
+    calls = len(offline_upstream.sandbox.calls)
+    response = await gateway.post(REDEEM, json=body("ABS-ALICE-1", txn="T-BR-1"))
+    assert response.status == 200
+    assert (await response.json())["status"] == "provisional"
+    assert len(offline_upstream.sandbox.calls) == calls  # refused by the breaker: nothing was sent
+
+
+async def test_a_redeem_sent_without_answer_stays_pending_never_provisional(
+    make_gateway: MakeGateway, offline_upstream: Upstream
+) -> None:
+    gateway = await make_gateway()
+    await validate(gateway, "ABS-ALICE-1")
+    offline_upstream.sandbox.add_fault(Fault(FaultKind.APPLY_THEN_RESET, "redeem"))
+    response = await gateway.post(REDEEM, json=body("ABS-ALICE-1", txn="T-PEND-1"))
+    payload = await response.json()
+    assert response.status == 202, payload
+    assert payload["status"] == "pending"
+    overview = await (await gateway.get("/v1/offline", headers=ADMIN)).json()
+    assert overview["outstanding"] == 0
+
+
+async def test_a_refused_connection_gives_provisional(
+    make_gateway: MakeGateway, offline_upstream: Upstream, journal: dict[str, Any], aiohttp_client: Any
+) -> None:
+    """A replica that cannot connect to Capillary at all (the port is closed), beside one that validated."""
+    import dataclasses
+
+    from service.app import create_app
+    from service.config import CacheSettings, OfflineSettings, Settings, StateSettings
+    from tests.conftest import REDIS_TEST_SERVER, TEST_ACCESS, TEST_KEYS, TILL_KEY, free_port
+
+    if "redis_url" not in journal:
+        pytest.skip("two replicas share the series cache and the journal through Redis")
+    cache = CacheSettings(url=f"{REDIS_TEST_SERVER}/{__import__('os').environ.get('TEST_REDIS_CACHE_DB', '14')}")
+    online = await make_gateway(cache=cache)
+    await validate(online, "ABS-ALICE-1")
+    closed = f"http://127.0.0.1:{free_port()}"
+    capillary = dataclasses.replace(offline_upstream.settings(timeout=1.0), api_url=closed, upload_url=closed)
+    settings = Settings(
+        capillary=capillary,
+        cache=cache,
+        state=StateSettings(redis_url=journal["redis_url"], redeem_deadline=2.0),
+        access=TEST_ACCESS,
+        offline=OfflineSettings(enabled=True, settle_interval=3600.0),
+    )
+    cut_off = await aiohttp_client(create_app(settings, keys=TEST_KEYS), headers=bearer(TILL_KEY))
+    response = await cut_off.post(REDEEM, json=body("ABS-ALICE-1", txn="T-CONN-1"))
+    payload = await response.json()
+    assert response.status == 200, payload
+    assert payload["status"] == "provisional"
+    assert (await settle(online)).get("redeemed") == 1  # the replica that reaches Capillary settles it
+    assert [r.transaction_number for r in redeemed(offline_upstream, "ABS-ALICE-1")] == ["T-CONN-1"]
+
+
+# ----------------------------------------------------------------------------------- settling edge cases
+
+
+async def test_an_upload_whose_answer_was_lost_is_found_in_the_job_list_not_sent_again(
+    make_gateway: MakeGateway, offline_upstream: Upstream
+) -> None:
+    gateway = await make_gateway()
+    await validate(gateway, "ABS-ALICE-1")
+    outage(offline_upstream)
+    assert (await gateway.post(REDEEM, json=body("ABS-ALICE-1", txn="T-LOST-1"))).status == 200
+    recover(offline_upstream)
+    offline_upstream.sandbox.add_fault(Fault(FaultKind.APPLY_THEN_RESET, "upload_redeemed"))
+    await settle(gateway)
+    assert (await settle(gateway)).get("redeemed") == 1
+    uploads = [j for j in offline_upstream.sandbox.state.upload_jobs.values() if j.kind == "redeemed"]
+    assert len(uploads) == 1  # one upload, never resent
+    assert [r.transaction_number for r in redeemed(offline_upstream, "ABS-ALICE-1")] == ["T-LOST-1"]
+
+
+async def test_an_upload_that_never_arrived_is_sent_in_a_later_batch(
+    make_gateway: MakeGateway, offline_upstream: Upstream
+) -> None:
+    gateway = await make_gateway()
+    await validate(gateway, "ABS-ALICE-1")
+    outage(offline_upstream)
+    assert (await gateway.post(REDEEM, json=body("ABS-ALICE-1", txn="T-NEVER-1"))).status == 200
+    recover(offline_upstream)
+    offline_upstream.sandbox.add_fault(Fault(FaultKind.RESET, "upload_redeemed"))  # refused before applying
+    first = await settle(gateway)
+    assert "redeemed" not in first
+    assert (await settle(gateway)).get("redeemed") == 1
+    uploads = [j for j in offline_upstream.sandbox.state.upload_jobs.values() if j.kind == "redeemed"]
+    assert len(uploads) == 1
+    assert len(redeemed(offline_upstream, "ABS-ALICE-1")) == 1
+
+
+async def test_past_the_policy_expiry_it_is_a_conflict_not_settled(
+    make_gateway: MakeGateway, offline_upstream: Upstream, tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"expireAfterSeconds": 0}))
+    gateway = await make_gateway(policy_file=str(policy))
+    await validate(gateway, "ABS-ALICE-1")
+    outage(offline_upstream)
+    ref = (await (await gateway.post(REDEEM, json=body("ABS-ALICE-1", txn="T-EXP-1"))).json())["ref"]
+    recover(offline_upstream)
+    assert (await settle(gateway)).get("expired") == 1
+    assert redeemed(offline_upstream, "ABS-ALICE-1") == []
+    state = await status_of(gateway, ref)
+    assert state["status"] == "conflict"
+    assert state["conflict"]["reason"] == "EXPIRED_OFFLINE"
+
+
+async def test_an_excluded_series_is_never_provisional(
+    make_gateway: MakeGateway, offline_upstream: Upstream, tmp_path: Path
+) -> None:
+    series_id = offline_upstream.sandbox.state.coupon_by_code("ABS-ALICE-1").series_id  # type: ignore[union-attr]
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"series": {str(series_id): {"excluded": True}}}))
+    gateway = await make_gateway(policy_file=str(policy))
+    await validate(gateway, "ABS-ALICE-1")
+    outage(offline_upstream)
+    response = await gateway.post(REDEEM, json=body("ABS-ALICE-1", txn="T-EXCL-1"))
+    assert response.status == 503
+    assert f"series {series_id} is excluded" in (await response.json())["error"]["message"]
+
+
+async def test_once_settled_a_reversal_reactivates_upstream(
+    make_gateway: MakeGateway, offline_upstream: Upstream
+) -> None:
+    gateway = await make_gateway()
+    await validate(gateway, "ABS-ALICE-1")
+    outage(offline_upstream)
+    ref = (await (await gateway.post(REDEEM, json=body("ABS-ALICE-1", txn="T-SREV-1"))).json())["ref"]
+    recover(offline_upstream)
+    assert (await settle(gateway)).get("redeemed") == 1
+    reversal = await gateway.post(f"{REDEEM}/{ref}/reversal")
+    assert reversal.status == 200, await reversal.text()
+    assert redeemed(offline_upstream, "ABS-ALICE-1") == []  # reactivated in Capillary
