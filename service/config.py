@@ -334,9 +334,17 @@ def offline_from_env(env: Mapping[str, str], problems: list[ConfigError] | None 
             "OFFLINE_MODE",
             "is on, but neither REDIS_URL nor OFFLINE_JOURNAL_PATH is set: provisional redemptions need a journal",
         )
+    policy_file = read.optional("OFFLINE_POLICY_FILE")
+    if enabled and policy_file is not None:
+        from service.offline.policy import PolicyError, load_policy  # read once here, so a bad file stops startup
+
+        try:
+            load_policy(policy_file)
+        except PolicyError as exc:
+            read.fail("OFFLINE_POLICY_FILE", str(exc))
     return OfflineSettings(
         enabled=enabled,
-        policy_file=read.optional("OFFLINE_POLICY_FILE"),
+        policy_file=policy_file,
         journal_path=journal,
         settle_interval=read.number("OFFLINE_SETTLE_INTERVAL_SECONDS", 30.0, minimum=0.05, maximum=3600),
         job_poll_interval=read.number("OFFLINE_JOB_POLL_SECONDS", 2.0, minimum=0.01, maximum=600),

@@ -84,8 +84,8 @@ class Journal(Protocol):
     backend: str
 
     def exclusive(self) -> contextlib.AbstractAsyncContextManager[None]: ...
-    async def note_valid(self, name: str, at: float, ttl: float) -> None: ...
-    async def valid_at(self, names: list[str]) -> dict[str, float]: ...
+    async def note_valid(self, name: str, record: bytes, ttl: float) -> None: ...
+    async def valid_at(self, names: list[str]) -> dict[str, bytes]: ...
     async def outstanding(self) -> list[Provisional]: ...
     async def get(self, ref: str) -> Provisional | None: ...
     async def put(self, item: Provisional) -> None: ...
@@ -141,15 +141,15 @@ class RedisJournal:
         except RedisError as exc:
             raise JournalUnavailable(str(exc)) from None
 
-    async def note_valid(self, name: str, at: float, ttl: float) -> None:
-        await self._do(self._redis.set(PREFIX + "valid:" + name, repr(at), px=max(1, int(ttl * 1000))))
+    async def note_valid(self, name: str, record: bytes, ttl: float) -> None:
+        await self._do(self._redis.set(PREFIX + "valid:" + name, record, px=max(1, int(ttl * 1000))))
 
-    async def valid_at(self, names: list[str]) -> dict[str, float]:
+    async def valid_at(self, names: list[str]) -> dict[str, bytes]:
         if not names:
             return {}
         values = await self._do(self._redis.mget([PREFIX + "valid:" + n for n in names]))
         assert isinstance(values, list)
-        return {n: float(v) for n, v in zip(names, values, strict=True) if v is not None}
+        return {n: v for n, v in zip(names, values, strict=True) if v is not None}
 
     async def outstanding(self) -> list[Provisional]:
         values = await self._do(self._redis.hgetall(PREFIX + "items"))
@@ -308,17 +308,17 @@ class SqliteJournal:
         async with self._op() as db:
             db.execute("DELETE FROM records WHERE kind = ? AND name = ?", (kind, name))
 
-    async def note_valid(self, name: str, at: float, ttl: float) -> None:
+    async def note_valid(self, name: str, record: bytes, ttl: float) -> None:
         async with self._op() as db:
             db.execute("DELETE FROM records WHERE kind = 'valid' AND expires <= ?", (time.time(),))
-        await self._set("valid", name, repr(at).encode(), time.time() + ttl)
+        await self._set("valid", name, record, time.time() + ttl)
 
-    async def valid_at(self, names: list[str]) -> dict[str, float]:
+    async def valid_at(self, names: list[str]) -> dict[str, bytes]:
         found = {}
         for name in names:
             value = await self._get("valid", name)
             if value is not None:
-                found[name] = float(value)
+                found[name] = value
         return found
 
     async def outstanding(self) -> list[Provisional]:

@@ -76,6 +76,14 @@ class _Body(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
 _encoder = msgspec.json.Encoder(decimal_format="string")
 
 
+class Validated(msgspec.Struct, frozen=True):
+    """An online validation: when Capillary said redeemable, and the code's series as then known (its discount
+    and bill limits, kept here for the whole window: the series cache may keep it for less)."""
+
+    at: float
+    series: SeriesSummary | None = None
+
+
 def validation_name(kind: str, customer: str, code: str) -> str:
     """The key of an online validation: the customer is hashed (no identifier in the journal's key names)."""
     return hashlib.sha256(f"{kind}\0{customer}\0{code}".encode()).hexdigest()[:40]
@@ -141,10 +149,13 @@ class Offline:
     async def note_validated(self, command: RedemptionCommand, outcome: Outcome) -> None:
         """Remember the codes Capillary said were redeemable for this customer just now (best effort)."""
         now = self.clock()
-        for code in (o.code for o in outcome.codes if o.ok):
+        passing = [o.code for o in outcome.codes if o.ok]
+        known = await self.series.known(passing) if passing else {}
+        for code in passing:
             name = validation_name(command.customer.kind, command.customer.value, code)
+            record = _encoder.encode(Validated(now, known.get(code)))
             try:
-                await self.journal.note_valid(name, now, self.policy.validated_within_seconds)
+                await self.journal.note_valid(name, record, self.policy.validated_within_seconds)
             except JournalUnavailable as exc:
                 log.warning("offline journal: validation not noted (%s)", exc)
                 return
@@ -190,22 +201,24 @@ class Offline:
     ) -> Provisional:
         if command.store is None:
             raise OfflineDeclined(cause, "the API key names no store")
-        known = await self.series.known(command.codes)
         names = {c: validation_name(command.customer.kind, command.customer.value, c) for c in command.codes}
         try:
-            valid = await self.journal.valid_at(list(names.values()))
+            found = await self.journal.valid_at(list(names.values()))
         except JournalUnavailable as exc:
             raise OfflineDeclined(cause, f"the offline journal is unavailable ({exc})") from None
+        valid = {c: msgspec.json.decode(found[n], type=Validated) for c, n in names.items() if n in found}
+        unknown = [c for c in command.codes if c in valid and valid[c].series is None]
+        known = await self.series.known(unknown) if unknown else {}
         now, window = self.clock(), self.policy.validated_within_seconds
         outcomes = []
         for code in command.codes:
-            at = valid.get(names[code])
-            if at is None or now - at > window:
+            validated = valid.get(code)
+            if validated is None or now - validated.at > window:
                 minutes = f"{window / 60:g}"
                 raise OfflineDeclined(
                     cause, f"coupon {code} was not validated online for this customer in the last {minutes} minutes"
                 )
-            series = known.get(code)
+            series = validated.series or known.get(code)
             if series is None or series.rule is None:
                 raise OfflineDeclined(cause, f"the discount of coupon {code} is not known offline")
             if (own := self.policy.for_series(series.id)) is not None and own.excluded:

@@ -242,7 +242,11 @@ class Settler:
             await asyncio.sleep(self.poll_interval)
             if not await self.journal.lease("settler", self.owner, self.lease_seconds):  # renewed while it waits
                 return
-        refused = await self._errors(job) if job.error_count else {}
+        try:
+            refused = await self._errors(job) if job.error_count else {}
+        except (aiohttp.ClientError, TimeoutError) as exc:  # the batch stays: the next round reads it again
+            log.warning("settler: error file of job %s unreadable (%s)", job.job_id, type(exc).__name__)
+            return
         await self._settle_lines(batch, refused, done)
 
     async def _errors(self, job: UploadJob) -> dict[str, str]:
@@ -250,7 +254,8 @@ class Settler:
         if not job.error_file_url:
             return {}
         url = URL(self.client_upload_url()).join(URL(job.error_file_url))
-        async with aiohttp.ClientSession() as session, session.get(url) as response:
+        timeout = aiohttp.ClientTimeout(total=self.client.settings.timeout)
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as response:
             response.raise_for_status()
             text = await response.text()
         refused = {}

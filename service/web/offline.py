@@ -3,14 +3,17 @@ resolve, and settling now."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Final
 
 from aiohttp import web
 
+from service.idempotency.store import StoreUnavailable
+from service.offline.journal import JournalUnavailable
 from service.offline.service import Offline, conflict_message
 from service.offline.settler import Settler
 from service.redemption.catalog import CATALOG
-from service.web.errors import ApiError
+from service.web.errors import ApiError, retry_headers
 
 OFFLINE: Final = web.AppKey("offline", Offline)
 SETTLER: Final = web.AppKey("offline_settler", Settler)
@@ -30,24 +33,32 @@ def _mask(code: str) -> str:
     return code[:2] + "***"
 
 
-def _int(request: web.Request, name: str, default: int, maximum: int) -> int:
+def _int(request: web.Request, name: str, default: int, minimum: int, maximum: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not 0 <= int(raw) <= maximum:
-        raise ApiError.invalid(f"{name}: a whole number from 0 to {maximum}")
+    if not raw.isdigit() or not minimum <= int(raw) <= maximum:
+        raise ApiError.invalid(f"{name}: a whole number from {minimum} to {maximum}")
     return int(raw)
 
 
 async def overview(request: web.Request) -> web.Response:
-    return web.json_response(await _offline(request).overview())
+    try:
+        return web.json_response(await _offline(request).overview())
+    except JournalUnavailable:
+        error = CATALOG["STATE_STORE_UNAVAILABLE"]
+        raise ApiError(error, headers=retry_headers(error)) from None
 
 
 async def conflicts(request: web.Request) -> web.Response:
     offline = _offline(request)
-    limit = _int(request, "limit", 50, MAX_LIMIT) or 1
-    offset = _int(request, "offset", 0, 10_000_000)
-    found = await offline.journal.conflicts()
+    limit = _int(request, "limit", 50, 1, MAX_LIMIT)
+    offset = _int(request, "offset", 0, 0, 10_000_000)
+    try:
+        found = await offline.journal.conflicts()
+    except JournalUnavailable:
+        error = CATALOG["STATE_STORE_UNAVAILABLE"]
+        raise ApiError(error, headers=retry_headers(error)) from None
     page = found[offset : offset + limit]
     items = [
         {
@@ -74,7 +85,12 @@ async def settle(request: web.Request) -> web.Response:
     raw = (await request.read()).strip()
     if raw and raw != b"{}":
         raise ApiError.invalid("body: send no body, or {}")
-    done = await request.app[SETTLER].settle()
+    # Shielded: a caller that stops waiting does not cut a round short (it would be taken up by the next one).
+    try:
+        done = await asyncio.shield(asyncio.ensure_future(request.app[SETTLER].settle()))
+    except (JournalUnavailable, StoreUnavailable):
+        error = CATALOG["STATE_STORE_UNAVAILABLE"]
+        raise ApiError(error, headers=retry_headers(error)) from None
     return web.json_response({"result": done})
 
 

@@ -336,23 +336,22 @@ async def test_a_redeem_sent_without_answer_stays_pending_never_provisional(
 async def test_a_refused_connection_gives_provisional(
     make_gateway: MakeGateway, offline_upstream: Upstream, journal: dict[str, Any], aiohttp_client: Any
 ) -> None:
-    """A replica that cannot connect to Capillary at all (the port is closed), beside one that validated."""
+    """A replica that cannot connect to Capillary at all (the port is closed), beside one that validated. It has
+    no series cache of its own (none shared either): the discount comes with the validation's record."""
     import dataclasses
 
     from service.app import create_app
-    from service.config import CacheSettings, OfflineSettings, Settings, StateSettings
-    from tests.conftest import REDIS_TEST_SERVER, TEST_ACCESS, TEST_KEYS, TILL_KEY, free_port
+    from service.config import OfflineSettings, Settings, StateSettings
+    from tests.conftest import TEST_ACCESS, TEST_KEYS, TILL_KEY, free_port
 
     if "redis_url" not in journal:
-        pytest.skip("two replicas share the series cache and the journal through Redis")
-    cache = CacheSettings(url=f"{REDIS_TEST_SERVER}/{__import__('os').environ.get('TEST_REDIS_CACHE_DB', '14')}")
-    online = await make_gateway(cache=cache)
+        pytest.skip("two replicas share the journal through Redis")
+    online = await make_gateway()
     await validate(online, "ABS-ALICE-1")
     closed = f"http://127.0.0.1:{free_port()}"
     capillary = dataclasses.replace(offline_upstream.settings(timeout=1.0), api_url=closed, upload_url=closed)
     settings = Settings(
         capillary=capillary,
-        cache=cache,
         state=StateSettings(redis_url=journal["redis_url"], redeem_deadline=2.0),
         access=TEST_ACCESS,
         offline=OfflineSettings(enabled=True, settle_interval=3600.0),
