@@ -343,7 +343,7 @@ class ExactlyOnce:
         except StoreUnavailable:
             await self._drop(entry)
             raise cause from None
-        return Reply(response.status, response.body, ref=entry.ref, outcome="provisional", redeemed=len(command.codes))
+        return Reply(response.status, response.body, ref=entry.ref, outcome="provisional")  # not redeemed (yet)
 
     def _settled(self, ref: str, task: asyncio.Task[Reply]) -> None:
         """A redeem that outlived its till's deadline ends with nobody awaiting it: its error is logged here."""

@@ -444,3 +444,55 @@ async def test_once_settled_a_reversal_reactivates_upstream(
     reversal = await gateway.post(f"{REDEEM}/{ref}/reversal")
     assert reversal.status == 200, await reversal.text()
     assert redeemed(offline_upstream, "ABS-ALICE-1") == []  # reactivated in Capillary
+
+
+async def test_a_transaction_partly_recorded_is_a_conflict_naming_what_was_recorded(
+    make_gateway: MakeGateway, offline_upstream: Upstream
+) -> None:
+    gateway = await make_gateway()
+    await validate(gateway, "ABS-ALICE-1", "ABS-ALICE-2")
+    outage(offline_upstream)
+    response = await gateway.post(REDEEM, json=body("ABS-ALICE-1", "ABS-ALICE-2", txn="T-PART-1"))
+    payload = await response.json()
+    assert response.status == 200, payload
+    assert payload["totalDiscount"] == "200.00"
+    used = offline_upstream.sandbox.state.coupon_by_code("ABS-ALICE-2")
+    assert used is not None
+    offline_upstream.sandbox.state.record_redemption(
+        used,
+        customer_id=DEMO.customer("alice").id,
+        now=datetime.now(UTC),
+        store="WEB",
+        transaction_number="WEB-2",
+        bill_amount=Decimal(0),
+        discount=Decimal(100),
+        source="INSTORE",
+    )
+    recover(offline_upstream)
+    assert (await settle(gateway)).get("conflict") == 1
+    assert [r.transaction_number for r in redeemed(offline_upstream, "ABS-ALICE-1")] == ["T-PART-1"]
+    state = await status_of(gateway, payload["ref"])
+    assert state["status"] == "conflict"
+    assert [c["redeemed"] for c in state["coupons"]] == [True, False]
+    page = await (await gateway.get("/v1/offline/conflicts", headers=ADMIN)).json()
+    assert page["items"][0]["recorded"] == ["AB***"]
+
+
+async def test_two_tills_racing_for_the_last_slot_get_one_provisional(
+    make_gateway: MakeGateway, offline_upstream: Upstream, tmp_path: Path
+) -> None:
+    import asyncio
+
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"maxPerStore": 1}))
+    first, second = await make_gateway(policy_file=str(policy)), await make_gateway(policy_file=str(policy))
+    await validate(first, "ABS-ALICE-1", "ABS-ALICE-2")
+    outage(offline_upstream)
+    answers = await asyncio.gather(
+        first.post(REDEEM, json=body("ABS-ALICE-1", txn="T-RACE-1")),
+        second.post(REDEEM, json=body("ABS-ALICE-2", txn="T-RACE-2")),
+    )
+    assert sorted(a.status for a in answers) == [200, 503]
+    overview = await (await first.get("/v1/offline", headers=ADMIN)).json()
+    assert overview["outstanding"] == 1
+    assert overview["byStore"] == {"S001": {"outstanding": 1, "discount": "100.00"}}
