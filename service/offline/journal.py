@@ -113,6 +113,15 @@ class Journal(Protocol):
 
 
 PREFIX = "pos_coupon:offline:"
+_LEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
 
 
 class RedisJournal:
@@ -120,6 +129,8 @@ class RedisJournal:
 
     def __init__(self, url: str, *, timeout: float = 0.5) -> None:
         self._redis = redis.Redis.from_url(url, socket_timeout=max(timeout, 1.0), socket_connect_timeout=timeout)
+        self._lease = self._redis.register_script(_LEASE)
+        self._release = self._redis.register_script(_RELEASE)
 
     @contextlib.asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:
@@ -220,20 +231,13 @@ class RedisJournal:
         await self._do(self._redis.hdel(PREFIX + "batches", batch_id))
 
     async def lease(self, name: str, owner: str, seconds: float) -> bool:
-        key = PREFIX + "lease:" + name
-        if await self._do(self._redis.set(key, owner, nx=True, px=int(seconds * 1000))):
-            return True
-        current = await self._do(self._redis.get(key))
-        if current == owner.encode():
-            await self._do(self._redis.pexpire(key, int(seconds * 1000)))
-            return True
-        return False
+        """Take the lease, or extend it when ``owner`` holds it (one atomic step)."""
+        args: list[str | int] = [owner, int(seconds * 1000)]
+        return bool(await self._do(self._lease(keys=[PREFIX + "lease:" + name], args=args)))
 
     async def release(self, name: str, owner: str) -> None:
-        key = PREFIX + "lease:" + name
         with contextlib.suppress(RedisError):
-            if await self._redis.get(key) == owner.encode():
-                await self._redis.delete(key)
+            await self._release(keys=[PREFIX + "lease:" + name], args=[owner])
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -380,22 +384,17 @@ class SqliteJournal:
         await self._delete("batch", batch_id)
 
     async def lease(self, name: str, owner: str, seconds: float) -> bool:
-        async with self._op() as db:
-            db.execute("BEGIN IMMEDIATE") if not _INSIDE.get() else None
-            try:
-                now = time.time()
-                row = db.execute(
-                    "SELECT value FROM records WHERE kind = 'lease' AND name = ? AND expires > ?", (name, now)
-                ).fetchone()
-                mine = row is None or bytes(row[0]) == owner.encode()
-                if mine:
-                    db.execute(
-                        "INSERT OR REPLACE INTO records VALUES ('lease', ?, ?, ?)",
-                        (name, owner.encode(), now + seconds),
-                    )
-            finally:
-                if not _INSIDE.get():
-                    db.execute("COMMIT")
+        """Take the lease, or extend it when ``owner`` holds it (in one write transaction)."""
+        now = time.time()
+        async with self.exclusive() if not _INSIDE.get() else contextlib.nullcontext(), self._op() as db:
+            row = db.execute(
+                "SELECT value FROM records WHERE kind = 'lease' AND name = ? AND expires > ?", (name, now)
+            ).fetchone()
+            mine = row is None or bytes(row[0]) == owner.encode()
+            if mine:
+                db.execute(
+                    "INSERT OR REPLACE INTO records VALUES ('lease', ?, ?, ?)", (name, owner.encode(), now + seconds)
+                )
         return mine
 
     async def release(self, name: str, owner: str) -> None:
