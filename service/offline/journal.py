@@ -14,13 +14,17 @@ import contextlib
 import contextvars
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from decimal import Decimal
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import msgspec
 import redis.asyncio as redis
 from redis.exceptions import LockError, RedisError
+
+from service.redemption.models import IdentifierKind
+
+T = TypeVar("T")
 
 LineState = Literal["open", "sent", "ok", "refused"]
 ItemState = Literal["provisional", "conflict"]
@@ -46,7 +50,7 @@ class Provisional(msgspec.Struct, kw_only=True):
     request_id: str
     store: str
     till: str | None
-    customer_kind: str
+    customer_kind: IdentifierKind
     customer: str
     transaction_number: str
     bill_amount: Decimal
@@ -67,7 +71,7 @@ class Batch(msgspec.Struct, kw_only=True):
 
     id: str  # also the uploaded file's name: how the job is recognised in the job list
     series_id: int
-    customer_kind: str
+    customer_kind: IdentifierKind
     rows: list[tuple[str, str]]  # (ref, code), in the file's row order
     created_at: float
     job_id: int | None = None
@@ -146,9 +150,9 @@ class RedisJournal:
             with contextlib.suppress(LockError, RedisError):
                 await lock.release()
 
-    async def _do(self, call: asyncio.Future[object] | object) -> object:
+    async def _do(self, call: Awaitable[T]) -> T:
         try:
-            return await call  # type: ignore[misc]
+            return await call
         except RedisError as exc:
             raise JournalUnavailable(str(exc)) from None
 
@@ -160,7 +164,7 @@ class RedisJournal:
             return {}
         values = await self._do(self._redis.mget([PREFIX + "valid:" + n for n in names]))
         assert isinstance(values, list)
-        return {n: v for n, v in zip(names, values, strict=True) if v is not None}
+        return {n: v for n, v in zip(names, values, strict=True) if isinstance(v, bytes)}
 
     async def outstanding(self) -> list[Provisional]:
         values = await self._do(self._redis.hgetall(PREFIX + "items"))
@@ -197,7 +201,7 @@ class RedisJournal:
             return {}
         values = await self._do(self._redis.hmget(PREFIX + "codes", codes))
         assert isinstance(values, list)
-        return {c: v.decode() for c, v in zip(codes, values, strict=True) if v is not None}
+        return {c: v.decode() for c, v in zip(codes, values, strict=True) if isinstance(v, bytes)}
 
     async def settled(self, ref: str, body: bytes, ttl: float) -> None:
         await self._do(self._redis.set(PREFIX + "settled:" + ref, body, px=max(1, int(ttl * 1000))))

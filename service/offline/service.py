@@ -364,18 +364,16 @@ class Offline:
     async def overview(self) -> dict[str, object]:
         outstanding = self.snapshot = await self.journal.outstanding()
         now = self.clock()
-        by_store: dict[str, dict[str, object]] = {}
+        counts: collections.Counter[str] = collections.Counter()
+        discounts: dict[str, Decimal] = collections.defaultdict(Decimal)
         for item in outstanding:
-            view = by_store.setdefault(item.store, {"outstanding": 0, "discount": Decimal(0)})
-            view["outstanding"] = int(view["outstanding"]) + 1  # type: ignore[call-overload]
-            view["discount"] = Decimal(view["discount"]) + item.total  # type: ignore[arg-type]
+            counts[item.store] += 1
+            discounts[item.store] += item.total
         policy = self.policy
         return {
             "outstanding": len(outstanding),
             "oldestAgeSeconds": round(now - outstanding[0].at, 3) if outstanding else None,
-            "byStore": {
-                s: {"outstanding": v["outstanding"], "discount": str(v["discount"])} for s, v in by_store.items()
-            },
+            "byStore": {s: {"outstanding": n, "discount": str(discounts[s])} for s, n in sorted(counts.items())},
             "caps": msgspec.to_builtins(policy),
             "journal": self.journal.backend,
         }

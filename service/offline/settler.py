@@ -30,7 +30,7 @@ from yarl import URL
 from service.capillary.client import CapillaryClient
 from service.capillary.coupons import CapillaryCoupons
 from service.capillary.errors import CapillaryError
-from service.capillary.models import UploadJob
+from service.capillary.models import IdentifierType, UploadJob
 from service.idempotency.models import StoredResponse
 from service.idempotency.store import StoreUnavailable
 from service.offline.journal import Batch, JournalUnavailable, Provisional
@@ -40,7 +40,12 @@ from service.redemption.models import CustomerRef
 
 log = logging.getLogger("service.offline.settler")
 
-_IDENTIFIER = {"mobile": "MOBILE", "email": "EMAIL", "externalId": "EXTERNAL_ID", "id": "USER_ID"}
+_IDENTIFIER: dict[str, IdentifierType] = {
+    "mobile": "MOBILE",
+    "email": "EMAIL",
+    "externalId": "EXTERNAL_ID",
+    "id": "USER_ID",
+}
 _COLUMN = {"mobile": "mobile", "email": "email", "externalId": "externalId", "id": "userId"}
 _DONE = {"COMPLETED", "FINISHED", "FAILED"}
 #: Columns of the uploaded file.
@@ -122,7 +127,7 @@ class Settler:
         try:
             if outstanding:
                 item = outstanding[0]
-                customer = CustomerRef(item.customer_kind, item.customer)  # type: ignore[arg-type]
+                customer = CustomerRef(item.customer_kind, item.customer)
                 await self.coupons.check(customer, item.codes[:1], store=item.store)
             else:
                 await self.client.series([batches[0].series_id])
@@ -195,7 +200,7 @@ class Settler:
             reply = await self.client.upload_redeemed_coupons(
                 batch.series_id,
                 data,
-                customer_identifier=_IDENTIFIER[batch.customer_kind],  # type: ignore[arg-type]
+                customer_identifier=_IDENTIFIER[batch.customer_kind],
                 coupon_identifier="COUPON_CODE",
                 upload_headers=headers,
                 details="offline redemptions settled by the gateway",
@@ -311,7 +316,7 @@ class Settler:
         ids: dict[str, int] = {}
         try:
             found = await self.coupons.find_redemptions(
-                CustomerRef(item.customer_kind, item.customer),  # type: ignore[arg-type]
+                CustomerRef(item.customer_kind, item.customer),
                 tuple(item.codes),
                 item.transaction_number,
             )
