@@ -23,6 +23,7 @@ from service.backoffice.preflight import Limits
 from service.capillary.client import CapillaryClient
 from service.capillary.coupons import CapillaryCoupons
 from service.config import Settings
+from service.idempotency.models import StoredResponse
 from service.idempotency.redis_store import RedisStore
 from service.idempotency.service import ExactlyOnce, Timing
 from service.idempotency.store import LedgerStore, MemoryStore, StoreUnavailable
@@ -35,16 +36,23 @@ from service.observability.metrics import (
 )
 from service.observability.requests import UpstreamObserver, observe_middleware
 from service.observability.tracing import server_middlewares
+from service.offline.journal import Journal, RedisJournal, SqliteJournal
+from service.offline.metrics import OfflineCollector
+from service.offline.policy import load_policy
+from service.offline.service import Offline, provisional_body
+from service.offline.settler import Settler
 from service.redemption.flow import RedemptionFlow
 from service.series import SeriesCatalog, open_catalog
 from service.upstream_auth import UpstreamAuth
 from service.web import backoffice
+from service.web import offline as web_offline
 from service.web.access import Gate, security_headers
 from service.web.deadline import deadline_middleware
 from service.web.errors import error_middleware
 from service.web.redemptions import JsonRenderer, RedemptionHandlers
 
 log = logging.getLogger("service.app")
+OFFLINE_TASK: Final = web.AppKey("offline_task", asyncio.Task[None])
 
 SETTINGS: Final = web.AppKey("settings", Settings)
 CAPILLARY: Final = web.AppKey("capillary", CapillaryClient)
@@ -280,7 +288,10 @@ def create_app(
         )
         ledger = ExactlyOnce(flow, store, coupons, app[SERIES], JsonRenderer(), timing)
         app[LEDGER] = ledger
-        app[HANDLERS] = RedemptionHandlers(flow, app[SERIES], ledger, instruments)
+        offline = await _setup_offline(app, ledger, store, coupons) if settings.offline.enabled else None
+        offline_metrics = OfflineCollector(offline, app.get(web_offline.SETTLER))
+        instruments.registry.register(offline_metrics)
+        app[HANDLERS] = RedemptionHandlers(flow, app[SERIES], ledger, instruments, offline)
         collector = _state_collector(app, ledger, store)
         instruments.registry.register(collector)
         resilience = ResilienceCollector(app[CAPILLARY])
@@ -289,10 +300,13 @@ def create_app(
         try:
             yield
         finally:
+            if offline is not None:
+                await _stop_offline(app)
             await ledger.close()  # the sweeper and the background writes too
             await store.close()
             instruments.registry.unregister(collector)
             instruments.registry.unregister(resilience)
+            instruments.registry.unregister(offline_metrics)
 
     async def backoffice_ctx(app: web.Application) -> AsyncIterator[None]:
         # Upload jobs live beside the ledger: in memory, or in Redis when the ledger is there.
@@ -328,10 +342,50 @@ def create_app(
     app.router.add_post(f"/v1/redemptions/{{ref:{REF_SEGMENT}}}/reversal", reversal)
     app.router.add_get("/v1/series/{seriesId}", series, allow_head=False)
     backoffice.add_routes(app.router)
+    web_offline.add_routes(app.router)  # 404 unless OFFLINE_MODE=on
     instruments.initialise_routes(
         [(r.resource.canonical, r.method) for r in app.router.routes() if r.resource is not None]
     )
     return app
+
+
+async def _setup_offline(
+    app: web.Application, ledger: ExactlyOnce, store: LedgerStore, coupons: CapillaryCoupons
+) -> Offline:
+    """OFFLINE_MODE=on: the policy, the journal (Redis when REDIS_URL is set, else the SQLite file), the hook in
+    the ledger, the settler in the background, and its metrics."""
+    settings = app[SETTINGS]
+    policy = load_policy(settings.offline.policy_file)
+    journal: Journal
+    if settings.state.redis_url:
+        journal = RedisJournal(settings.state.redis_url, timeout=settings.state.timeout)
+    elif settings.offline.journal_path:
+        journal = SqliteJournal(settings.offline.journal_path)
+    else:
+        raise RuntimeError("OFFLINE_MODE=on needs REDIS_URL or OFFLINE_JOURNAL_PATH for its journal")
+    ttl = max(settings.state.ttl, policy.expire_after_seconds * 2)
+    offline = Offline(journal, policy, app[SERIES], store, ttl)
+    ledger.offline = offline
+    settler = Settler(
+        offline,
+        app[CAPILLARY],
+        coupons,
+        lambda item, ids: StoredResponse(200, provisional_body(item, "redeemed", ids)),
+        poll_interval=settings.offline.job_poll_interval,
+    )
+    app[web_offline.OFFLINE] = offline
+    app[web_offline.SETTLER] = settler
+    app[OFFLINE_TASK] = asyncio.create_task(settler.run(settings.offline.settle_interval))
+    log.info("offline acceptance on: journal %s", journal.backend)
+    return offline
+
+
+async def _stop_offline(app: web.Application) -> None:
+    task = app[OFFLINE_TASK]
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await app[web_offline.OFFLINE].journal.close()
 
 
 def _watch_credentials(app: web.Application, client: CapillaryClient) -> Callable[[str, int | None, str | None], None]:

@@ -121,11 +121,23 @@ class AccessSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class OfflineSettings:
+    """Offline acceptance (service/offline, docs/offline.md): off unless ``OFFLINE_MODE=on``."""
+
+    enabled: bool = False
+    policy_file: str | None = None  # JSON; the contract's defaults without one
+    journal_path: str | None = None  # the SQLite file journal when REDIS_URL is not set
+    settle_interval: float = 30.0  # how often the settler looks for work
+    job_poll_interval: float = 2.0  # how often an upload job is polled while it runs
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     capillary: CapillarySettings
     cache: CacheSettings = CacheSettings()
     state: StateSettings = StateSettings()
     access: AccessSettings = AccessSettings()
+    offline: OfflineSettings = OfflineSettings()
     metrics_port: int | None = None  # serve /metrics and /openapi.yaml on their own port instead of the API's
     host: str = "0.0.0.0"
     port: int = 8080
@@ -313,6 +325,32 @@ def state_from_env(env: Mapping[str, str], problems: list[ConfigError] | None = 
     )
 
 
+def offline_from_env(env: Mapping[str, str], problems: list[ConfigError] | None = None) -> OfflineSettings:
+    read = _Env(env, problems)
+    enabled = read.choice("OFFLINE_MODE", ("on", "off"), "off") == "on"
+    journal = read.optional("OFFLINE_JOURNAL_PATH")
+    if enabled and journal is None and read.optional("REDIS_URL") is None:
+        read.fail(
+            "OFFLINE_MODE",
+            "is on, but neither REDIS_URL nor OFFLINE_JOURNAL_PATH is set: provisional redemptions need a journal",
+        )
+    policy_file = read.optional("OFFLINE_POLICY_FILE")
+    if enabled and policy_file is not None:
+        from service.offline.policy import PolicyError, load_policy  # read once here, so a bad file stops startup
+
+        try:
+            load_policy(policy_file)
+        except PolicyError as exc:
+            read.fail("OFFLINE_POLICY_FILE", str(exc))
+    return OfflineSettings(
+        enabled=enabled,
+        policy_file=policy_file,
+        journal_path=journal,
+        settle_interval=read.number("OFFLINE_SETTLE_INTERVAL_SECONDS", 30.0, minimum=0.05, maximum=3600),
+        job_poll_interval=read.number("OFFLINE_JOB_POLL_SECONDS", 2.0, minimum=0.01, maximum=600),
+    )
+
+
 def access_from_env(
     env: Mapping[str, str], *, keys_required: bool = True, problems: list[ConfigError] | None = None
 ) -> AccessSettings:
@@ -364,6 +402,7 @@ def gateway_from_env(
         cache=cache_from_env(env, problems),
         state=state_from_env(env, problems),
         access=access_from_env(env, keys_required=keys_required, problems=problems),
+        offline=offline_from_env(env, problems),
         metrics_port=metrics_port,
         host=read.text("GATEWAY_HOST", default_host),
         port=port,

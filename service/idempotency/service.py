@@ -89,6 +89,28 @@ class SeriesLookup(Protocol):
     async def for_codes(self, codes: tuple[str, ...]) -> dict[str, SeriesSummary]: ...
 
 
+class OfflineAcceptance(Protocol):
+    """Provisional redemptions while Capillary cannot be reached (``service/offline``; only with OFFLINE_MODE=on)."""
+
+    def applies(self, failure: Failure) -> bool: ...
+
+    async def accept(
+        self, entry: Entry, command: RedemptionCommand, till: str | None, cause: UpstreamFailure
+    ) -> StoredResponse:
+        """The provisional answer, journaled and recorded; raises the cause (with why) when it does not apply."""
+        ...
+
+    async def reverse(self, entry: Entry, key: str | None, reversed_body: StoredResponse) -> StoredResponse | None: ...
+
+    async def answer(self, ref: str, store: str | None) -> bytes | None:
+        """The journal's answer for a provisional redemption the ledger does not hold."""
+        ...
+
+    async def held(self, codes: tuple[str, ...], ref: str) -> str | None:
+        """A code held by another outstanding provisional redemption."""
+        ...
+
+
 @dataclass(frozen=True)
 class Reply:
     status: int
@@ -180,6 +202,7 @@ class ExactlyOnce:
     _writer: asyncio.Task[None] | None = None
     _sweeper: asyncio.Task[None] | None = None
     _stopping: bool = False
+    offline: OfflineAcceptance | None = None
     # read by the metrics collector
     pending_count: int = 0
     reconciliations: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -192,7 +215,13 @@ class ExactlyOnce:
     # ------------------------------------------------------------------------------------------ redeem
 
     async def redeem(
-        self, command: RedemptionCommand, key: str, request_id: str, *, legacy_key: str | None = None
+        self,
+        command: RedemptionCommand,
+        key: str,
+        request_id: str,
+        *,
+        legacy_key: str | None = None,
+        till: str | None = None,
     ) -> Reply:
         """``legacy_key``: the key earlier releases recorded this same request under (a record there is
         replayed too)."""
@@ -219,23 +248,31 @@ class ExactlyOnce:
                     raise Refused(CATALOG["REQUEST_IN_PROGRESS"], retry_after=1) from None
                 raise
             if existing is None or existing.ref == entry.ref:  # ours: a claim that landed, then was sent again
-                return await self._first(entry, command)
+                return await self._first(entry, command, till)
             reply = await self._replay(existing, entry.fingerprint, request_id)
             if reply is not None:
                 return reply
         raise Refused(CATALOG["REQUEST_IN_PROGRESS"], retry_after=1)
 
-    async def _first(self, entry: Entry, command: RedemptionCommand) -> Reply:
+    async def _first(self, entry: Entry, command: RedemptionCommand, till: str | None = None) -> Reply:
         try:
             busy = await self.store.lock(command.codes, entry.ref, self.timing.hard_limit)
         except StoreUnavailable:
             await self._drop(entry)  # nothing was sent; recorded now or when the store is back
             raise
+        if not busy and self.offline is not None:
+            try:
+                if (held := await self.offline.held(command.codes, entry.ref)) is not None:
+                    await self.store.unlock(command.codes, entry.ref)
+                    busy = [held]
+            except StoreUnavailable:
+                await self._drop(entry)
+                raise
         if busy:
             await self._drop(entry, locked=False)
             message = f"Coupon {busy[0]} is being redeemed in another transaction right now."
             raise Refused(CATALOG["COUPON_IN_USE"], message, retry_after=1)
-        task = asyncio.create_task(self._run(entry, command))
+        task = asyncio.create_task(self._run(entry, command, till))
         self._tasks.add(task)
         self._running[entry.ref] = entry
         self._running_keys[entry.key] = entry.ref
@@ -251,7 +288,7 @@ class ExactlyOnce:
                     return task.result()
                 return await self._pend(entry)
 
-    async def _run(self, entry: Entry, command: RedemptionCommand) -> Reply:
+    async def _run(self, entry: Entry, command: RedemptionCommand, till: str | None = None) -> Reply:
         sent = False
 
         def on_send() -> None:
@@ -270,18 +307,43 @@ class ExactlyOnce:
             if sent and exc.maybe_applied:
                 async with self._guard(entry.ref):
                     return await self._pend(entry)
+            if (reply := await self._provisional(entry, command, till, exc, sent)) is not None:
+                return reply
             await self._drop(entry)  # nothing was applied: the till may simply try again
             raise
         except TimeoutError:
             if sent:
                 async with self._guard(entry.ref):
                     return await self._pend(entry)
+            timeout = UpstreamFailure(Failure(CATALOG["UPSTREAM_TIMEOUT"]))
+            if (reply := await self._provisional(entry, command, till, timeout, sent)) is not None:
+                return reply
             await self._drop(entry)
-            raise UpstreamFailure(Failure(CATALOG["UPSTREAM_TIMEOUT"])) from None
+            raise timeout from None
         response = self.render.outcome(outcome, command, entry.request_id)
         async with self._guard(entry.ref):
             await self._finish(entry, outcome, response, force=True)  # Capillary's own answer: the truth
         return Reply(response.status, response.body, ref=entry.ref, **_summary(outcome))
+
+    async def _provisional(
+        self, entry: Entry, command: RedemptionCommand, till: str | None, cause: UpstreamFailure, sent: bool
+    ) -> Reply | None:
+        """Offline acceptance, when Capillary could not be reached before anything was sent (a redeem call refused
+        at connect counts as not sent). Declined: the entry is dropped and the cause raised, saying why."""
+        if self.offline is None or not self.offline.applies(cause.failure):
+            return None
+        if sent and (cause.maybe_applied or cause.failure.error.code != "UPSTREAM_UNAVAILABLE"):
+            return None
+        try:
+            async with self._guard(entry.ref):
+                response = await self.offline.accept(entry, command, till, cause)
+        except UpstreamFailure:
+            await self._drop(entry)
+            raise
+        except StoreUnavailable:
+            await self._drop(entry)
+            raise cause from None
+        return Reply(response.status, response.body, ref=entry.ref, outcome="provisional")  # not redeemed (yet)
 
     def _settled(self, ref: str, task: asyncio.Task[Reply]) -> None:
         """A redeem that outlived its till's deadline ends with nobody awaiting it: its error is logged here."""
@@ -556,6 +618,8 @@ class ExactlyOnce:
             if ref not in self._running:
                 raise
             entry, away = self._running[ref], True  # the ledger is away; this process is still at work on it
+        if entry is None and self.offline is not None and (body := await self.offline.answer(ref, store)):
+            return Reply(200, body, ref=ref)
         if entry is None or (store is not None and entry.command.store != store):
             raise Refused(CATALOG["REDEMPTION_NOT_FOUND"])
         if away:
@@ -631,13 +695,18 @@ class ExactlyOnce:
                 entry = await self.reconcile(entry)
             if entry.state in ("in_flight", "pending"):
                 raise Refused(CATALOG["REDEMPTION_PENDING"], retry_after=5)
-            if entry.state == "failed" or not entry.redemption_ids:
-                raise Refused(CATALOG["NOTHING_TO_REVERSE"])
             reversal = entry.reversal
             if reversal is not None and reversal.state == "done" and reversal.response is not None:
                 if key is None or key == reversal.key:
                     return Reply(reversal.response.status, reversal.response.body, replayed=True, ref=ref)
                 raise Refused(CATALOG["ALREADY_REVERSED"])
+            if self.offline is not None and entry.state == "done" and not entry.redemption_ids:
+                codes = dict.fromkeys(entry.command.codes, 0)
+                cancelled = self.render.reversed(entry.ref, codes, request_id)
+                if (response := await self.offline.reverse(entry, key, cancelled)) is not None:
+                    return Reply(response.status, response.body, ref=ref)
+            if entry.state == "failed" or not entry.redemption_ids:
+                raise Refused(CATALOG["NOTHING_TO_REVERSE"])
             return await self._reactivate(entry, key, request_id)
         finally:
             await self.store.unlock(guard, owner)

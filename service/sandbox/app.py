@@ -40,6 +40,7 @@ from .operations import OpContext, Operation, Prepared, Rejected, Reply
 from .sandbox import Call, Sandbox
 from .seed import DEMO
 from .state import message_for
+from .uploads import error_file_csv
 from .wire import status_entry
 
 SANDBOX_KEY: Final = web.AppKey("sandbox", Sandbox)
@@ -360,6 +361,8 @@ def _add_admin_routes(app: web.Application, sandbox: Sandbox) -> None:
     router.add_post(f"{ADMIN_PREFIX}/tokens/revoke", admin.revoke_tokens)
     router.add_get(f"{ADMIN_PREFIX}/options", admin.options)
     router.add_post(f"{ADMIN_PREFIX}/options", admin.set_options)
+    # A finished job's errorFileUrl, relative to the upload host: the rejected rows with their reasons.
+    router.add_get(r"/{name:error_[A-Za-z0-9_]+}", admin.error_file)
 
 
 _OPTION_KEYS: Final = (
@@ -390,6 +393,16 @@ class _Admin:
 
     async def demo(self, request: web.Request) -> web.Response:
         return _json(200, DEMO.to_json())
+
+    async def error_file(self, request: web.Request) -> web.Response:
+        """The error file of an upload job: its header row (or ``column0..``) plus ``error``, then each rejected
+        row as uploaded with its reason (CSV)."""
+        self._sandbox.process_jobs()
+        name = request.match_info["name"]
+        job = next((j for j in self._sandbox.state.upload_jobs.values() if j.error_file_url == name), None)
+        if job is None:
+            raise web.HTTPNotFound(text="no such error file")
+        return web.Response(text=error_file_csv(job), content_type="text/csv")
 
     async def state(self, request: web.Request) -> web.Response:
         sandbox = self._sandbox

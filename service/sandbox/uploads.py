@@ -296,6 +296,24 @@ def _process_redeemed(state: SandboxState, job: UploadJob) -> None:
         job.total_uploaded_count += 1
 
 
+def error_file_csv(job: UploadJob) -> str:
+    """A job's error file: the header (the file's own when it had one), then each rejected row with its reason."""
+    date_column = job.settings.get("columns", {}).get("redeemedDateInMillis") if job.kind == "redeemed" else None
+    if job.kind == "redeemed":
+        has_header = bool(job.rows) and not _cell(job.rows[0], date_column).isdigit()
+    else:
+        has_header = bool(job.rows) and _looks_like_header(job.rows[0])
+    rows = _split_header(job.rows, has_header)
+    width = max((len(r) for r in job.rows), default=0)
+    header = rows.header or [f"column{i}" for i in range(width)]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*header, "error"])
+    for number, reason in job.row_errors:
+        writer.writerow([*rows.data[number - 1], reason])
+    return out.getvalue()
+
+
 def _finish(job: UploadJob) -> None:
     done_at = job.due_on
     job.done = True

@@ -16,6 +16,7 @@ from service.idempotency.service import ExactlyOnce, Refused, Reply
 from service.idempotency.store import StoreUnavailable
 from service.observability.logging import mask
 from service.observability.metrics import Metrics
+from service.offline.service import Offline
 from service.redemption.catalog import CATALOG
 from service.redemption.discount import ZERO
 from service.redemption.flow import RedemptionFlow, UpstreamFailure
@@ -132,7 +133,12 @@ async def _exactly_once(call: Awaitable[Reply]) -> Reply:
         error = CATALOG["STATE_STORE_UNAVAILABLE"]
         raise ApiError(error, headers=retry_headers(error)) from None
     except UpstreamFailure as exc:
-        raise upstream_error(exc) from None
+        refused = upstream_error(exc)
+        note = getattr(exc, "note", None)  # offline acceptance was tried and did not apply: say why
+        if note:
+            message = f"{refused.message} Offline acceptance did not apply: {note}."
+            raise ApiError(refused.error, message, upstream=refused.upstream, headers=refused.headers) from None
+        raise refused from None
 
 
 def _refusal_status(outcome: Outcome) -> int:
@@ -168,11 +174,19 @@ def validation_outcome(outcome: Outcome) -> str:
 
 
 class RedemptionHandlers:
-    def __init__(self, flow: RedemptionFlow, series: SeriesCatalog, ledger: ExactlyOnce, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        flow: RedemptionFlow,
+        series: SeriesCatalog,
+        ledger: ExactlyOnce,
+        metrics: Metrics,
+        offline: Offline | None = None,
+    ) -> None:
         self._flow = flow
         self._series = series
         self._ledger = ledger
         self._metrics = metrics
+        self._offline = offline  # OFFLINE_MODE=on: online validations are noted for offline acceptance
 
     async def validate(self, request: web.Request) -> web.Response:
         try:
@@ -186,6 +200,8 @@ class RedemptionHandlers:
             self._metrics.validated("error", exc.error.code)
             structlog.contextvars.bind_contextvars(outcome="error", error_code=exc.error.code)
             raise
+        if self._offline is not None and outcome.failure is None:
+            await self._offline.note_validated(command, outcome)
         refused = outcome.failure or next((o.failure for o in outcome.codes if o.failure), None)
         result = validation_outcome(outcome)
         self._metrics.validated(result, refused.error.code if refused else None, outcome.codes)
@@ -215,7 +231,7 @@ class RedemptionHandlers:
                 key = natural_key(command, till)
                 # A till's records made before the till was part of the natural key stay theirs for their TTL.
                 legacy = natural_key(command) if till is not None else None
-            redeeming = self._ledger.redeem(command, key, request[REQUEST_ID], legacy_key=legacy)
+            redeeming = self._ledger.redeem(command, key, request[REQUEST_ID], legacy_key=legacy, till=_till(request))
             reply = await _exactly_once(redeeming)
         except ApiError as exc:
             code = exc.error.code
