@@ -29,6 +29,7 @@ from service.idempotency.store import LedgerStore, MemoryStore, StoreUnavailable
 from service.observability.metrics import (
     CacheView,
     Metrics,
+    RedisCollector,
     ResilienceCollector,
     StateCollector,
     UpstreamAuthCollector,
@@ -36,6 +37,7 @@ from service.observability.metrics import (
 from service.observability.requests import UpstreamObserver, observe_middleware
 from service.observability.tracing import server_middlewares
 from service.redemption.flow import RedemptionFlow
+from service.redis_pool import RedisPools, RoundTrips
 from service.series import SeriesCatalog, open_catalog
 from service.upstream_auth import UpstreamAuth
 from service.web import backoffice
@@ -188,10 +190,15 @@ def create_app(
     if keys is None:
         keys = KeyRing.load(access.keys_file) if access.keys_file else KeyRing({})
     gate = Gate.build(keys, access, instruments)
+    redis_metrics = (
+        RedisCollector(instruments.registry, lambda: RoundTrips.total)
+        if settings.state.redis_url or settings.cache.url
+        else None
+    )
     app = web.Application(
         middlewares=[
             *server_middlewares(),  # traces (OTEL_EXPORTER_OTLP_ENDPOINT): outermost, around everything
-            observe_middleware(instruments),
+            observe_middleware(instruments, redis_metrics),
             error_middleware,
             gate.middleware(),
             deadline_middleware(settings.request_deadline),
@@ -204,6 +211,7 @@ def create_app(
     app[METRICS] = instruments
     app[KEYS] = keys
     lifecycle = app[LIFECYCLE] = Lifecycle()
+    pools = RedisPools(settings.state.timeout)  # one pool per Redis URL: ledger, cache, jobs and limits share it
 
     async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
         await security_headers(request, response)
@@ -252,6 +260,7 @@ def create_app(
             ttl=cache.series_ttl,
             timeout=cache.timeout,
             lookup_timeout=cache.lookup_timeout,
+            redis_client=pools.client(cache.url) if cache.url else None,
         ) as catalog:
             app[SERIES] = catalog
             yield
@@ -260,7 +269,7 @@ def create_app(
         state = settings.state
         store: LedgerStore
         if state.redis_url:
-            store = RedisStore(state.redis_url, timeout=state.timeout)
+            store = RedisStore(client=pools.client(state.redis_url))
             log.info("redemption ledger: redis (shared by every replica, kept across restarts)")
         else:
             store = MemoryStore(max_entries=state.memory_max_entries, max_per_store=state.memory_max_per_store)
@@ -297,7 +306,7 @@ def create_app(
     async def backoffice_ctx(app: web.Application) -> AsyncIterator[None]:
         # Upload jobs live beside the ledger: in memory, or in Redis when the ledger is there.
         jobs: JobStore = (
-            RedisJobStore(settings.state.redis_url, timeout=settings.state.timeout)
+            RedisJobStore(client=pools.client(settings.state.redis_url))
             if settings.state.redis_url
             else MemoryJobStore()
         )
@@ -310,7 +319,11 @@ def create_app(
         finally:
             await jobs.close()
 
-    app.cleanup_ctx.extend([keys_ctx, capillary_ctx, series_ctx, ledger_ctx, backoffice_ctx])
+    async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+        yield
+        await pools.close()  # last: after everything that used them
+
+    app.cleanup_ctx.extend([redis_ctx, keys_ctx, capillary_ctx, series_ctx, ledger_ctx, backoffice_ctx])
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/readyz", readyz, allow_head=False)
     if settings.metrics_port is None:

@@ -9,6 +9,10 @@ Keys (all under ``pos_coupon:``, all with TTLs):
 
 Every multi-key change is one Lua script or one MULTI, so a crash never leaves half of it. (Scripts touch keys
 they compute; that is fine on one Redis, not on Redis Cluster.)
+
+A first redeem costs two round trips: ``begin`` (claim the key and lock the codes, one script) and ``resolve``
+(record the answer, bind its redemption ids, unlock: one script). A replay is one: ``begin`` finds the record and
+returns it.
 """
 
 from __future__ import annotations
@@ -19,13 +23,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from service.idempotency.models import Entry, entry_decoder, entry_encoder
 from service.idempotency.store import UNRESOLVED_STATES, Resolution, StoreUnavailable
+from service.redis_pool import connect
 
 _CLAIM = """
 local function live(key)
@@ -43,6 +45,37 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('SADD', KEYS[3], ARGV[1])
 return false
+"""
+
+# KEYS: idempotency key, record, unresolved set, [legacy idempotency key], then the codes' lock keys.
+# ARGV: ref, entry, ttl (ms), record prefix, lock ttl (ms), 1 when a legacy key is given.
+# Returns {1, record} for a key already taken (a replay), {2, {busy lock indexes}}, or {0} once claimed and locked.
+_BEGIN = """
+local ref = ARGV[1]
+local function live(key)
+  local existing = redis.call('GET', key)
+  if existing and existing ~= ref then
+    local record = redis.call('GET', ARGV[4] .. existing)
+    if record then return record end
+  end
+  return false
+end
+local first = 4
+if ARGV[6] == '1' then first = 5 end
+local found = live(KEYS[1])
+if (not found) and first == 5 then found = live(KEYS[4]) end
+if found then return {1, found} end
+local busy = {}
+for i = first, #KEYS do
+  local holder = redis.call('GET', KEYS[i])
+  if holder and holder ~= ref then table.insert(busy, i - first + 1) end
+end
+if #busy > 0 then return {2, busy} end
+redis.call('SET', KEYS[1], ref, 'PX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('SADD', KEYS[3], ref)
+for i = first, #KEYS do redis.call('SET', KEYS[i], ref, 'PX', ARGV[5]) end
+return {0}
 """
 
 _FINAL = """
@@ -125,20 +158,27 @@ def _ms(seconds: float) -> int:
 class RedisStore:
     backend = "redis"
 
-    def __init__(self, url: str, *, prefix: str = "pos_coupon:", timeout: float = 0.5) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        prefix: str = "pos_coupon:",
+        timeout: float = 0.5,
+        client: redis.Redis | None = None,
+    ) -> None:
+        """``client``: the process's shared one (see :mod:`service.redis_pool`, then not closed here), else one of
+        its own for ``url``. Every call here may run twice (the client retries once on a fresh connection;
+        scripts write the same state again; a claim that had landed finds itself), so nobody sees a 503 for a
+        stale socket."""
         self.refusals: collections.Counter[str] = collections.Counter()  # none: Redis has no bounds of ours
-        # A pooled connection a restarted Redis no longer knows fails its next command: each call is tried once
-        # more on a fresh connection. Every call here may run twice (scripts write the same state again; a claim
-        # that had landed finds itself, see ExactlyOnce.redeem), so nobody sees a 503 for a stale socket.
-        self._redis: redis.Redis = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            health_check_interval=30,
-            retry=Retry(NoBackoff(), 1),
-            retry_on_error=[RedisConnectionError],
-        )
+        self._owned: redis.Redis | None = None
+        if client is None:
+            if url is None:
+                raise ValueError("a Redis URL or client is needed")
+            client = self._owned = connect(url, timeout=timeout)
+        self._redis: redis.Redis = client
         self._prefix = prefix
+        self._begin = self._redis.register_script(_BEGIN)
         self._claim = self._redis.register_script(_CLAIM)
         self._save_unresolved = self._redis.register_script(_SAVE_UNRESOLVED)
         self._resolve = self._redis.register_script(_RESOLVE)
@@ -175,6 +215,24 @@ class RedisStore:
             self._claim(keys=keys, args=[entry.ref, entry_encoder.encode(entry), _ms(ttl), self._record()])
         )
         return None if found is None else entry_decoder.decode(found)
+
+    async def begin(
+        self, entry: Entry, ttl: float, lock_ttl: float, *, legacy_key: str | None = None
+    ) -> tuple[Entry | None, list[str]]:
+        codes = entry.command.codes
+        keys = [self._key(entry.key), self._record(entry.ref), self._unresolved_set]
+        if legacy_key is not None:
+            keys.append(self._key(legacy_key))
+        keys += [self._code(c) for c in codes]
+        args: list[str | bytes | int] = [entry.ref, entry_encoder.encode(entry), _ms(ttl), self._record()]
+        args += [_ms(lock_ttl), 1 if legacy_key is not None else 0]
+        found = await self._run(self._begin(keys=keys, args=args))
+        status = int(found[0])
+        if status == 1:
+            return entry_decoder.decode(found[1]), []
+        if status == 2:
+            return None, [codes[int(i) - 1] for i in found[1]]
+        return None, []
 
     async def save(self, entry: Entry, ttl: float) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -252,4 +310,5 @@ class RedisStore:
         await self._run(self._redis.ping())
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        if self._owned is not None:
+            await self._owned.aclose()

@@ -212,12 +212,17 @@ class ExactlyOnce:
             settle_after=now + self.timing.settle,
         )
         for _ in range(2):  # a second round only after a pending entry resolved as "not applied"
-            try:
-                existing = await self.store.claim(entry, self.timing.ttl, legacy_key=legacy_key)
+            try:  # one round trip: the key claimed and the codes locked, or the record a replay answers from
+                existing, busy = await self.store.begin(
+                    entry, self.timing.ttl, self.timing.hard_limit, legacy_key=legacy_key
+                )
             except StoreUnavailable:
                 if key in self._running_keys:  # the ledger is away, but this very request is at work here
                     raise Refused(CATALOG["REQUEST_IN_PROGRESS"], retry_after=1) from None
                 raise
+            if busy:  # nothing was claimed: the till may simply try again
+                message = f"Coupon {busy[0]} is being redeemed in another transaction right now."
+                raise Refused(CATALOG["COUPON_IN_USE"], message, retry_after=1)
             if existing is None or existing.ref == entry.ref:  # ours: a claim that landed, then was sent again
                 return await self._first(entry, command)
             reply = await self._replay(existing, entry.fingerprint, request_id)
@@ -226,15 +231,6 @@ class ExactlyOnce:
         raise Refused(CATALOG["REQUEST_IN_PROGRESS"], retry_after=1)
 
     async def _first(self, entry: Entry, command: RedemptionCommand) -> Reply:
-        try:
-            busy = await self.store.lock(command.codes, entry.ref, self.timing.hard_limit)
-        except StoreUnavailable:
-            await self._drop(entry)  # nothing was sent; recorded now or when the store is back
-            raise
-        if busy:
-            await self._drop(entry, locked=False)
-            message = f"Coupon {busy[0]} is being redeemed in another transaction right now."
-            raise Refused(CATALOG["COUPON_IN_USE"], message, retry_after=1)
         task = asyncio.create_task(self._run(entry, command))
         self._tasks.add(task)
         self._running[entry.ref] = entry

@@ -421,3 +421,29 @@ class UpstreamAuthCollector(Collector):
         for result in ("ok", "refused", "unknown"):
             family.add_metric([result], checks.get(result, 0))
         yield family
+
+
+REDIS_ROUND_TRIP_BUCKETS: Final = (0, 1, 2, 3, 4, 6, 8, 12, 16)
+
+
+class RedisCollector(Collector):
+    """Redis round trips per request (observed by the request middleware while Redis is in use) and in total
+    (read at scrape time from :class:`service.redis_pool.RoundTrips`)."""
+
+    def __init__(self, registry: CollectorRegistry, total: Callable[[], int]) -> None:
+        self.per_request = Histogram(
+            f"{PREFIX}_redis_round_trips_per_request",
+            "Round trips to Redis (one command, script or pipeline each) made for one request, by route.",
+            ["route"],
+            buckets=REDIS_ROUND_TRIP_BUCKETS,
+            registry=registry,
+        )
+        self._total = total
+        registry.register(self)
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(
+            f"{PREFIX}_redis_round_trips",
+            "Round trips to Redis by this process (requests, background work, probes).",
+            value=self._total(),
+        )

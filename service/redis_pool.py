@@ -1,0 +1,123 @@
+"""One Redis connection pool per URL for the whole process (ledger, series cache, upload jobs and limits), and a
+count of the round trips made to it.
+
+A round trip is one write of commands to a connection followed by their replies: one command, one script
+(``EVALSHA``), or one pipeline/``MULTI``. It is counted where redis-py sends, so retries, health-check pings and
+script reloads count too. The count is kept in total and, while a request runs, for that request (see
+:func:`tally`): ``gateway_redis_round_trips_per_request`` shows it per route.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterable, Iterator
+from typing import Any, Final
+
+import redis.asyncio as redis
+from redis.asyncio.connection import Connection, SSLConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+#: The round trips of the request being served (a one-element list, shared by the tasks it starts); None outside.
+_TALLY: Final[contextvars.ContextVar[list[int] | None]] = contextvars.ContextVar("redis_round_trips", default=None)
+
+
+class RoundTrips:
+    """Every round trip this process made to Redis (read by the metrics collector)."""
+
+    total = 0
+
+
+def _count() -> None:
+    RoundTrips.total += 1
+    tally = _TALLY.get()
+    if tally is not None:
+        tally[0] += 1
+
+
+class _Counting:
+    """Counts each send, except a new connection's handshake (``HELLO``/``AUTH``/``SELECT``/``CLIENT SETINFO``:
+    once per connection, not per request)."""
+
+    _handshake = False
+
+    async def on_connect_check_health(self, check_health: bool = True) -> None:
+        self._handshake = True
+        try:
+            await super().on_connect_check_health(check_health)  # type: ignore[misc]
+        finally:
+            self._handshake = False
+
+    async def send_packed_command(self, command: bytes | str | Iterable[bytes], check_health: bool = True) -> None:
+        if not self._handshake:
+            _count()
+        await super().send_packed_command(command, check_health)  # type: ignore[misc]
+
+
+class _CountingConnection(_Counting, Connection):
+    pass
+
+
+class _CountingSSLConnection(_Counting, SSLConnection):
+    pass
+
+
+def start_tally() -> tuple[contextvars.Token[list[int] | None], list[int]]:
+    """Count the round trips made from now on in this context (and by tasks started in it) in ``[n]``, until
+    :func:`end_tally`."""
+    counted = [0]
+    return _TALLY.set(counted), counted
+
+
+def end_tally(token: contextvars.Token[list[int] | None]) -> None:
+    _TALLY.reset(token)
+
+
+@contextlib.contextmanager
+def tally() -> Iterator[list[int]]:
+    """Count the round trips made while inside (and by tasks started inside): ``[n]``."""
+    token, counted = start_tally()
+    try:
+        yield counted
+    finally:
+        end_tally(token)
+
+
+def connect(url: str, *, timeout: float, **options: Any) -> redis.Redis:
+    """A client for ``url`` (``redis://`` or ``rediss://``) with its own pool. A pooled connection a restarted
+    Redis no longer knows fails its next command: each call is tried once more on a fresh connection, so every
+    caller must be able to run a call twice (the ledger's scripts are written so)."""
+    tls = url.startswith("rediss://")
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=30,
+        retry=Retry(NoBackoff(), 1),
+        retry_on_error=[RedisConnectionError],
+        connection_class=_CountingSSLConnection if tls else _CountingConnection,
+        **options,
+    )
+
+
+class RedisPools:
+    """The process's clients, one per URL: the ledger, the jobs and the limits on ``REDIS_URL`` share one pool,
+    and the series cache shares it too when ``CACHE_URL`` is the same URL. Closed once, by the application."""
+
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+        self._clients: dict[str, redis.Redis] = {}
+
+    def client(self, url: str) -> redis.Redis:
+        found = self._clients.get(url)
+        if found is None:
+            found = self._clients[url] = connect(url, timeout=self._timeout)
+        return found
+
+    async def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            with contextlib.suppress(Exception):
+                await client.aclose()
