@@ -18,6 +18,7 @@ from yarl import URL
 
 from service import __version__
 from service.access.keys import KeyRing
+from service.access.limits import SharedBuckets
 from service.backoffice.jobs import JobStore, MemoryJobStore, RedisJobStore
 from service.backoffice.preflight import Limits
 from service.capillary.client import CapillaryClient
@@ -190,8 +191,14 @@ def create_app(
     if keys is None:
         keys = KeyRing.load(access.keys_file) if access.keys_file else KeyRing({})
     gate = Gate.build(keys, access, instruments)
+    pools = RedisPools(settings.state.timeout)  # one pool per Redis URL: ledger, cache, jobs and limits share it
+    # With Redis, each key's rate and the Capillary budget hold for all the replicas together.
+    shared = SharedBuckets(pools.client(settings.state.redis_url)) if settings.state.redis_url else None
+    gate.shared = shared
     redis_metrics = (
-        RedisCollector(instruments.registry, lambda: RoundTrips.total)
+        RedisCollector(
+            instruments.registry, lambda: RoundTrips.total, lambda: dict(shared.unavailable) if shared else {}
+        )
         if settings.state.redis_url or settings.cache.url
         else None
     )
@@ -211,7 +218,6 @@ def create_app(
     app[METRICS] = instruments
     app[KEYS] = keys
     lifecycle = app[LIFECYCLE] = Lifecycle()
-    pools = RedisPools(settings.state.timeout)  # one pool per Redis URL: ledger, cache, jobs and limits share it
 
     async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
         await security_headers(request, response)
@@ -246,6 +252,8 @@ def create_app(
                 "CAPILLARY_CLIENT_SECRET to use them (POS routes are unaffected)"
             )
         observer.on_status = _watch_credentials(app, client)
+        if shared is not None:
+            client.limiter.share(shared)
         try:
             yield
         finally:

@@ -76,6 +76,17 @@ def end_tally(token: contextvars.Token[list[int] | None]) -> None:
 
 
 @contextlib.contextmanager
+def untallied() -> Iterator[None]:
+    """Round trips made inside count in the total, not for the request: work shared by many requests (a lease of
+    rate-limit tokens serves the next few)."""
+    token = _TALLY.set(None)
+    try:
+        yield
+    finally:
+        _TALLY.reset(token)
+
+
+@contextlib.contextmanager
 def tally() -> Iterator[list[int]]:
     """Count the round trips made while inside (and by tasks started inside): ``[n]``."""
     token, counted = start_tally()
