@@ -197,7 +197,10 @@ def create_app(
     gate.shared = shared
     redis_metrics = (
         RedisCollector(
-            instruments.registry, lambda: RoundTrips.total, lambda: dict(shared.unavailable) if shared else {}
+            instruments.registry,
+            lambda: RoundTrips.total,
+            lambda: dict(shared.unavailable) if shared else {},
+            lambda: RedisStore.unreplicated,
         )
         if settings.state.redis_url or settings.cache.url
         else None
@@ -277,7 +280,7 @@ def create_app(
         state = settings.state
         store: LedgerStore
         if state.redis_url:
-            store = RedisStore(client=pools.client(state.redis_url))
+            store = RedisStore(client=pools.client(state.redis_url), wait_replicas=state.wait_replicas)
             log.info("redemption ledger: redis (shared by every replica, kept across restarts)")
         else:
             store = MemoryStore(max_entries=state.memory_max_entries, max_per_store=state.memory_max_per_store)

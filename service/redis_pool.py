@@ -12,13 +12,17 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as redis
 from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
 
 #: The round trips of the request being served (a one-element list, shared by the tasks it starts); None outside.
 _TALLY: Final[contextvars.ContextVar[list[int] | None]] = contextvars.ContextVar("redis_round_trips", default=None)
@@ -75,6 +79,55 @@ def end_tally(token: contextvars.Token[list[int] | None]) -> None:
     _TALLY.reset(token)
 
 
+class _CountingSentinelConnection(_Counting, SentinelManagedConnection):
+    pass
+
+
+class _CountingSentinelSSLConnection(_Counting, SentinelManagedSSLConnection):
+    pass
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """What a ``redis+sentinel://`` URL names: the sentinels, the primary's service name, the database."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int
+    password: str | None
+    username: str | None
+    tls: bool
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]`` (``rediss+sentinel``:
+    TLS to the primary). The password is the primary's; the sentinels are asked without one."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis+sentinel", "rediss+sentinel"):
+        raise ValueError("a Sentinel URL starts with redis+sentinel:// or rediss+sentinel://")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    sentinels = []
+    for host in hosts.split(","):
+        name, _, port = host.strip().rpartition(":") if ":" in host else (host.strip(), "", "26379")
+        if not name or not port.isdigit():
+            raise ValueError(f"sentinel {host!r}: give host:port")
+        sentinels.append((name, int(port)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError(
+            "give the primary's service name after the sentinels: redis+sentinel://host:26379/mymaster[/db]"
+        )
+    return SentinelTarget(
+        sentinels=tuple(sentinels),
+        service=unquote(path[0]),
+        db=int(path[1]) if len(path) == 2 else 0,
+        password=unquote(password) if password else None,
+        username=unquote(user) if user else None,
+        tls=parts.scheme.startswith("rediss"),
+    )
+
+
 @contextlib.contextmanager
 def untallied() -> Iterator[None]:
     """Round trips made inside count in the total, not for the request: work shared by many requests (a lease of
@@ -97,9 +150,12 @@ def tally() -> Iterator[list[int]]:
 
 
 def connect(url: str, *, timeout: float, **options: Any) -> redis.Redis:
-    """A client for ``url`` (``redis://`` or ``rediss://``) with its own pool. A pooled connection a restarted
+    """A client for ``url`` (``redis://``, ``rediss://``, or ``redis+sentinel://`` for the primary a group of
+    sentinels names) with its own pool. A pooled connection a restarted
     Redis no longer knows fails its next command: each call is tried once more on a fresh connection, so every
     caller must be able to run a call twice (the ledger's scripts are written so)."""
+    if "+sentinel://" in url:
+        return _sentinel_client(parse_sentinel_url(url), timeout, **options)
     tls = url.startswith("rediss://")
     return redis.Redis.from_url(
         url,
@@ -111,6 +167,28 @@ def connect(url: str, *, timeout: float, **options: Any) -> redis.Redis:
         connection_class=_CountingSSLConnection if tls else _CountingConnection,
         **options,
     )
+
+
+def _sentinel_client(target: SentinelTarget, timeout: float, **options: Any) -> redis.Redis:
+    """The primary of a Sentinel-watched group: asked of the sentinels at connect time and again after a failover
+    (a connection to a demoted primary is dropped on its first READONLY answer, and the call is tried once more)."""
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(target.sentinels), socket_timeout=timeout, socket_connect_timeout=timeout, min_other_sentinels=0
+    )
+    client: redis.Redis = sentinel.master_for(
+        target.service,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        db=target.db,
+        password=target.password,
+        username=target.username,
+        health_check_interval=30,
+        retry=Retry(NoBackoff(), 1),
+        retry_on_error=[RedisConnectionError, ReadOnlyError],
+        connection_class=_CountingSentinelSSLConnection if target.tls else _CountingSentinelConnection,
+        **options,
+    )
+    return client
 
 
 class RedisPools:

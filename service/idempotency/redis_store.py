@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from service.idempotency.models import Entry, entry_decoder, entry_encoder
 from service.idempotency.store import UNRESOLVED_STATES, Resolution, StoreUnavailable
@@ -151,12 +152,17 @@ return 1
 """
 
 
+log = logging.getLogger("service.ledger")
+
+
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
 class RedisStore:
     backend = "redis"
+    #: Final answers a replica did not acknowledge in time (with ``wait_replicas``), in this process, for the metrics.
+    unreplicated = 0
 
     def __init__(
         self,
@@ -165,6 +171,7 @@ class RedisStore:
         prefix: str = "pos_coupon:",
         timeout: float = 0.5,
         client: redis.Redis | None = None,
+        wait_replicas: int = 0,
     ) -> None:
         """``client``: the process's shared one (see :mod:`service.redis_pool`, then not closed here), else one of
         its own for ``url``. Every call here may run twice (the client retries once on a fresh connection;
@@ -178,6 +185,8 @@ class RedisStore:
             client = self._owned = connect(url, timeout=timeout)
         self._redis: redis.Redis = client
         self._prefix = prefix
+        self._wait = wait_replicas
+        self._wait_ms = max(1, int(timeout * 500))  # half the call's time for the replicas to acknowledge
         self._begin = self._redis.register_script(_BEGIN)
         self._claim = self._redis.register_script(_CLAIM)
         self._save_unresolved = self._redis.register_script(_SAVE_UNRESOLVED)
@@ -266,12 +275,33 @@ class RedisStore:
             "1" if force else "0",
             len(ids),
         ]
-        status, detail = await self._run(self._resolve(keys=keys, args=args))
+        status, detail = await self._run(self._resolve_replicated(keys, args))
         if int(status) == 1:
             return Resolution(False, current=entry_decoder.decode(detail))
         pairs = list(detail or [])
         taken = {ids[int(pairs[i]) - 1]: pairs[i + 1].decode() for i in range(0, len(pairs), 2)}
         return Resolution(int(status) == 0, taken=taken)
+
+    async def _resolve_replicated(self, keys: list[str], args: list[str | bytes | int]) -> Any:
+        """The resolve script; with ``wait_replicas``, followed by ``WAIT`` in the same round trip (a pipeline),
+        so the till gets an answer the replicas hold: a failover right after it does not lose it."""
+        if not self._wait:
+            return await self._resolve(keys=keys, args=args)
+        for _ in range(2):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(self._resolve.sha, len(keys), *keys, *args)
+                pipe.execute_command("WAIT", self._wait, self._wait_ms)
+                found, acked = await pipe.execute(raise_on_error=False)
+            if isinstance(found, NoScriptError):
+                await self._redis.script_load(_RESOLVE)
+                continue
+            if isinstance(found, Exception):
+                raise found
+            if isinstance(acked, Exception) or int(acked) < self._wait:
+                RedisStore.unreplicated += 1
+                log.warning("redis: a final answer not acknowledged by %s replica(s) in time", self._wait)
+            return found
+        raise NoScriptError("the resolve script could not be loaded")
 
     async def owners(self, redemption_ids: Sequence[int]) -> dict[int, str]:
         if not redemption_ids:

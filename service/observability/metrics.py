@@ -432,7 +432,11 @@ class RedisCollector(Collector):
     (read at scrape time from :class:`service.redis_pool.RoundTrips`)."""
 
     def __init__(
-        self, registry: CollectorRegistry, total: Callable[[], int], unavailable: Callable[[], dict[str, int]]
+        self,
+        registry: CollectorRegistry,
+        total: Callable[[], int],
+        unavailable: Callable[[], dict[str, int]],
+        unreplicated: Callable[[], int] = lambda: 0,
     ) -> None:
         self.per_request = Histogram(
             f"{PREFIX}_redis_round_trips_per_request",
@@ -443,6 +447,7 @@ class RedisCollector(Collector):
         )
         self._total = total
         self._unavailable = unavailable
+        self._unreplicated = unreplicated
         registry.register(self)
 
     def collect(self) -> Iterable[Metric]:
@@ -461,3 +466,8 @@ class RedisCollector(Collector):
         for limit in SHARED_LIMITS:
             family.add_metric([limit], unavailable.get(limit, 0))
         yield family
+        yield CounterMetricFamily(
+            f"{PREFIX}_ledger_unreplicated",
+            "Final answers given before REDIS_WAIT_REPLICAS replicas acknowledged them (a failover may lose them).",
+            value=self._unreplicated(),
+        )
