@@ -453,6 +453,23 @@ def _revision() -> dict[str, Any]:
         return {"commit": None, "uncommitted": []}
 
 
+def redis_round_trips(gateway_url: str) -> dict[str, float]:
+    """Redis round trips per request, by route, over the whole run (the gateway's own count, from /metrics)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{gateway_url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    sums: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "pos_coupon_redis_round_trips_per_request":
+            continue
+        for sample in family.samples:
+            kind = sample.name.rsplit("_", 1)[1]
+            if kind in ("sum", "count"):
+                sums.setdefault(sample.labels["route"], {})[kind] = sample.value
+    return {route: round(v["sum"] / v["count"], 3) for route, v in sums.items() if v.get("count")}
+
+
 def _initial_customers(opts: Options) -> int:
     """Customers for the warm-up and the fixed-rate runs; the search and the long run seed more on demand."""
     units = 0
@@ -522,7 +539,9 @@ def run(opts: Options, log_dir: Path, progress: Progress = _stderr) -> dict[str,
             for name, child in [("gateway", targets["gateway"][0]), ("baseline", targets["baseline"][0])]
         }
         memory["peak_rss_mb"]["upstream"] = memory_mb(upstream.pid)["peak"]
+        redis = redis_round_trips(targets["gateway"][1]) if opts.redis else {}
         return {
+            "redis": redis,
             "meta": {
                 "mode": "quick" if opts.quick else "full",
                 "started_at": started_at.isoformat(timespec="seconds"),

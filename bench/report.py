@@ -179,6 +179,10 @@ def render(results: dict[str, Any]) -> str:
         if long_run.get("stopped_at_time_limit"):
             lines.append(f"  stopped at its time limit after {long_run['requests']} of {long_run['requests_planned']}")
     lines.append("  peak RSS (VmHWM): " + ", ".join(f"{name} {value:.1f} MB" for name, value in peaks.items()))
+    trips = results.get("redis") or {}
+    if trips:
+        lines += ["", "Redis round trips per request (the gateway's count over the whole run, every scenario)"]
+        lines += [f"  {route:<28} {value:.2f}" for route, value in sorted(trips.items())]
     lines += ["", "Targets"]
     for t in summary["targets"]:
         verdict = "n/a " if t["met"] is None else ("met " if t["met"] else "MISS")
