@@ -24,7 +24,6 @@ import asyncio
 import collections
 import contextlib
 import contextvars
-import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ from typing import Any, Final, Generic, Protocol, TypeVar
 
 import msgspec
 import redis.asyncio as redis
+import structlog
 from aiocache.serializers import BaseSerializer
 
 from service.capillary.client import CapillaryClient
@@ -42,7 +42,7 @@ from service.deadline import time_left
 from service.redemption.models import RedemptionRange, SeriesSummary
 from service.redis_pool import connect
 
-log = logging.getLogger("service.series")
+log = structlog.get_logger("service.series")
 
 V = TypeVar("V")
 
@@ -265,7 +265,7 @@ class NearCache:
             try:
                 await self.shared.multi_set(pairs, ttl=ttl)
             except Exception as exc:  # a lost write is a later miss, never the till's problem
-                log.warning("cache write failed: %s: %s", type(exc).__name__, exc)
+                log.warning("cache write failed", error=type(exc).__name__, detail=str(exc))
 
     async def exists(self, key: str) -> bool:
         return await self.shared.exists(key)
@@ -446,7 +446,7 @@ class SeriesCatalog:
         except Exception as exc:  # a cache failure is a miss, never the till's problem
             stats.errors += 1
             stats.misses += len(keys)
-            log.warning("cache read failed: %s: %s", type(exc).__name__, exc)
+            log.warning("cache read failed", error=type(exc).__name__, detail=str(exc))
             return [None] * len(keys)
         found = sum(v is not None for v in values)
         stats.hits += found
@@ -460,7 +460,7 @@ class SeriesCatalog:
             await cache.multi_set(pairs, ttl=ttl)
         except Exception as exc:
             stats.errors += 1
-            log.warning("cache write failed: %s: %s", type(exc).__name__, exc)
+            log.warning("cache write failed", error=type(exc).__name__, detail=str(exc))
 
     # --------------------------------------------------------------------------------------------- series
 
@@ -554,7 +554,7 @@ class SeriesCatalog:
             try:
                 reply = await self._client.coupon_details(codes=missing, timeout=self._timeout)
             except CapillaryError as exc:
-                log.warning("coupon details failed: %s", exc)
+                log.warning("coupon details failed", detail=str(exc))
                 return known
             learnt = {c.code: c.series_id for c in reply.data if c.code in missing and c.series_id is not None}
             known.update(learnt)

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import logging
 from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as redis
+import structlog
 from redis.exceptions import NoScriptError, RedisError
 
 from service.idempotency.models import Entry, entry_decoder, entry_encoder
@@ -152,7 +152,7 @@ return 1
 """
 
 
-log = logging.getLogger("service.ledger")
+log = structlog.get_logger("service.ledger")
 
 
 def _ms(seconds: float) -> int:
@@ -299,7 +299,7 @@ class RedisStore:
                 raise found
             if isinstance(acked, Exception) or int(acked) < self._wait:
                 RedisStore.unreplicated += 1
-                log.warning("redis: a final answer not acknowledged by %s replica(s) in time", self._wait)
+                log.warning("redis: a final answer not acknowledged by the replicas in time", wait_replicas=self._wait)
             return found
         raise NoScriptError("the resolve script could not be loaded")
 

@@ -8,17 +8,18 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
-import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
+import structlog
+
 from service.idempotency.models import Entry, entry_decoder, entry_encoder
 
 UNRESOLVED_STATES = ("in_flight", "pending")
 
-log = logging.getLogger("service.ledger")
+log = structlog.get_logger("service.ledger")
 
 T = TypeVar("T")
 
@@ -200,7 +201,7 @@ class MemoryStore:
     def _refuse(self, reason: str, message: str) -> StoreUnavailable:
         self.refusals[reason] += 1
         if self._refusing != message:  # once per change, not once per refused request
-            log.warning("in-memory ledger refuses new redemptions: %s", message)
+            log.warning("in-memory ledger refuses new redemptions", reason=message)
             self._refusing = message
         return StoreUnavailable(message)
 
