@@ -34,6 +34,12 @@ def parse(argv: Sequence[str] | None) -> tuple[Options, Path | None, Path | None
     parser.add_argument(
         "--redis", action="store_true", help="gateway cache and ledger in Redis at 127.0.0.1:6379 (db 13)"
     )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="start N gateways on one Redis (implies --redis), the load spread across them; cpu is their sum",
+    )
     parser.add_argument("--latency-ms", type=float, help="upstream latency per call (default 20)")
     parser.add_argument("--rates", type=_floats, help="fixed rates per second, comma-separated (default 50,200,500)")
     parser.add_argument("--ref-rate", type=float, help="rate at which added latency and CPU are compared (200)")
@@ -86,7 +92,10 @@ def parse(argv: Sequence[str] | None) -> tuple[Options, Path | None, Path | None
             setattr(opts, name, value)
     if args.scenarios:
         opts.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    opts.redis = args.redis
+    opts.redis = args.redis or args.replicas > 1
+    opts.replicas = args.replicas
+    if args.replicas < 1:
+        parser.error("--replicas: at least 1")
     if args.uvloop or args.asyncio:
         opts.uvloop = args.uvloop
     if opts.duration <= 0 or opts.search_duration <= 0 or opts.timeout <= 0:

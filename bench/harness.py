@@ -79,6 +79,8 @@ class Options:
     long_inflight: int = 128
     timeout: float = 5.0
     redis: bool = False
+    #: Gateways started on one Redis, the load spread across them (1: the usual single gateway).
+    replicas: int = 1
     #: Both the gateway and the baseline on uvloop: what ``coupon-gateway serve`` runs on when it is installed.
     uvloop: bool = field(default_factory=lambda: importlib.util.find_spec("uvloop") is not None)
     scenarios: list[str] = field(default_factory=lambda: [s.name for s in SCENARIOS])
@@ -195,6 +197,11 @@ class Bench:
     def _target_pid(self, target: str) -> int:
         return self.loadgen.pid if target == "floor" else self.targets[target][0].pid
 
+    def _target_cpu(self, target: str) -> float:
+        """CPU seconds of the target so far: of every replica, for the gateway."""
+        extra = REPLICAS if target == "gateway" else []
+        return cpu_seconds(self._target_pid(target)) + sum(cpu_seconds(c.pid) for c in extra)
+
     def measure(
         self, target: str, scenario: Scenario, rate: float, n: int, phase: str, max_inflight: int = 2000
     ) -> dict[str, Any]:
@@ -217,14 +224,14 @@ class Bench:
         }
         _http_json(f"{self.upstream_url}{data.CALLS_PATH}?clear=1")
         pid = self._target_pid(target)
-        cpu_before = cpu_seconds(pid)
+        cpu_before = self._target_cpu(target)
         upstream_before = cpu_seconds(self.upstream.pid)
         self.channel.send(spec)
         # a run capped in flight may be throughput-bound: allow for a target three times slower than the rate
         answer = self.channel.receive(timeout=3 * n / rate + self.opts.timeout + 30)
         if "result" not in answer:
             raise ChildFailed(f"load generator: {answer.get('error', answer)}")
-        cpu = cpu_seconds(pid) - cpu_before
+        cpu = self._target_cpu(target) - cpu_before
         upstream_cpu = cpu_seconds(self.upstream.pid) - upstream_before
         calls = _http_json(f"{self.upstream_url}{data.CALLS_PATH}?clear=1")
         result: dict[str, Any] = answer["result"]
@@ -426,11 +433,15 @@ def _start_all(
     elif importlib.util.find_spec("uvloop") is not None:
         gateway_argv = [python, "-c", _GATEWAY_ON_ASYNCIO]
     gateway = procs.start("gateway", gateway_argv, env=gateway_env, cwd=ROOT)
+    others = [procs.start(f"gateway-{n}", gateway_argv, env=gateway_env, cwd=ROOT) for n in range(2, opts.replicas + 1)]
     baseline = procs.start("baseline", baseline_argv, env=env, cwd=ROOT)
     loadgen = procs.start("loadgen", [python, "-m", "bench.loadgen"], env=env, cwd=ROOT, pipe=True)
     line = gateway.wait_for_line('"event":"gateway started"', timeout=60)  # the start, as a JSON log event
     gateway_url = json.loads(line)["listen"]
-    if not gateway_url.startswith("http://127.0.0.1:"):
+    for other in others:  # replicas: one target, its URLs comma-separated (see bench.loadgen); CPU summed
+        gateway_url += "," + json.loads(other.wait_for_line('"event":"gateway started"', timeout=60))["listen"]
+        REPLICAS.append(other)
+    if not all(url.startswith("http://127.0.0.1:") for url in gateway_url.split(",")):
         raise ChildFailed(f"gateway listens on {gateway_url!r}, not on 127.0.0.1")
     baseline_url = f"http://127.0.0.1:{int(baseline.wait_for_line('READY', timeout=60).split()[1])}"
     backends = "Redis" if opts.redis else "in-memory"
@@ -451,6 +462,29 @@ def _revision() -> dict[str, Any]:
         return {"commit": git("rev-parse", "--short", "HEAD") or None, "uncommitted": changed.splitlines()}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "uncommitted": []}
+
+
+#: The gateways started beside the first with ``--replicas``.
+REPLICAS: list[Child] = []
+
+
+def redis_round_trips(gateway_urls: str) -> dict[str, float]:
+    """Redis round trips per request, by route, over the whole run (the gateways' own counts, from /metrics)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sums: dict[str, dict[str, float]] = {}
+    for gateway_url in gateway_urls.split(","):
+        with urllib.request.urlopen(f"{gateway_url}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        for family in text_string_to_metric_families(text):
+            if family.name != "pos_coupon_redis_round_trips_per_request":
+                continue
+            for sample in family.samples:
+                kind = sample.name.rsplit("_", 1)[1]
+                if kind in ("sum", "count"):
+                    found = sums.setdefault(sample.labels["route"], {})
+                    found[kind] = found.get(kind, 0.0) + sample.value
+    return {route: round(v["sum"] / v["count"], 3) for route, v in sums.items() if v.get("count")}
 
 
 def _initial_customers(opts: Options) -> int:
@@ -522,7 +556,9 @@ def run(opts: Options, log_dir: Path, progress: Progress = _stderr) -> dict[str,
             for name, child in [("gateway", targets["gateway"][0]), ("baseline", targets["baseline"][0])]
         }
         memory["peak_rss_mb"]["upstream"] = memory_mb(upstream.pid)["peak"]
+        redis = redis_round_trips(targets["gateway"][1]) if opts.redis else {}
         return {
+            "redis": redis,
             "meta": {
                 "mode": "quick" if opts.quick else "full",
                 "started_at": started_at.isoformat(timespec="seconds"),
@@ -534,6 +570,7 @@ def run(opts: Options, log_dir: Path, progress: Progress = _stderr) -> dict[str,
                 },
                 "options": asdict(opts),
                 "cache": "redis" if opts.redis else "memory",
+                "replicas": opts.replicas,
                 "revision": _revision(),
                 "coupons_seeded": bench.customers * data.CODES_PER_CUSTOMER,
                 "notes": [
@@ -555,6 +592,7 @@ def run(opts: Options, log_dir: Path, progress: Progress = _stderr) -> dict[str,
                 channel.send({"op": "quit"})
             channel.close()
         procs.close()
+        REPLICAS.clear()
         if opts.redis:
             try:
                 clear_redis()

@@ -39,7 +39,7 @@ _JSON: Final = {"Content-Type": "application/json", "Accept": "application/json"
 class RunSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     op: str = "run"
     kind: str  # "http" or "floor"
-    base: str  # target base URL (for "floor", the upstream's)
+    base: str  # target base URL (for "floor", the upstream's); several, comma-separated: request i goes to the i-th
     scenario: str  # "validate" or "redeem"
     codes: int = 1
     rate: float
@@ -133,7 +133,10 @@ class Generator:
         if spec.scenario not in ("validate", "redeem"):
             raise ValueError(f"unknown scenario {spec.scenario!r}")
         if spec.kind == "http":
-            url = f"{spec.base}/v1/redemptions" if redeem else f"{spec.base}/v1/redemptions/validate"
+            path = "/v1/redemptions" if redeem else "/v1/redemptions/validate"
+            bases = spec.base.split(",")  # replicas: the load spread over them in turn
+            urls = [f"{b}{path}" for b in bases]
+            sessions = [self._session(b) for b in bases]
             headers = {**_JSON, "Authorization": f"Bearer {spec.api_key}"} if spec.api_key else _JSON
 
             async def send_http(i: int) -> int:
@@ -141,7 +144,10 @@ class Generator:
                 body: dict[str, Any] = {"customer": {"mobile": mobile}, "codes": batch, "billAmount": data.BILL_AMOUNT}
                 if redeem:
                     body["transactionNumber"] = f"B-{run_id}-{i}"
-                async with session.post(url, data=msgspec.json.encode(body), headers=headers, timeout=timeout) as r:
+                k = i % len(urls)
+                async with sessions[k].post(
+                    urls[k], data=msgspec.json.encode(body), headers=headers, timeout=timeout
+                ) as r:
                     await r.read()
                     return r.status
 
@@ -176,7 +182,8 @@ class Generator:
         return send_floor
 
     async def run(self, spec: RunSpec) -> dict[str, Any]:
-        check_loopback(spec.base)
+        for base in spec.base.split(","):
+            check_loopback(base)
         if spec.rate <= 0 or spec.n < 0:
             raise ValueError("rate must be positive and n non-negative")
         send = await self._sender(spec)

@@ -119,7 +119,8 @@ def render(results: dict[str, Any]) -> str:
     lines = [
         f"pos-coupon-gateway benchmark: {meta['mode']} mode, {meta['machine']['cpus']} CPUs, "
         f"upstream latency {opts['latency_ms']:g} ms per call, {meta['cache']} cache and ledger"
-        f", {'uvloop' if opts.get('uvloop') else 'asyncio'} event loop, {meta['seconds']:.0f} s",
+        + (f", {meta['replicas']} gateway replicas" if meta.get("replicas", 1) > 1 else "")
+        + f", {'uvloop' if opts.get('uvloop') else 'asyncio'} event loop, {meta['seconds']:.0f} s",
         "",
         "Latency in ms, open loop, from each request's intended send time; cpu = target process CPU s per 1000 req",
         f"{'scenario':<9} {'rate/s':>6}  {'target':<8} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7} "
@@ -179,6 +180,10 @@ def render(results: dict[str, Any]) -> str:
         if long_run.get("stopped_at_time_limit"):
             lines.append(f"  stopped at its time limit after {long_run['requests']} of {long_run['requests_planned']}")
     lines.append("  peak RSS (VmHWM): " + ", ".join(f"{name} {value:.1f} MB" for name, value in peaks.items()))
+    trips = results.get("redis") or {}
+    if trips:
+        lines += ["", "Redis round trips per request (the gateway's count over the whole run, every scenario)"]
+        lines += [f"  {route:<28} {value:.2f}" for route, value in sorted(trips.items())]
     lines += ["", "Targets"]
     for t in summary["targets"]:
         verdict = "n/a " if t["met"] is None else ("met " if t["met"] else "MISS")

@@ -18,6 +18,7 @@ from yarl import URL
 
 from service import __version__
 from service.access.keys import KeyRing
+from service.access.limits import SharedBuckets
 from service.backoffice.jobs import JobStore, MemoryJobStore, RedisJobStore
 from service.backoffice.preflight import Limits
 from service.capillary.client import CapillaryClient
@@ -30,6 +31,7 @@ from service.idempotency.store import LedgerStore, MemoryStore, StoreUnavailable
 from service.observability.metrics import (
     CacheView,
     Metrics,
+    RedisCollector,
     ResilienceCollector,
     StateCollector,
     UpstreamAuthCollector,
@@ -42,6 +44,7 @@ from service.offline.policy import load_policy
 from service.offline.service import Offline, provisional_body
 from service.offline.settler import Settler
 from service.redemption.flow import RedemptionFlow
+from service.redis_pool import RedisPools, RoundTrips
 from service.series import SeriesCatalog, open_catalog
 from service.upstream_auth import UpstreamAuth
 from service.web import backoffice
@@ -196,10 +199,24 @@ def create_app(
     if keys is None:
         keys = KeyRing.load(access.keys_file) if access.keys_file else KeyRing({})
     gate = Gate.build(keys, access, instruments)
+    pools = RedisPools(settings.state.timeout)  # one pool per Redis URL: ledger, cache, jobs and limits share it
+    # With Redis, each key's rate and the Capillary budget hold for all the replicas together.
+    shared = SharedBuckets(pools.client(settings.state.redis_url)) if settings.state.redis_url else None
+    gate.shared = shared
+    redis_metrics = (
+        RedisCollector(
+            instruments.registry,
+            lambda: RoundTrips.total,
+            lambda: dict(shared.unavailable) if shared else {},
+            lambda: RedisStore.unreplicated,
+        )
+        if settings.state.redis_url or settings.cache.url
+        else None
+    )
     app = web.Application(
         middlewares=[
             *server_middlewares(),  # traces (OTEL_EXPORTER_OTLP_ENDPOINT): outermost, around everything
-            observe_middleware(instruments),
+            observe_middleware(instruments, redis_metrics),
             error_middleware,
             gate.middleware(),
             deadline_middleware(settings.request_deadline),
@@ -246,6 +263,8 @@ def create_app(
                 "CAPILLARY_CLIENT_SECRET to use them (POS routes are unaffected)"
             )
         observer.on_status = _watch_credentials(app, client)
+        if shared is not None:
+            client.limiter.share(shared)
         try:
             yield
         finally:
@@ -260,6 +279,7 @@ def create_app(
             ttl=cache.series_ttl,
             timeout=cache.timeout,
             lookup_timeout=cache.lookup_timeout,
+            redis_client=pools.client(cache.url) if cache.url else None,
         ) as catalog:
             app[SERIES] = catalog
             yield
@@ -268,7 +288,7 @@ def create_app(
         state = settings.state
         store: LedgerStore
         if state.redis_url:
-            store = RedisStore(state.redis_url, timeout=state.timeout)
+            store = RedisStore(client=pools.client(state.redis_url), wait_replicas=state.wait_replicas)
             log.info("redemption ledger: redis (shared by every replica, kept across restarts)")
         else:
             store = MemoryStore(max_entries=state.memory_max_entries, max_per_store=state.memory_max_per_store)
@@ -311,7 +331,7 @@ def create_app(
     async def backoffice_ctx(app: web.Application) -> AsyncIterator[None]:
         # Upload jobs live beside the ledger: in memory, or in Redis when the ledger is there.
         jobs: JobStore = (
-            RedisJobStore(settings.state.redis_url, timeout=settings.state.timeout)
+            RedisJobStore(client=pools.client(settings.state.redis_url))
             if settings.state.redis_url
             else MemoryJobStore()
         )
@@ -324,7 +344,11 @@ def create_app(
         finally:
             await jobs.close()
 
-    app.cleanup_ctx.extend([keys_ctx, capillary_ctx, series_ctx, ledger_ctx, backoffice_ctx])
+    async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+        yield
+        await pools.close()  # last: after everything that used them
+
+    app.cleanup_ctx.extend([redis_ctx, keys_ctx, capillary_ctx, series_ctx, ledger_ctx, backoffice_ctx])
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/readyz", readyz, allow_head=False)
     if settings.metrics_port is None:

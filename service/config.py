@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
+from service.redis_pool import parse_sentinel_url
 from service.text import digits
 
 AuthScheme = Literal["oauth", "basic"]
@@ -98,6 +99,7 @@ class StateSettings:
     refused_ttl: float = 900.0  # how long a redemption that redeemed nothing is remembered (its replays answered)
     clock_skew: float = 300.0  # reconciliation: how far Capillary's redemption dates may lag our clock
     write_retry: float = 600.0  # how long an answer the ledger missed is retried in the background
+    wait_replicas: int = 0  # a final answer is acknowledged by this many Redis replicas before the till gets it
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,9 +198,17 @@ class _Env:
 
     def redis_url(self, name: str) -> str | None:
         value = self.optional(name)
-        if value is not None and urlsplit(value).scheme not in ("redis", "rediss"):
-            self.fail(name, "must be a redis:// or rediss:// URL")
+        if value is None:
             return None
+        if urlsplit(value).scheme not in ("redis", "rediss", "redis+sentinel", "rediss+sentinel"):
+            self.fail(name, "must be a redis://, rediss://, redis+sentinel:// or rediss+sentinel:// URL")
+            return None
+        if "sentinel" in urlsplit(value).scheme:
+            try:
+                parse_sentinel_url(value)
+            except ValueError as exc:
+                self.fail(name, str(exc))
+                return None
         return value
 
     def number(self, name: str, default: float, *, minimum: float, maximum: float, integer: bool = False) -> float:
@@ -313,6 +323,7 @@ def state_from_env(env: Mapping[str, str], problems: list[ConfigError] | None = 
     return StateSettings(
         redis_url=read.redis_url("REDIS_URL"),
         redeem_deadline=read.number("REDEEM_DEADLINE_SECONDS", 10.0, minimum=0.5, maximum=120),
+        wait_replicas=int(read.number("REDIS_WAIT_REPLICAS", 0, minimum=0, maximum=10, integer=True)),
         ttl=ttl,
         reconcile_interval=read.number("RECONCILE_INTERVAL_SECONDS", 5.0, minimum=0.05, maximum=3600),
         timeout=read.number("REDIS_TIMEOUT_SECONDS", 0.5, minimum=0.01, maximum=10),

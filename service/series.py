@@ -1,7 +1,7 @@
 """Coupon-series data for discounts and local pre-checks, read through a cache.
 
-Two caches (in-process memory by default, Redis through aiocache when ``CACHE_URL`` is set), one explicit msgspec
-serializer for both backends so each behaves alike (both hand out a fresh copy of what was stored):
+Two caches (in-process memory by default, Redis when ``CACHE_URL`` is set), one explicit msgspec serializer for
+both backends so each behaves alike (both hand out a fresh copy of what was stored):
 
 - ``code -> series id``: learnt from coupon details or a redeem answer; it never changes, so kept long (in memory,
   at most ``CODE_CACHE_MAX`` codes, the oldest forgotten first).
@@ -9,6 +9,10 @@ serializer for both backends so each behaves alike (both hand out a fresh copy o
 
 The memory backend is a plain bounded dict of encoded values with their expiry time: no timer per key, no timeout
 around each call (aiocache's memory backend has both, and its keys live until their timers fire).
+
+On Redis, a small in-process copy (``NEAR_TTL`` seconds) stands in front of it: a busy gateway reads each series
+and code from Redis once every few seconds, not once per request, and a value it already holds is not written
+again. Reads of several keys are one ``MGET``, on the process's shared pool (:mod:`service.redis_pool`).
 
 A cache error counts as a miss and never fails the till. Concurrent misses for the same series share one upstream
 call, and the misses of one request are fetched in one ``series?ids=..&ids=..`` call.
@@ -20,15 +24,14 @@ import asyncio
 import collections
 import contextlib
 import contextvars
-import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, Generic, Protocol, TypeVar
 
 import msgspec
-from aiocache import Cache
-from aiocache.base import BaseCache
+import redis.asyncio as redis
+import structlog
 from aiocache.serializers import BaseSerializer
 
 from service.capillary.client import CapillaryClient
@@ -37,14 +40,16 @@ from service.capillary.errors import CapillaryError, CapillaryTimeoutError
 from service.capillary.models import Series
 from service.deadline import time_left
 from service.redemption.models import RedemptionRange, SeriesSummary
+from service.redis_pool import connect
 
-log = logging.getLogger("service.series")
+log = structlog.get_logger("service.series")
 
 V = TypeVar("V")
 
 NO_LIMIT_BILL = 9007199254740991  # Capillary's "no maximum" (2^53 - 1)
 SERIES_CACHE_MAX: Final = 10_000  # series summaries kept in memory
 CODE_CACHE_MAX: Final = 20_000  # code -> series id pairs kept in memory (a few MB)
+NEAR_TTL: Final = 5.0  # seconds a value read from Redis is also kept in this process
 
 
 class MsgspecSerializer(BaseSerializer, Generic[V]):  # type: ignore[misc]
@@ -65,7 +70,7 @@ class MsgspecSerializer(BaseSerializer, Generic[V]):  # type: ignore[misc]
 
 
 class SeriesCache(Protocol):
-    """What the catalog uses of a cache: aiocache's interface, implemented by its Redis backend and `MemoryCache`."""
+    """What the catalog uses of a cache (aiocache's interface): `MemoryCache`, `NearCache` over `RedisCache`."""
 
     async def multi_get(self, keys: list[str]) -> list[Any]: ...
 
@@ -127,6 +132,11 @@ class MemoryCache:
         found = self._data.get(key)
         return found is not None and found[1] > self._clock()
 
+    def holds(self, key: str, value: Any) -> bool:
+        """Whether ``key`` holds ``value`` now (compared encoded)."""
+        found = self._data.get(key)
+        return found is not None and found[1] > self._clock() and found[0] == self._dumps(value)
+
     async def clear(self, namespace: str | None = None) -> bool:
         self._data.clear()
         return True
@@ -135,18 +145,164 @@ class MemoryCache:
         return None
 
 
+class RedisCache:
+    """The cache in Redis: ``namespace + key`` -> encoded value with its TTL. Several keys are read with one
+    ``MGET`` and written with one pipeline; each call is bounded by ``timeout``."""
+
+    def __init__(
+        self, client: redis.Redis, namespace: str, serializer: MsgspecSerializer[Any], timeout: float, *, owned: bool
+    ) -> None:
+        self._redis = client
+        self._namespace = namespace
+        self._dumps, self._loads = serializer.dumps, serializer.loads
+        self._timeout = timeout
+        self._owned = owned
+
+    async def multi_get(self, keys: list[str]) -> list[Any]:
+        ns = self._namespace
+        async with asyncio.timeout(self._timeout):
+            found: list[Any] = await self._redis.mget([ns + k for k in keys])
+        return [None if v is None else self._loads(v) for v in found]  # bytes: the client does not decode
+
+    async def multi_set(self, pairs: list[tuple[str, Any]], ttl: float) -> bool:
+        ms = max(1, int(ttl * 1000))
+        async with asyncio.timeout(self._timeout):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key, value in pairs:
+                    pipe.set(self._namespace + key, self._dumps(value), px=ms)
+                await pipe.execute()
+        return True
+
+    async def exists(self, key: str) -> bool:
+        async with asyncio.timeout(self._timeout):
+            return bool(await self._redis.exists(self._namespace + key))
+
+    async def clear(self, namespace: str | None = None) -> bool:
+        """Delete this cache's keys (tests and operators; never on the request path)."""
+        batch: list[Any] = []
+        async for key in self._redis.scan_iter(match=(namespace or self._namespace) + "*", count=500):
+            batch.append(key)
+            if len(batch) >= 500:
+                await self._redis.delete(*batch)
+                batch = []
+        if batch:
+            await self._redis.delete(*batch)
+        return True
+
+    async def close(self) -> None:
+        if self._owned:
+            await self._redis.aclose()
+
+
+class NearCache:
+    """An in-process copy (``ttl`` seconds, at most ``max_size`` keys) in front of a shared cache.
+
+    Reads take what the copy holds and ask the shared cache for the rest in one call; writes go to both, but a
+    value the copy already holds is not written to the shared cache again. A value changed in the shared cache
+    by another replica is seen here at most ``ttl`` seconds later.
+
+    With ``write_behind``, writes reach the copy at once and the shared cache a moment later (``WRITE_BEHIND``
+    seconds), the writes of every request in that moment in one pipeline, off the request's path: for values
+    that never change (a code's series), where a write lost to a crash costs one lookup later, nothing more.
+    """
+
+    WRITE_BEHIND: Final = 0.02
+
+    def __init__(
+        self,
+        shared: SeriesCache,
+        serializer: MsgspecSerializer[Any],
+        max_size: int,
+        ttl: float = NEAR_TTL,
+        *,
+        write_behind: bool = False,
+    ) -> None:
+        self.shared = shared
+        self._near = MemoryCache(serializer, max_size)
+        self._ttl = ttl
+        self._write_behind = write_behind
+        self._queued: dict[str, tuple[Any, float]] = {}
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def multi_get(self, keys: list[str]) -> list[Any]:
+        values = await self._near.multi_get(keys)
+        missing = [i for i, v in enumerate(values) if v is None]
+        if not missing:
+            return values
+        found = await self.shared.multi_get([keys[i] for i in missing])
+        learnt = []
+        for i, value in zip(missing, found, strict=True):
+            if value is not None:
+                values[i] = value
+                learnt.append((keys[i], value))
+        if learnt:
+            await self._near.multi_set(learnt, self._ttl)
+        return values
+
+    async def multi_set(self, pairs: list[tuple[str, Any]], ttl: float) -> bool:
+        new = [(k, v) for k, v in pairs if not self._near.holds(k, v)]
+        if not new:
+            return True
+        if not self._write_behind:
+            await self.shared.multi_set(new, ttl=ttl)
+        else:
+            for key, value in new:
+                self._queued[key] = (value, ttl)
+            if self._flusher is None or self._flusher.done():
+                # its own context: the write is nobody's request (not counted among a request's round trips)
+                self._flusher = asyncio.get_running_loop().create_task(self._flush(), context=contextvars.Context())
+        await self._near.multi_set(new, min(ttl, self._ttl))
+        return True
+
+    async def _flush(self, pause: float = WRITE_BEHIND) -> None:
+        if pause:
+            await asyncio.sleep(pause)
+        queued, self._queued = self._queued, {}
+        by_ttl: dict[float, list[tuple[str, Any]]] = {}
+        for key, (value, ttl) in queued.items():
+            by_ttl.setdefault(ttl, []).append((key, value))
+        for ttl, pairs in by_ttl.items():
+            try:
+                await self.shared.multi_set(pairs, ttl=ttl)
+            except Exception as exc:  # a lost write is a later miss, never the till's problem
+                log.warning("cache write failed", error=type(exc).__name__, detail=str(exc))
+
+    async def exists(self, key: str) -> bool:
+        return await self.shared.exists(key)
+
+    async def clear(self, namespace: str | None = None) -> bool:
+        await self._near.clear()
+        return bool(await self.shared.clear(namespace))  # type: ignore[attr-defined]
+
+    async def close(self) -> None:
+        if self._flusher is not None and not self._flusher.done():
+            with contextlib.suppress(Exception):
+                await self._flusher
+        if self._queued:
+            await self._flush(0)
+        await self.shared.close()
+
+
 def open_cache(
-    url: str | None, namespace: str, kind: type[Any], timeout: float, max_size: int = SERIES_CACHE_MAX
+    url: str | None,
+    namespace: str,
+    kind: type[Any],
+    timeout: float,
+    max_size: int = SERIES_CACHE_MAX,
+    *,
+    client: redis.Redis | None = None,
+    near_ttl: float = NEAR_TTL,
+    write_behind: bool = False,
 ) -> Any:
-    """A cache for values of ``kind``: Redis at ``url`` (``redis://host:port/db``, through aiocache), in this
-    process's memory without one (a `MemoryCache` of at most ``max_size`` keys)."""
+    """A cache for values of ``kind``: Redis at ``url`` (``redis://host:port/db``; on ``client``, the process's
+    shared one, when given) behind a short in-process copy, or this process's memory without one (a
+    `MemoryCache` of at most ``max_size`` keys)."""
     serializer = MsgspecSerializer(kind)
     if url:
-        cache: BaseCache = Cache.from_url(url)
-        cache.serializer = serializer
-        cache.namespace = namespace
-        cache.timeout = timeout
-        return cache
+        shared = RedisCache(
+            client or connect(url, timeout=timeout), namespace, serializer, timeout, owned=client is None
+        )
+        return NearCache(shared, serializer, max_size, near_ttl, write_behind=write_behind)
     return MemoryCache(serializer, max_size)
 
 
@@ -290,7 +446,7 @@ class SeriesCatalog:
         except Exception as exc:  # a cache failure is a miss, never the till's problem
             stats.errors += 1
             stats.misses += len(keys)
-            log.warning("cache read failed: %s: %s", type(exc).__name__, exc)
+            log.warning("cache read failed", error=type(exc).__name__, detail=str(exc))
             return [None] * len(keys)
         found = sum(v is not None for v in values)
         stats.hits += found
@@ -304,7 +460,7 @@ class SeriesCatalog:
             await cache.multi_set(pairs, ttl=ttl)
         except Exception as exc:
             stats.errors += 1
-            log.warning("cache write failed: %s: %s", type(exc).__name__, exc)
+            log.warning("cache write failed", error=type(exc).__name__, detail=str(exc))
 
     # --------------------------------------------------------------------------------------------- series
 
@@ -398,7 +554,7 @@ class SeriesCatalog:
             try:
                 reply = await self._client.coupon_details(codes=missing, timeout=self._timeout)
             except CapillaryError as exc:
-                log.warning("coupon details failed: %s", exc)
+                log.warning("coupon details failed", detail=str(exc))
                 return known
             learnt = {c.code: c.series_id for c in reply.data if c.code in missing and c.series_id is not None}
             known.update(learnt)
@@ -428,18 +584,46 @@ class SeriesCatalog:
 
 @contextlib.asynccontextmanager
 async def open_catalog(
-    client: CapillaryClient, *, cache_url: str | None, ttl: float, timeout: float, lookup_timeout: float
+    client: CapillaryClient,
+    *,
+    cache_url: str | None,
+    ttl: float,
+    timeout: float,
+    lookup_timeout: float,
+    redis_client: redis.Redis | None = None,
 ) -> AsyncIterator[SeriesCatalog]:
-    series_cache: SeriesCache = open_cache(cache_url, "pos_coupon:series:", SeriesSummary, timeout, SERIES_CACHE_MAX)
-    code_cache: SeriesCache = open_cache(cache_url, "pos_coupon:code:", int, timeout, CODE_CACHE_MAX)
+    """``redis_client``: the process's shared client for ``cache_url`` (else the caches open their own)."""
+    if cache_url and redis_client is None:
+        redis_client = connect(cache_url, timeout=timeout)
+        owned: redis.Redis | None = redis_client
+    else:
+        owned = None
+    series_cache: SeriesCache = open_cache(
+        cache_url, "pos_coupon:series:", SeriesSummary, timeout, SERIES_CACHE_MAX, client=redis_client
+    )
+    # A code's series never changes: its in-process copy is kept as long as the cache keeps it (bounded by
+    # CODE_CACHE_MAX), and written to Redis behind the request.
+    code_ttl = 30 * 24 * 3600
+    code_cache: SeriesCache = open_cache(
+        cache_url,
+        "pos_coupon:code:",
+        int,
+        timeout,
+        CODE_CACHE_MAX,
+        client=redis_client,
+        near_ttl=code_ttl,
+        write_behind=True,
+    )
     try:
         yield SeriesCatalog(
             client,
             series_cache=series_cache,
             code_cache=code_cache,
             ttl=ttl,
-            code_ttl=30 * 24 * 3600,
+            code_ttl=code_ttl,
             lookup_timeout=lookup_timeout,
         )
     finally:
         await asyncio.gather(series_cache.close(), code_cache.close(), return_exceptions=True)
+        if owned is not None:
+            await owned.aclose()

@@ -164,8 +164,14 @@ class RedisJobStore:
 
     backend = "redis"
 
-    def __init__(self, url: str, *, timeout: float = 0.5) -> None:
-        self._redis = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    def __init__(self, url: str | None = None, *, timeout: float = 0.5, client: redis.Redis | None = None) -> None:
+        """``client``: the process's shared one (not closed here), else one of its own for ``url``."""
+        self._owned: redis.Redis | None = None
+        if client is None:
+            client = self._owned = redis.Redis.from_url(
+                url or "", socket_timeout=timeout, socket_connect_timeout=timeout
+            )
+        self._redis: redis.Redis = client
 
     async def claim(self, content_key: str, job_id: str, ttl: float) -> str | None:
         key = f"{_PREFIX}hash:{content_key}"
@@ -219,4 +225,5 @@ class RedisJobStore:
         return {int(k): v.decode() if isinstance(v, bytes) else str(v) for k, v in found.items()}
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        if self._owned is not None:
+            await self._owned.aclose()

@@ -337,7 +337,11 @@ class CapillaryClient:
                     reason="circuit_open",
                     retry_after=breaker.retry_after(),
                 )
-            wait = self.limiter.reserve(priority, budget - MIN_ATTEMPT_SECONDS)
+            try:
+                wait = await self.limiter.acquire(priority, budget - MIN_ATTEMPT_SECONDS)
+            except BaseException:  # cancelled while Redis decided: the breaker's ticket is not spent
+                breaker.release(ticket)
+                raise
             if wait < 0:
                 breaker.release(ticket)
                 self.rejections["rate_limited", priority] += 1

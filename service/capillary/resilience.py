@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from service.capillary.errors import (
     TRY_LATER_STATUSES,
@@ -171,6 +171,14 @@ class Priority(enum.IntEnum):
 PRIORITY_NAMES: Final = {p: p.name.lower() for p in Priority}
 
 
+class SharedBucket(Protocol):
+    """A token bucket every replica shares (``service.access.limits.SharedBuckets``)."""
+
+    async def take(
+        self, name: str, rate: float, capacity: float, *, floor: float = 0.0, max_wait: float = 0.0, kind: str = ""
+    ) -> float | None: ...
+
+
 class OutboundLimiter:
     """A token bucket holding Capillary's requests-per-minute budget, shared by every call of this process.
 
@@ -179,6 +187,10 @@ class OutboundLimiter:
     a deadline. Priorities: a lower class may only take tokens while a share of the bucket (``reserve``) is left
     for the classes above it, so under pressure back-office calls wait and are shed first, then validation, and
     redeems last. ``per_minute=0`` turns the limiter off.
+
+    With :meth:`share` (Redis), the bucket is one for every replica, priorities included: ten pods spend the
+    brand's budget once, not ten times. When Redis does not answer, each decision falls back to this process's
+    own bucket (fail open to the per-process limit; counted in ``SharedBuckets.unavailable``).
     """
 
     RESERVE: Final = (0.0, 0.2, 0.4)  # share of the bucket each priority must leave untouched
@@ -195,6 +207,32 @@ class OutboundLimiter:
         self._at = clock()
         self.shed = dict.fromkeys(Priority, 0)
         self.delayed = dict.fromkeys(Priority, 0)
+
+    _shared: SharedBucket | None = None
+
+    def share(self, bucket: SharedBucket) -> None:
+        self._shared = bucket
+
+    async def acquire(self, priority: Priority, max_wait: float) -> float:
+        """:meth:`reserve`, from the shared bucket when there is one."""
+        if not self.enabled:
+            return 0.0
+        if self._shared is not None:
+            decided = await self._shared.take(
+                "capillary",
+                self.rate,
+                self.capacity,
+                floor=self._floors[priority],
+                max_wait=max_wait,
+                kind="capillary_budget",
+            )
+            if decided is not None:
+                if decided < 0:
+                    self.shed[priority] += 1
+                elif decided > 0:
+                    self.delayed[priority] += 1
+                return decided
+        return self.reserve(priority, max_wait)
 
     def reserve(self, priority: Priority, max_wait: float) -> float:
         """Take a token: 0 to go now, the seconds to wait first, or -(the seconds it would take) if refused."""

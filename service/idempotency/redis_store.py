@@ -9,6 +9,10 @@ Keys (all under ``pos_coupon:``, all with TTLs):
 
 Every multi-key change is one Lua script or one MULTI, so a crash never leaves half of it. (Scripts touch keys
 they compute; that is fine on one Redis, not on Redis Cluster.)
+
+A first redeem costs two round trips: ``begin`` (claim the key and lock the codes, one script) and ``resolve``
+(record the answer, bind its redemption ids, unlock: one script). A replay is one: ``begin`` finds the record and
+returns it.
 """
 
 from __future__ import annotations
@@ -19,13 +23,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+import structlog
+from redis.exceptions import NoScriptError, RedisError
 
 from service.idempotency.models import Entry, entry_decoder, entry_encoder
 from service.idempotency.store import UNRESOLVED_STATES, Resolution, StoreUnavailable
+from service.redis_pool import connect
 
 _CLAIM = """
 local function live(key)
@@ -43,6 +46,37 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('SADD', KEYS[3], ARGV[1])
 return false
+"""
+
+# KEYS: idempotency key, record, unresolved set, [legacy idempotency key], then the codes' lock keys.
+# ARGV: ref, entry, ttl (ms), record prefix, lock ttl (ms), 1 when a legacy key is given.
+# Returns {1, record} for a key already taken (a replay), {2, {busy lock indexes}}, or {0} once claimed and locked.
+_BEGIN = """
+local ref = ARGV[1]
+local function live(key)
+  local existing = redis.call('GET', key)
+  if existing and existing ~= ref then
+    local record = redis.call('GET', ARGV[4] .. existing)
+    if record then return record end
+  end
+  return false
+end
+local first = 4
+if ARGV[6] == '1' then first = 5 end
+local found = live(KEYS[1])
+if (not found) and first == 5 then found = live(KEYS[4]) end
+if found then return {1, found} end
+local busy = {}
+for i = first, #KEYS do
+  local holder = redis.call('GET', KEYS[i])
+  if holder and holder ~= ref then table.insert(busy, i - first + 1) end
+end
+if #busy > 0 then return {2, busy} end
+redis.call('SET', KEYS[1], ref, 'PX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('SADD', KEYS[3], ref)
+for i = first, #KEYS do redis.call('SET', KEYS[i], ref, 'PX', ARGV[5]) end
+return {0}
 """
 
 _FINAL = """
@@ -118,27 +152,42 @@ return 1
 """
 
 
+log = structlog.get_logger("service.ledger")
+
+
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
 class RedisStore:
     backend = "redis"
+    #: Final answers a replica did not acknowledge in time (with ``wait_replicas``), in this process, for the metrics.
+    unreplicated = 0
 
-    def __init__(self, url: str, *, prefix: str = "pos_coupon:", timeout: float = 0.5) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        prefix: str = "pos_coupon:",
+        timeout: float = 0.5,
+        client: redis.Redis | None = None,
+        wait_replicas: int = 0,
+    ) -> None:
+        """``client``: the process's shared one (see :mod:`service.redis_pool`, then not closed here), else one of
+        its own for ``url``. Every call here may run twice (the client retries once on a fresh connection;
+        scripts write the same state again; a claim that had landed finds itself), so nobody sees a 503 for a
+        stale socket."""
         self.refusals: collections.Counter[str] = collections.Counter()  # none: Redis has no bounds of ours
-        # A pooled connection a restarted Redis no longer knows fails its next command: each call is tried once
-        # more on a fresh connection. Every call here may run twice (scripts write the same state again; a claim
-        # that had landed finds itself, see ExactlyOnce.redeem), so nobody sees a 503 for a stale socket.
-        self._redis: redis.Redis = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            health_check_interval=30,
-            retry=Retry(NoBackoff(), 1),
-            retry_on_error=[RedisConnectionError],
-        )
+        self._owned: redis.Redis | None = None
+        if client is None:
+            if url is None:
+                raise ValueError("a Redis URL or client is needed")
+            client = self._owned = connect(url, timeout=timeout)
+        self._redis: redis.Redis = client
         self._prefix = prefix
+        self._wait = wait_replicas
+        self._wait_ms = max(1, int(timeout * 500))  # half the call's time for the replicas to acknowledge
+        self._begin = self._redis.register_script(_BEGIN)
         self._claim = self._redis.register_script(_CLAIM)
         self._save_unresolved = self._redis.register_script(_SAVE_UNRESOLVED)
         self._resolve = self._redis.register_script(_RESOLVE)
@@ -176,6 +225,24 @@ class RedisStore:
         )
         return None if found is None else entry_decoder.decode(found)
 
+    async def begin(
+        self, entry: Entry, ttl: float, lock_ttl: float, *, legacy_key: str | None = None
+    ) -> tuple[Entry | None, list[str]]:
+        codes = entry.command.codes
+        keys = [self._key(entry.key), self._record(entry.ref), self._unresolved_set]
+        if legacy_key is not None:
+            keys.append(self._key(legacy_key))
+        keys += [self._code(c) for c in codes]
+        args: list[str | bytes | int] = [entry.ref, entry_encoder.encode(entry), _ms(ttl), self._record()]
+        args += [_ms(lock_ttl), 1 if legacy_key is not None else 0]
+        found = await self._run(self._begin(keys=keys, args=args))
+        status = int(found[0])
+        if status == 1:
+            return entry_decoder.decode(found[1]), []
+        if status == 2:
+            return None, [codes[int(i) - 1] for i in found[1]]
+        return None, []
+
     async def save(self, entry: Entry, ttl: float) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(self._record(entry.ref), entry_encoder.encode(entry), px=_ms(ttl))
@@ -208,12 +275,33 @@ class RedisStore:
             "1" if force else "0",
             len(ids),
         ]
-        status, detail = await self._run(self._resolve(keys=keys, args=args))
+        status, detail = await self._run(self._resolve_replicated(keys, args))
         if int(status) == 1:
             return Resolution(False, current=entry_decoder.decode(detail))
         pairs = list(detail or [])
         taken = {ids[int(pairs[i]) - 1]: pairs[i + 1].decode() for i in range(0, len(pairs), 2)}
         return Resolution(int(status) == 0, taken=taken)
+
+    async def _resolve_replicated(self, keys: list[str], args: list[str | bytes | int]) -> Any:
+        """The resolve script; with ``wait_replicas``, followed by ``WAIT`` in the same round trip (a pipeline),
+        so the till gets an answer the replicas hold: a failover right after it does not lose it."""
+        if not self._wait:
+            return await self._resolve(keys=keys, args=args)
+        for _ in range(2):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(self._resolve.sha, len(keys), *keys, *args)
+                pipe.execute_command("WAIT", self._wait, self._wait_ms)
+                found, acked = await pipe.execute(raise_on_error=False)
+            if isinstance(found, NoScriptError):
+                await self._redis.script_load(_RESOLVE)
+                continue
+            if isinstance(found, Exception):
+                raise found
+            if isinstance(acked, Exception) or int(acked) < self._wait:
+                RedisStore.unreplicated += 1
+                log.warning("redis: a final answer not acknowledged by the replicas in time", wait_replicas=self._wait)
+            return found
+        raise NoScriptError("the resolve script could not be loaded")
 
     async def owners(self, redemption_ids: Sequence[int]) -> dict[int, str]:
         if not redemption_ids:
@@ -252,4 +340,5 @@ class RedisStore:
         await self._run(self._redis.ping())
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        if self._owned is not None:
+            await self._owned.aclose()

@@ -241,12 +241,17 @@ class ExactlyOnce:
             settle_after=now + self.timing.settle,
         )
         for _ in range(2):  # a second round only after a pending entry resolved as "not applied"
-            try:
-                existing = await self.store.claim(entry, self.timing.ttl, legacy_key=legacy_key)
+            try:  # one round trip: the key claimed and the codes locked, or the record a replay answers from
+                existing, busy = await self.store.begin(
+                    entry, self.timing.ttl, self.timing.hard_limit, legacy_key=legacy_key
+                )
             except StoreUnavailable:
                 if key in self._running_keys:  # the ledger is away, but this very request is at work here
                     raise Refused(CATALOG["REQUEST_IN_PROGRESS"], retry_after=1) from None
                 raise
+            if busy:  # nothing was claimed: the till may simply try again
+                message = f"Coupon {busy[0]} is being redeemed in another transaction right now."
+                raise Refused(CATALOG["COUPON_IN_USE"], message, retry_after=1)
             if existing is None or existing.ref == entry.ref:  # ours: a claim that landed, then was sent again
                 return await self._first(entry, command, till)
             reply = await self._replay(existing, entry.fingerprint, request_id)
@@ -255,23 +260,16 @@ class ExactlyOnce:
         raise Refused(CATALOG["REQUEST_IN_PROGRESS"], retry_after=1)
 
     async def _first(self, entry: Entry, command: RedemptionCommand, till: str | None = None) -> Reply:
-        try:
-            busy = await self.store.lock(command.codes, entry.ref, self.timing.hard_limit)
-        except StoreUnavailable:
-            await self._drop(entry)  # nothing was sent; recorded now or when the store is back
-            raise
-        if not busy and self.offline is not None:
+        if self.offline is not None:  # a code a provisional redemption holds is in use, online too
             try:
-                if (held := await self.offline.held(command.codes, entry.ref)) is not None:
-                    await self.store.unlock(command.codes, entry.ref)
-                    busy = [held]
+                held = await self.offline.held(command.codes, entry.ref)
             except StoreUnavailable:
-                await self._drop(entry)
+                await self._drop(entry)  # nothing was sent; recorded now or when the store is back
                 raise
-        if busy:
-            await self._drop(entry, locked=False)
-            message = f"Coupon {busy[0]} is being redeemed in another transaction right now."
-            raise Refused(CATALOG["COUPON_IN_USE"], message, retry_after=1)
+            if held is not None:
+                await self._drop(entry)  # frees the key and the codes the claim locked
+                message = f"Coupon {held} is being redeemed in another transaction right now."
+                raise Refused(CATALOG["COUPON_IN_USE"], message, retry_after=1)
         task = asyncio.create_task(self._run(entry, command, till))
         self._tasks.add(task)
         self._running[entry.ref] = entry

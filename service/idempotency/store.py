@@ -8,17 +8,18 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
-import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
+import structlog
+
 from service.idempotency.models import Entry, entry_decoder, entry_encoder
 
 UNRESOLVED_STATES = ("in_flight", "pending")
 
-log = logging.getLogger("service.ledger")
+log = structlog.get_logger("service.ledger")
 
 T = TypeVar("T")
 
@@ -48,6 +49,14 @@ class LedgerStore(Protocol):
         """Record ``entry`` under its idempotency key if that key is free (returns None); otherwise change
         nothing and return the entry the key already points to. ``legacy_key``: another key the same request
         was recorded under by earlier releases; a live record there is returned as well."""
+
+    async def begin(
+        self, entry: Entry, ttl: float, lock_ttl: float, *, legacy_key: str | None = None
+    ) -> tuple[Entry | None, list[str]]:
+        """A first redeem's start, all at once: :meth:`claim` the key and :meth:`lock` the entry's codes for
+        ``lock_ttl``. Returns ``(existing, [])`` when the key is taken by another ref (nothing changed: a replay),
+        ``(None, busy codes)`` when another owner holds a code (nothing changed), else ``(None, [])``: claimed
+        and locked. A key already held by this very ref (a claim sent twice) is this request's own."""
 
     async def save(self, entry: Entry, ttl: float) -> None:
         """Store ``entry`` (by its ref), replacing what was there."""
@@ -192,7 +201,7 @@ class MemoryStore:
     def _refuse(self, reason: str, message: str) -> StoreUnavailable:
         self.refusals[reason] += 1
         if self._refusing != message:  # once per change, not once per refused request
-            log.warning("in-memory ledger refuses new redemptions: %s", message)
+            log.warning("in-memory ledger refuses new redemptions", reason=message)
             self._refusing = message
         return StoreUnavailable(message)
 
@@ -219,6 +228,22 @@ class MemoryStore:
         await self.save(entry, ttl)
         self._keys.put(entry.key, entry.ref, ttl)
         return None
+
+    async def begin(
+        self, entry: Entry, ttl: float, lock_ttl: float, *, legacy_key: str | None = None
+    ) -> tuple[Entry | None, list[str]]:
+        for key in (entry.key, legacy_key):
+            ref = None if key is None else self._keys.get(key)
+            if ref is not None and ref != entry.ref and (existing := await self.load(ref)) is not None:
+                return existing, []
+        codes = entry.command.codes
+        busy = [c for c in codes if (holder := self._locks.get(c)) is not None and holder != entry.ref]
+        if busy:
+            return None, busy
+        if self._keys.get(entry.key) != entry.ref:
+            await self.claim(entry, ttl, legacy_key=legacy_key)
+        await self.lock(codes, entry.ref, lock_ttl)
+        return None, []
 
     def refusing(self) -> str | None:
         self._sweep()

@@ -421,3 +421,53 @@ class UpstreamAuthCollector(Collector):
         for result in ("ok", "refused", "unknown"):
             family.add_metric([result], checks.get(result, 0))
         yield family
+
+
+REDIS_ROUND_TRIP_BUCKETS: Final = (0, 1, 2, 3, 4, 6, 8, 12, 16)
+SHARED_LIMITS: Final = ("key_rate", "capillary_budget")
+
+
+class RedisCollector(Collector):
+    """Redis round trips per request (observed by the request middleware while Redis is in use) and in total
+    (read at scrape time from :class:`service.redis_pool.RoundTrips`)."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        total: Callable[[], int],
+        unavailable: Callable[[], dict[str, int]],
+        unreplicated: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self.per_request = Histogram(
+            f"{PREFIX}_redis_round_trips_per_request",
+            "Round trips to Redis (one command, script or pipeline each) made for one request, by route.",
+            ["route"],
+            buckets=REDIS_ROUND_TRIP_BUCKETS,
+            registry=registry,
+        )
+        self._total = total
+        self._unavailable = unavailable
+        self._unreplicated = unreplicated
+        registry.register(self)
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(
+            f"{PREFIX}_redis_round_trips",
+            "Round trips to Redis by this process (requests, background work, probes).",
+            value=self._total(),
+        )
+        unavailable = self._unavailable()
+        family = CounterMetricFamily(
+            f"{PREFIX}_shared_limit_unavailable",
+            "Limit decisions Redis could not make (unreachable, slow): made by this process alone instead, by"
+            " limit: key_rate, capillary_budget.",
+            labels=["limit"],
+        )
+        for limit in SHARED_LIMITS:
+            family.add_metric([limit], unavailable.get(limit, 0))
+        yield family
+        yield CounterMetricFamily(
+            f"{PREFIX}_ledger_unreplicated",
+            "Final answers given before REDIS_WAIT_REPLICAS replicas acknowledged them (a failover may lose them).",
+            value=self._unreplicated(),
+        )

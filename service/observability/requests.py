@@ -13,8 +13,9 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from service.observability.metrics import Metrics, status_class
+from service.observability.metrics import Metrics, RedisCollector, status_class
 from service.observability.tracing import exemplar
+from service.redis_pool import end_tally, start_tally
 from service.web.errors import REQUEST_ID, REQUEST_ID_HEADER, request_id_of
 
 log = structlog.get_logger("service.request")
@@ -34,7 +35,8 @@ def route_of(request: web.Request) -> str:
     return resource.canonical
 
 
-def observe_middleware(metrics: Metrics) -> web.middleware:  # type: ignore[valid-type]
+def observe_middleware(metrics: Metrics, redis: RedisCollector | None = None) -> web.middleware:  # type: ignore[valid-type]
+    """``redis``: set while Redis is in use: each request's round trips to it are observed per route."""
     # The labelled children, resolved once per (route, method, status class) instead of on every request.
     counters: dict[tuple[str, str, str], Any] = {}
     durations: dict[tuple[str, str], Any] = {}
@@ -53,6 +55,7 @@ def observe_middleware(metrics: Metrics) -> web.middleware:  # type: ignore[vali
         token = UPSTREAM_IDS.set(upstream_ids)
         started = time.perf_counter()
         status = 500
+        trips = start_tally() if redis is not None else None
         try:
             response = await handler(request)
             status = response.status
@@ -61,6 +64,10 @@ def observe_middleware(metrics: Metrics) -> web.middleware:  # type: ignore[vali
         finally:
             seconds = time.perf_counter() - started
             route, method = route_of(request), request.method
+            if trips is not None and redis is not None:
+                end_tally(trips[0])
+                if route not in QUIET_ROUTES:
+                    redis.per_request.labels(route).observe(trips[1][0])
             key = (route, method, status_class(status))
             counter = counters.get(key)
             if counter is None:

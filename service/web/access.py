@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from service.access.keys import ApiKey, KeyRing
-from service.access.limits import Bulkheads, TokenBuckets
+from service.access.limits import Bulkheads, SharedBuckets, TokenBuckets
 from service.config import AccessSettings
 from service.deadline import time_left
 from service.observability.metrics import Metrics
@@ -62,6 +62,8 @@ class Gate:
     bulkheads: Bulkheads
     settings: AccessSettings
     metrics: Metrics
+    #: With Redis: each key's rate is shared by every replica (else each replica applies it on its own).
+    shared: SharedBuckets | None = None
 
     @classmethod
     def build(cls, keys: KeyRing, settings: AccessSettings, metrics: Metrics) -> Gate:
@@ -94,6 +96,16 @@ class Gate:
             raise self._refuse("unauthenticated", "UNAUTHENTICATED", "This API key is not known.", headers=_CHALLENGE)
         return key
 
+    async def rate_wait(self, key: ApiKey) -> float:
+        """0 when the key's request may go, else the seconds until it may (for ``Retry-After``): shared by every
+        replica in Redis when there is one, in this process when there is not or when Redis does not answer."""
+        if self.shared is not None:
+            rate, burst = self.buckets.limits(key.rate_per_second, key.burst)
+            decided = await self.shared.take(f"key:{key.name}", rate, burst, kind="key_rate")
+            if decided is not None:
+                return max(0.0, -decided)
+        return self.buckets.take(key.name, key.rate_per_second, key.burst)
+
     def body_limit(self, klass: RouteClass) -> int:
         return self.settings.max_upload_bytes if klass == "upload" else self.settings.max_body_bytes
 
@@ -113,7 +125,7 @@ class Gate:
             klass = route_class(request.method, resource.canonical)
             if not key.allows(_SCOPE[klass]):
                 raise gate._refuse("forbidden", "FORBIDDEN", f"This API key has no {_SCOPE[klass]!r} scope.")
-            wait = gate.buckets.take(key.name, key.rate_per_second, key.burst)
+            wait = await gate.rate_wait(key)
             if wait:
                 raise gate._refuse("rate_limited", "RATE_LIMITED", headers={"Retry-After": str(math.ceil(wait))})
             size = request.content_length

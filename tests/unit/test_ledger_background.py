@@ -135,9 +135,11 @@ async def test_closing_stops_the_sweeper_even_when_a_cancel_is_lost() -> None:
 class ResentStore(MemoryStore):
     """A claim whose reply was lost and that the Redis client sent again: the second run finds the first."""
 
-    async def claim(self, entry: Entry, ttl: float, *, legacy_key: str | None = None) -> Entry | None:
-        await super().claim(entry, ttl, legacy_key=legacy_key)
-        return await super().claim(entry, ttl, legacy_key=legacy_key)
+    async def begin(
+        self, entry: Entry, ttl: float, lock_ttl: float, *, legacy_key: str | None = None
+    ) -> tuple[Entry | None, list[str]]:
+        await super().begin(entry, ttl, lock_ttl, legacy_key=legacy_key)
+        return await super().begin(entry, ttl, lock_ttl, legacy_key=legacy_key)
 
 
 async def test_a_claim_sent_twice_is_still_the_requests_own() -> None:

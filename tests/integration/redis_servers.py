@@ -1,0 +1,114 @@
+"""Real ``redis-server`` processes for the Sentinel tests: each on a free port in a temp dir, its start waited
+for (bounded), killed after. Skipped off CI when ``redis-server`` is absent; under CI it must be there."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.conftest import free_port
+
+START_WAIT = 10.0  # seconds a server gets to answer PING
+
+
+def redis_server() -> str:
+    found = shutil.which("redis-server")
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server must be installed under CI (.ci/run installs it)")
+        pytest.skip("redis-server is not installed")
+    return found
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen[bytes], port: int) -> None:
+        self.process, self.port = process, port
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=2)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+
+
+@contextlib.contextmanager
+def servers() -> Iterator[Servers]:
+    group = Servers(redis_server())
+    try:
+        yield group
+    finally:
+        group.close()
+
+
+class Servers:
+    def __init__(self, binary: str) -> None:
+        self._binary = binary
+        self._all: list[Server] = []
+        self._dirs: list[Path] = []
+
+    def _start(self, args: list[str], port: int, directory: Path) -> Server:
+        log = (directory / "log").open("wb")
+        process = subprocess.Popen(
+            [self._binary, *args], cwd=directory, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        server = Server(process, port)
+        self._all.append(server)
+        deadline = time.monotonic() + START_WAIT
+        with server.client() as client:
+            while True:
+                try:
+                    client.ping()
+                    return server
+                except redis.RedisError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise AssertionError(f"redis-server did not start: {(directory / 'log').read_text()}") from None
+                    time.sleep(0.05)
+
+    def _dir(self) -> Path:
+        import tempfile
+
+        directory = Path(tempfile.mkdtemp(prefix="redis-test-"))
+        self._dirs.append(directory)
+        return directory
+
+    def redis(self, *extra: str) -> Server:
+        port = free_port()
+        base = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        base += ["--repl-diskless-sync-delay", "0"]  # a replica syncs at once, not after 5 s
+        return self._start([*base, *extra], port, self._dir())
+
+    def replica_of(self, primary: Server) -> Server:
+        replica = self.redis("--replicaof", "127.0.0.1", str(primary.port))
+        deadline = time.monotonic() + START_WAIT
+        with replica.client() as client:
+            while client.info("replication").get("master_link_status") != "up":
+                assert time.monotonic() < deadline, "the replica did not sync"
+                time.sleep(0.05)
+        return replica
+
+    def sentinel(self, primary: Server, service: str) -> Server:
+        directory, port = self._dir(), free_port()
+        config = directory / "sentinel.conf"
+        config.write_text(
+            f"port {port}\nbind 127.0.0.1\n"
+            f"sentinel monitor {service} 127.0.0.1 {primary.port} 1\n"
+            f"sentinel down-after-milliseconds {service} 400\n"
+            f"sentinel failover-timeout {service} 2000\n"
+        )
+        return self._start([str(config), "--sentinel"], port, directory)
+
+    def close(self) -> None:
+        for server in self._all:
+            server.kill()
+        for directory in self._dirs:
+            shutil.rmtree(directory, ignore_errors=True)
