@@ -48,6 +48,8 @@ async def test_faults_before_apply(
     http_status: int | None,
     maybe_applied: bool,
 ) -> None:
+    assert oauth_client.tokens is not None
+    await oauth_client.tokens.token()  # the token first: the call's half second is the faulted redeem's alone
     upstream.sandbox.add_fault(fault)
     with pytest.raises(error_type) as caught:
         await _redeem(oauth_client, timeout=0.5)
