@@ -315,11 +315,11 @@ class BulkRedeemResponse(Upstream):
     failure_count: int | None = None
 
     def verdict(self, entry: BulkRedeemEntry) -> Said | None:
-        """The entry's own verdict; else, when the batch reports failures, a sibling's failure (all or nothing:
-        749); else None (the HTTP status decides)."""
+        """The entry's own verdict; else, when the batch reports failures or any entry its own refusal, a sibling's
+        failure (all or nothing: 749); else None (the HTTP status decides)."""
         found = entry.own_verdict()
-        if found is None and self.failure_count:
-            return Said(False, SIBLING_FAILURE_CODE, None)
+        if found is None and (self.failure_count or self.refuses_any()):
+            return Said(False, SIBLING_FAILURE_CODE, None)  # all or nothing: a sibling's refusal refused it too
         if found is None or found.ok:
             return found
         result = entry.result
@@ -327,6 +327,10 @@ class BulkRedeemResponse(Upstream):
 
     def named_codes(self) -> list[int]:
         return [c for entry in self.response for c in entry.named_codes()]
+
+    def refuses_any(self) -> bool:
+        """Whether any entry carries a refusal of its own."""
+        return any((v := e.own_verdict()) is not None and not v.ok for e in self.response)
 
 
 # ----------------------------------------------------------------------------------------------------- series
