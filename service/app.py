@@ -312,7 +312,7 @@ def create_app(
         offline_metrics = OfflineCollector(offline, app.get(web_offline.SETTLER))
         instruments.registry.register(offline_metrics)
         app[HANDLERS] = RedemptionHandlers(flow, app[SERIES], ledger, instruments, offline)
-        collector = _state_collector(app, ledger, store)
+        collector = _state_collector(app, ledger, store, coupons)
         instruments.registry.register(collector)
         resilience = ResilienceCollector(app[CAPILLARY])
         instruments.registry.register(resilience)
@@ -427,7 +427,9 @@ def _ops_routes(app: web.Application) -> None:
     app.router.add_get("/openapi.yaml", openapi, allow_head=False)
 
 
-def _state_collector(app: web.Application, ledger: ExactlyOnce, store: LedgerStore) -> StateCollector:
+def _state_collector(
+    app: web.Application, ledger: ExactlyOnce, store: LedgerStore, coupons: CapillaryCoupons
+) -> StateCollector:
     catalog, client = app[SERIES], app[CAPILLARY]
     backend = "redis" if app[SETTINGS].cache.url else "memory"
     caches = [CacheView("series", backend, catalog.stats.series), CacheView("code", backend, catalog.stats.code)]
@@ -440,4 +442,5 @@ def _state_collector(app: web.Application, ledger: ExactlyOnce, store: LedgerSto
         deferred_writes=lambda: dict(ledger.deferred_writes),
         unwritten=lambda: ledger.unwritten_count,
         ledger_refusals=lambda: dict(store.refusals),
+        upstream_warnings=lambda: dict(coupons.warnings),
     )

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import structlog
+
 from service.capillary import codes
 from service.capillary.client import CapillaryClient
 from service.capillary.errors import (
     SUCCESS_CODES,
     UNKNOWN_OUTCOME_CODE,
+    WARNING_CODES,
     CapillaryError,
     CapillaryUnavailable,
 )
@@ -23,6 +26,8 @@ from service.redemption.catalog import CATALOG
 from service.redemption.discount import DiscountRule
 from service.redemption.flow import Redeemed, UpstreamFailure, Verdict
 from service.redemption.models import CustomerRef, Failure, RedemptionCommand
+
+log = structlog.get_logger("service.capillary")
 
 # "Already used" in the words of each cluster: 711, 716, 747, and 706 ("cannot redeem the same voucher multiple
 # times"). Reconciliation reads them as "our redeem went through" for a single-use code we hold the lock on.
@@ -73,10 +78,15 @@ def _redeemed(item: RedeemItem | None, verdict: Said | None) -> Redeemed:
     return Redeemed(False, failure=failure, series_id=series_id, rule=rule, cap_stated=cap_stated)
 
 
-def _warned(item: RedeemItem | None, counts: dict[int, int]) -> None:
-    for warning in item.warnings if item is not None else ():
+def _warned(item: RedeemItem | None, verdict: Said | None, counts: dict[str, int]) -> None:
+    """Count and log the warnings on a code that went through (never a refusal)."""
+    if item is None or not item.warnings or (verdict is not None and not verdict.ok):
+        return
+    for warning in item.warnings:
         if warning.code is not None:
-            counts[warning.code] = counts.get(warning.code, 0) + 1
+            label = str(warning.code) if warning.code in WARNING_CODES else "other"
+            counts[label] = counts.get(label, 0) + 1
+            log.info("redeemed with a warning", code=item.code, warning=warning.code, message=warning.message)
 
 
 def _check_known(results: dict[str, Redeemed]) -> dict[str, Redeemed]:
@@ -87,16 +97,17 @@ def _check_known(results: dict[str, Redeemed]) -> dict[str, Redeemed]:
     return results
 
 
-def _single(reply: RedeemResponse, warnings: dict[int, int]) -> dict[str, Redeemed]:
+def _single(reply: RedeemResponse, warnings: dict[str, int]) -> dict[str, Redeemed]:
     results = {}
     for item in reply.redemption:
         if item.code:
-            _warned(item, warnings)
-            results[item.code] = _redeemed(item, reply.verdict(item))
+            verdict = reply.verdict(item)
+            _warned(item, verdict, warnings)
+            results[item.code] = _redeemed(item, verdict)
     return _check_known(results)
 
 
-def _bulk(reply: BulkRedeemResponse, sent: Sequence[str], warnings: dict[int, int]) -> dict[str, Redeemed]:
+def _bulk(reply: BulkRedeemResponse, sent: Sequence[str], warnings: dict[str, int]) -> dict[str, Redeemed]:
     results: dict[str, Redeemed] = {}
     for position, entry in enumerate(reply.response):
         code = entry.result.code if entry.result and entry.result.code else None
@@ -104,8 +115,9 @@ def _bulk(reply: BulkRedeemResponse, sent: Sequence[str], warnings: dict[int, in
             code = sent[position]  # an entry without its code: Capillary answers in request order
         if code is None:
             continue
-        _warned(entry.result, warnings)
-        results[code] = _redeemed(entry.result, reply.verdict(entry))
+        verdict = reply.verdict(entry)
+        _warned(entry.result, verdict, warnings)
+        results[code] = _redeemed(entry.result, verdict)
     return _check_known(results)
 
 
@@ -114,7 +126,7 @@ class CapillaryCoupons:
         self._client = client
         #: Warnings on redemptions that went through (704/724: the customer was not notified), by code: counted
         #: and logged, never a refusal.
-        self.warnings: dict[int, int] = {}
+        self.warnings: dict[str, int] = {}
 
     async def check(self, customer: CustomerRef, codes: Sequence[str], *, store: str | None) -> dict[str, Verdict]:
         """``is_redeemable`` with ``details=true`` (the series' details, where the answer carries them). A code

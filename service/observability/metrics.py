@@ -259,6 +259,7 @@ class StateCollector(Collector):
         deferred_writes: Callable[[], dict[str, int]] = dict,
         unwritten: Callable[[], int] = int,
         ledger_refusals: Callable[[], dict[str, int]] = dict,
+        upstream_warnings: Callable[[], dict[str, int]] = dict,
     ) -> None:
         self._caches = list(caches)
         self._fetch_sizes = fetch_sizes
@@ -268,6 +269,7 @@ class StateCollector(Collector):
         self._deferred_writes = deferred_writes
         self._unwritten = unwritten
         self._ledger_refusals = ledger_refusals
+        self._upstream_warnings = upstream_warnings
 
     def collect(self) -> Iterable[Metric]:
         requests = CounterMetricFamily(
@@ -297,6 +299,15 @@ class StateCollector(Collector):
         yield CounterMetricFamily(
             f"{PREFIX}_oauth_token_refreshes", "OAuth tokens fetched from Capillary.", value=self._token_refreshes()
         )
+        warned = self._upstream_warnings()
+        family = CounterMetricFamily(
+            f"{PREFIX}_upstream_warnings",
+            "Warnings on redemptions Capillary applied (704/724: the customer was not notified), by code.",
+            labels=["code"],
+        )
+        for code in ("704", "724", "other"):
+            family.add_metric([code], warned.get(code, 0))
+        yield family
         yield GaugeMetricFamily(
             f"{PREFIX}_pending_redemptions", "Redemptions whose outcome is being reconciled.", value=self._pending()
         )

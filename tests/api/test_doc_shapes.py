@@ -188,6 +188,8 @@ async def test_a_success_with_a_notification_warning_is_redeemed(
     assert payload["status"] == "redeemed"
     [coupon] = payload["coupons"]
     assert (coupon["redeemed"], coupon["redemptionId"], coupon["error"]) == (True, 33138363, None)
+    metrics = await (await gateway.get("/metrics")).text()
+    assert f'pos_coupon_upstream_warnings_total{{code="{warning}"}} 1.0' in metrics  # counted, never a refusal
 
 
 async def test_a_top_level_warning_code_is_a_success_too(doc: tuple[GatewayClient, DocUpstream]) -> None:
