@@ -7,7 +7,7 @@ observed directly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final, Protocol
@@ -245,6 +245,16 @@ class CacheView:
     counts: CacheCounts
 
 
+def _by_label(
+    name: str, documentation: str, label: str, values: Iterable[str], counts: Mapping[str, float]
+) -> CounterMetricFamily:
+    """A counter with one label, every known value exported (0 until counted) so dashboards see each series."""
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value in values:
+        family.add_metric([value], counts.get(value, 0))
+    return family
+
+
 class StateCollector(Collector):
     """Reads the gateway's own counters at scrape time."""
 
@@ -300,49 +310,44 @@ class StateCollector(Collector):
             f"{PREFIX}_oauth_token_refreshes", "OAuth tokens fetched from Capillary.", value=self._token_refreshes()
         )
         warned = self._upstream_warnings()
-        family = CounterMetricFamily(
+        yield _by_label(
             f"{PREFIX}_upstream_warnings",
             "Warnings on redemptions Capillary applied (704/724: the customer was not notified), by code.",
-            labels=["code"],
+            "code",
+            ("704", "724", "other"),
+            warned,
         )
-        for code in ("704", "724", "other"):
-            family.add_metric([code], warned.get(code, 0))
-        yield family
         yield GaugeMetricFamily(
             f"{PREFIX}_pending_redemptions", "Redemptions whose outcome is being reconciled.", value=self._pending()
         )
-        results = self._reconciliations()
-        family = CounterMetricFamily(
-            f"{PREFIX}_reconciliations", "Reconciliation attempts by result.", labels=["result"]
+        yield _by_label(
+            f"{PREFIX}_reconciliations",
+            "Reconciliation attempts by result.",
+            "result",
+            RECONCILE_RESULTS,
+            self._reconciliations(),
         )
-        for result in RECONCILE_RESULTS:
-            family.add_metric([result], results.get(result, 0))
-        yield family
-
-        writes = self._deferred_writes()
-        family = CounterMetricFamily(
+        yield _by_label(
             f"{PREFIX}_ledger_deferred_writes",
             "Ledger records the store could not take when the answer was given: deferred, then written when it was "
             "back, or given up (LEDGER_WRITE_RETRY_SECONDS).",
-            labels=["result"],
+            "result",
+            LEDGER_WRITE_RESULTS,
+            self._deferred_writes(),
         )
-        for result in LEDGER_WRITE_RESULTS:
-            family.add_metric([result], writes.get(result, 0))
-        yield family
         yield GaugeMetricFamily(
             f"{PREFIX}_ledger_unwritten_records",
             "Answers given to tills and not yet recorded in the ledger (its store is unavailable).",
             value=self._unwritten(),
         )
         refusals = self._ledger_refusals()
-        family = CounterMetricFamily(
+        yield _by_label(
             f"{PREFIX}_ledger_refusals",
             "New redemptions refused by the in-memory ledger's bounds: full, or the store at its quota.",
-            labels=["reason"],
+            "reason",
+            LEDGER_REFUSAL_REASONS,
+            refusals,
         )
-        for reason in LEDGER_REFUSAL_REASONS:
-            family.add_metric([reason], refusals.get(reason, 0))
-        yield family
 
 
 class Resilient(Protocol):
@@ -424,14 +429,13 @@ class UpstreamAuthCollector(Collector):
             value=1.0 if self._failing() else 0.0,
         )
         checks = self._checks()
-        family = CounterMetricFamily(
+        yield _by_label(
             f"{PREFIX}_upstream_auth_checks",
             "Proofs of the Capillary credentials (start-up and /readyz) by result: ok, refused, unknown.",
-            labels=["result"],
+            "result",
+            ("ok", "refused", "unknown"),
+            checks,
         )
-        for result in ("ok", "refused", "unknown"):
-            family.add_metric([result], checks.get(result, 0))
-        yield family
 
 
 REDIS_ROUND_TRIP_BUCKETS: Final = (0, 1, 2, 3, 4, 6, 8, 12, 16)
@@ -468,15 +472,14 @@ class RedisCollector(Collector):
             value=self._total(),
         )
         unavailable = self._unavailable()
-        family = CounterMetricFamily(
+        yield _by_label(
             f"{PREFIX}_shared_limit_unavailable",
             "Limit decisions Redis could not make (unreachable, slow): made by this process alone instead, by"
             " limit: key_rate, capillary_budget.",
-            labels=["limit"],
+            "limit",
+            SHARED_LIMITS,
+            unavailable,
         )
-        for limit in SHARED_LIMITS:
-            family.add_metric([limit], unavailable.get(limit, 0))
-        yield family
         yield CounterMetricFamily(
             f"{PREFIX}_ledger_unreplicated",
             "Final answers given before REDIS_WAIT_REPLICAS replicas acknowledged them (a failover may lose them).",

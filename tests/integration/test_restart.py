@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,8 +17,8 @@ import pytest
 
 from service.access.keys import key_entry
 from service.config import StateSettings
-from service.sandbox import DEMO, Fault, FaultKind
-from tests.conftest import ADMIN_KEY, RESPONSE_STYLES, StartGateway, StartUpstream, bearer, free_port
+from service.sandbox import Fault, FaultKind
+from tests.conftest import ADMIN_KEY, RESPONSE_STYLES, StartGateway, StartUpstream, bearer, free_port, serve_env
 from tests.integration.test_exactly_once import FAST, _body, till
 
 
@@ -55,21 +54,15 @@ async def test_gateway_killed_between_apply_and_answer(
     port = free_port()
     keys = tmp_path / "keys.json"  # the same key (store S001) as the fixtures' gateway that takes over
     keys.write_text(json.dumps([key_entry(ADMIN_KEY, name="admin-s001", store="S001", scopes=["redeem", "admin"])]))
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("CAPILLARY_", "GATEWAY_", "SANDBOX_"))},
-        "CAPILLARY_API_URL": upstream.url,
-        "CAPILLARY_UPLOAD_URL": upstream.url,
-        "CAPILLARY_AUTH": "oauth",
-        "CAPILLARY_CLIENT_KEY": DEMO.client_key,
-        "CAPILLARY_CLIENT_SECRET": DEMO.client_secret,
-        "CAPILLARY_TIMEOUT_SECONDS": "1",
-        "CAPILLARY_CONNECT_TIMEOUT_SECONDS": "0.5",
-        "GATEWAY_HOST": "127.0.0.1",
-        "GATEWAY_PORT": str(port),
-        "GATEWAY_API_KEYS_FILE": str(keys),
-        "REDIS_URL": redis_db,
+    env = serve_env(
+        upstream.url,
+        str(keys),
+        port,
+        CAPILLARY_TIMEOUT_SECONDS="1",
+        CAPILLARY_CONNECT_TIMEOUT_SECONDS="0.5",
+        REDIS_URL=redis_db,
         **STATE_ENV,
-    }
+    )
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "service", "serve", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
