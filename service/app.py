@@ -24,6 +24,7 @@ from service.backoffice.preflight import Limits
 from service.capillary.client import CapillaryClient
 from service.capillary.coupons import CapillaryCoupons
 from service.config import Settings
+from service.deadline import current as current_deadline
 from service.idempotency.models import StoredResponse
 from service.idempotency.redis_store import RedisStore
 from service.idempotency.service import ExactlyOnce, Timing
@@ -37,7 +38,7 @@ from service.observability.metrics import (
     UpstreamAuthCollector,
 )
 from service.observability.requests import UpstreamObserver, observe_middleware
-from service.observability.tracing import server_middlewares
+from service.observability.tracing import client_middlewares, server_middlewares
 from service.offline.journal import Journal, RedisJournal, SqliteJournal
 from service.offline.metrics import OfflineCollector
 from service.offline.policy import load_policy
@@ -255,7 +256,9 @@ def create_app(
             await app[UPSTREAM_AUTH].close()
             return
         observer = UpstreamObserver(instruments)
-        client = CapillaryClient(settings.capillary, observer=observer)
+        client = CapillaryClient(
+            settings.capillary, observer=observer, middlewares=client_middlewares(), ambient=current_deadline
+        )
         app[CAPILLARY] = client
         if not client.uploads_configured:
             log.warning(
