@@ -80,7 +80,7 @@ class Call(Generic[M]):
         # ``long_call``: given more time than the usual (a file upload), so not judged slow by the usual yardstick.
         self.op, self.limit, self.long_call, self.deadline, self.priority = op, limit, long_call, deadline, priority
         self.budget = limit  # this attempt's time, set by DeadlineGuard, less any wait for the rate limiter
-        self.started = 0.0  # when the attempt left (monotonic), after any wait for the rate limiter
+        self.started = 0.0  # when the attempt left (monotonic seconds), after any wait for the rate limiter
         self.value: M | None = None
 
     def result(self) -> M:
@@ -180,6 +180,7 @@ class BreakerGuard:
                 reason="circuit_open",
                 retry_after=breaker.retry_after(),
             )
+        call.started = time.monotonic()  # again after any wait for the rate limiter
         try:
             response = await handler(request)
         except CapillaryUnavailable:
