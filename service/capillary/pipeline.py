@@ -94,7 +94,7 @@ Stage = Callable[[Call[Any], ClientRequest, ClientHandlerType], Any]
 
 def bind(call: Call[Any], stages: Sequence[Stage], tail: Sequence[ClientMiddlewareType]) -> tuple[Any, ...]:
     """The middlewares of one call: each stage bound to it, then the session's own (``tail``)."""
-    return (*(partial(stage, call) for stage in stages), *tail)
+    return (*[partial(stage, call) for stage in stages], *tail)
 
 
 # ------------------------------------------------------------------------------------------------- stages
