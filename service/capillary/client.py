@@ -144,7 +144,9 @@ class _Host:
 
 
 class CapillaryClient:
-    """Async client for Capillary's coupon APIs. Create with :meth:`open` inside a running event loop."""
+    """Async client for Capillary's coupon APIs. Create inside a running event loop; :meth:`close` after.
+
+    Every endpoint method takes :class:`Limits` as keyword arguments (``timeout``, ``deadline``, ``priority``)."""
 
     def __init__(
         self,
