@@ -394,7 +394,7 @@ async def _setup_offline(
         offline,
         app[CAPILLARY],
         coupons,
-        lambda item, ids: StoredResponse(200, provisional_body(item, "redeemed", ids)),
+        lambda item, ids: StoredResponse("redeemed", provisional_body(item, "redeemed", ids)),
         poll_interval=settings.offline.job_poll_interval,
     )
     app[web_offline.OFFLINE] = offline

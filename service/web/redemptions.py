@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import Final, TypeVar
+from typing import Final, Literal, TypeVar
 
 import msgspec
 import structlog
@@ -17,7 +17,7 @@ from service.idempotency.store import StoreUnavailable
 from service.observability.logging import mask
 from service.observability.metrics import Metrics
 from service.offline.service import Offline
-from service.redemption.catalog import CATALOG
+from service.redemption.catalog import CATALOG, LocalError
 from service.redemption.discount import ZERO
 from service.redemption.flow import RedemptionFlow, UpstreamFailure
 from service.redemption.models import CodeOutcome, Failure, Outcome, RedemptionCommand
@@ -119,7 +119,21 @@ def _ref(request: web.Request) -> str:
 
 def _reply(reply: Reply) -> web.Response:
     headers = {"Idempotent-Replayed": "true"} if reply.replayed else None
-    return web.Response(status=reply.status, body=reply.body, content_type="application/json", headers=headers)
+    status = 200 if reply.lookup else answer_status(reply.response)
+    return web.Response(status=status, body=reply.response.body, content_type="application/json", headers=headers)
+
+
+def answer_status(response: StoredResponse) -> int:
+    """The HTTP status of a recorded answer, from what it says: the same for the first answer and every replay.
+    A record of an earlier release carries the status it was sent with."""
+    if response.status is not None:
+        return response.status
+    if response.answer == "pending":
+        return 202
+    if response.error is None:
+        return 200
+    error = CATALOG[response.error]
+    return _refused_status(error) if response.answer == "rejected" else error.http_status
 
 
 async def _exactly_once(call: Awaitable[Reply]) -> Reply:
@@ -142,15 +156,19 @@ async def _exactly_once(call: Awaitable[Reply]) -> Reply:
 
 
 def _refusal_status(outcome: Outcome) -> int:
-    """409 when a coupon was already used, 404 for an unknown customer, else the first reason's own status."""
+    """The status of a request refused as a whole: that of its first reason (see ``_refused_status``)."""
     assert outcome.failure is not None
-    code = outcome.failure.error.code
-    if code == "COUPON_ALREADY_REDEEMED":
+    return _refused_status(outcome.failure.error)
+
+
+def _refused_status(error: LocalError) -> int:
+    """409 when a coupon was already used, 404 for an unknown customer, else the reason's own status when it is
+    the client's (4xx), else 422."""
+    if error.code == "COUPON_ALREADY_REDEEMED":
         return 409
-    if code == "CUSTOMER_NOT_FOUND":
+    if error.code == "CUSTOMER_NOT_FOUND":
         return 404
-    status = outcome.failure.error.http_status
-    return status if 400 <= status < 500 else 422
+    return error.http_status if 400 <= error.http_status < 500 else 422
 
 
 def _bind(command: RedemptionCommand) -> None:
@@ -298,14 +316,29 @@ def _waiting_coupons(command: RedemptionCommand) -> list[RedeemedCoupon]:
     ]
 
 
+def _unredeemed(ref: str, command: RedemptionCommand, status: RedeemStatus, error: ErrorDetail | None = None) -> bytes:
+    """The body of an answer that redeemed nothing (yet): every code listed, none redeemed, no discount."""
+    body = RedeemOut(
+        ref=ref,
+        status=status,
+        transaction_number=command.transaction_number or "",
+        coupons=_waiting_coupons(command),
+        total_discount=ZERO,
+        error=error,
+    )
+    return encoder.encode(body)
+
+
 class JsonRenderer:
     """The bytes of every redemption answer: what the till gets, and what replays get again."""
 
     def outcome(self, outcome: Outcome, command: RedemptionCommand, request_id: str) -> StoredResponse:
         redeemed = sum(o.ok for o in outcome.codes)
-        status: RedeemStatus = "rejected"
+        status: Literal["redeemed", "partially_redeemed", "rejected"] = "rejected"
         if redeemed:
             status = "redeemed" if redeemed == len(outcome.codes) else "partially_redeemed"
+        # What happened, and a refusal's reason: ``answer_status`` chooses the HTTP status from them.
+        error = outcome.failure.error.code if outcome.failure and not redeemed else None
         body = RedeemOut(
             ref=outcome.ref or "",
             status=status,
@@ -314,33 +347,19 @@ class JsonRenderer:
             total_discount=outcome.total_discount,
             error=detail(outcome.failure, request_id) if outcome.failure else None,
         )
-        return StoredResponse(200 if redeemed else _refusal_status(outcome), encoder.encode(body))
+        return StoredResponse(status, encoder.encode(body), error)
 
     def pending(self, ref: str, command: RedemptionCommand, request_id: str) -> StoredResponse:
-        body = RedeemOut(
-            ref=ref,
-            status="pending",
-            transaction_number=command.transaction_number or "",
-            coupons=_waiting_coupons(command),
-            total_discount=ZERO,
-        )
-        return StoredResponse(202, encoder.encode(body))
+        return StoredResponse("pending", _unredeemed(ref, command, "pending"))
 
     def not_applied(self, ref: str, command: RedemptionCommand, request_id: str) -> StoredResponse:
         error = CATALOG["REDEMPTION_NOT_APPLIED"]
-        body = RedeemOut(
-            ref=ref,
-            status="failed",
-            transaction_number=command.transaction_number or "",
-            coupons=_waiting_coupons(command),
-            total_discount=ZERO,
-            error=detail(Failure(error), request_id),
-        )
-        return StoredResponse(error.http_status, encoder.encode(body))
+        body = _unredeemed(ref, command, "failed", detail(Failure(error), request_id))
+        return StoredResponse("not_applied", body, error.code)
 
     def reversed(self, ref: str, redemption_ids: dict[str, int], request_id: str) -> StoredResponse:
         coupons = [ReversedCoupon(code=c, redemption_id=i or None, reversed=True) for c, i in redemption_ids.items()]
-        return StoredResponse(200, encoder.encode(ReversalOut(ref=ref, status="reversed", coupons=coupons)))
+        return StoredResponse("reversed", encoder.encode(ReversalOut(ref=ref, status="reversed", coupons=coupons)))
 
     def reversed_redeem(self, entry: Entry, request_id: str) -> StoredResponse:
         """409 ``REDEMPTION_REVERSED``: the redemption as it stands now, with the ids that were reversed."""
@@ -364,4 +383,4 @@ class JsonRenderer:
             total_discount=ZERO,
             error=ErrorDetail(error.code, message, error.retryable, None, request_id),
         )
-        return StoredResponse(error.http_status, encoder.encode(body))
+        return StoredResponse("reversed_redeem", encoder.encode(body), error.code)
