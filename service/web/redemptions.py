@@ -11,6 +11,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from service.access.keys import API_KEY
 from service.idempotency.models import Entry, StoredResponse, natural_key
 from service.idempotency.service import ExactlyOnce, Refused, Reply
 from service.idempotency.store import StoreUnavailable
@@ -20,16 +21,17 @@ from service.offline.service import Offline
 from service.redemption.catalog import CATALOG
 from service.redemption.discount import ZERO
 from service.redemption.flow import RedemptionFlow, UpstreamFailure
-from service.redemption.models import CodeOutcome, Failure, Outcome, RedemptionCommand
+from service.redemption.models import CodeOutcome, Outcome, RedemptionCommand
 from service.series import SeriesCatalog
-from service.web.access import API_KEY
 from service.web.errors import (
     REQUEST_ID,
     ApiError,
     ErrorDetail,
     detail,
     encoder,
+    error_detail,
     json_response,
+    refusal_status,
     retry_headers,
     series_id_of,
     upstream_error,
@@ -142,15 +144,9 @@ async def _exactly_once(call: Awaitable[Reply]) -> Reply:
 
 
 def _refusal_status(outcome: Outcome) -> int:
-    """409 when a coupon was already used, 404 for an unknown customer, else the first reason's own status."""
+    """A refused outcome's status, from the catalog entry of its reason."""
     assert outcome.failure is not None
-    code = outcome.failure.error.code
-    if code == "COUPON_ALREADY_REDEEMED":
-        return 409
-    if code == "CUSTOMER_NOT_FOUND":
-        return 404
-    status = outcome.failure.error.http_status
-    return status if 400 <= status < 500 else 422
+    return refusal_status(outcome.failure.error)
 
 
 def _bind(command: RedemptionCommand) -> None:
@@ -298,6 +294,20 @@ def _waiting_coupons(command: RedemptionCommand) -> list[RedeemedCoupon]:
     ]
 
 
+def _unsettled(
+    ref: str, command: RedemptionCommand, status: RedeemStatus, error: ErrorDetail | None = None
+) -> RedeemOut:
+    """A redemption with nothing redeemed under it (yet): each code waiting, no discount."""
+    return RedeemOut(
+        ref=ref,
+        status=status,
+        transaction_number=command.transaction_number or "",
+        coupons=_waiting_coupons(command),
+        total_discount=ZERO,
+        error=error,
+    )
+
+
 class JsonRenderer:
     """The bytes of every redemption answer: what the till gets, and what replays get again."""
 
@@ -317,25 +327,11 @@ class JsonRenderer:
         return StoredResponse(200 if redeemed else _refusal_status(outcome), encoder.encode(body))
 
     def pending(self, ref: str, command: RedemptionCommand, request_id: str) -> StoredResponse:
-        body = RedeemOut(
-            ref=ref,
-            status="pending",
-            transaction_number=command.transaction_number or "",
-            coupons=_waiting_coupons(command),
-            total_discount=ZERO,
-        )
-        return StoredResponse(202, encoder.encode(body))
+        return StoredResponse(202, encoder.encode(_unsettled(ref, command, "pending")))
 
     def not_applied(self, ref: str, command: RedemptionCommand, request_id: str) -> StoredResponse:
         error = CATALOG["REDEMPTION_NOT_APPLIED"]
-        body = RedeemOut(
-            ref=ref,
-            status="failed",
-            transaction_number=command.transaction_number or "",
-            coupons=_waiting_coupons(command),
-            total_discount=ZERO,
-            error=detail(Failure(error), request_id),
-        )
+        body = _unsettled(ref, command, "failed", error_detail(error, request_id))
         return StoredResponse(error.http_status, encoder.encode(body))
 
     def reversed(self, ref: str, redemption_ids: dict[str, int], request_id: str) -> StoredResponse:
@@ -362,6 +358,6 @@ class JsonRenderer:
             transaction_number=entry.command.transaction_number,
             coupons=coupons,
             total_discount=ZERO,
-            error=ErrorDetail(error.code, message, error.retryable, None, request_id),
+            error=error_detail(error, request_id, message=message),
         )
         return StoredResponse(error.http_status, encoder.encode(body))
