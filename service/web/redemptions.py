@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, TypeVar
 
@@ -169,35 +170,47 @@ def validation_outcome(outcome: Outcome) -> str:
     return "redeemed" if passing == len(outcome.codes) else "partially_redeemed"
 
 
+@dataclass(frozen=True, slots=True)
+class RedemptionParts:
+    """What the POS handlers call: built at startup, once the resources they stand on are open."""
+
+    flow: RedemptionFlow
+    series: SeriesCatalog
+    ledger: ExactlyOnce
+    offline: Offline | None = None  # OFFLINE_MODE=on: online validations are noted for offline acceptance
+
+
 class RedemptionHandlers:
-    def __init__(
-        self,
-        flow: RedemptionFlow,
-        series: SeriesCatalog,
-        ledger: ExactlyOnce,
-        metrics: Metrics,
-        offline: Offline | None = None,
-    ) -> None:
-        self._flow = flow
-        self._series = series
-        self._ledger = ledger
+    """The POS routes: each decodes, calls the flow or the ledger, and renders. Registered on the router when the
+    app is built (aiohttp freezes its routes at startup); their parts are given by :meth:`bind` at startup."""
+
+    def __init__(self, metrics: Metrics, parts: RedemptionParts | None = None) -> None:
         self._metrics = metrics
-        self._offline = offline  # OFFLINE_MODE=on: online validations are noted for offline acceptance
+        self._bound = parts
+
+    def bind(self, parts: RedemptionParts) -> None:
+        self._bound = parts
+
+    @property
+    def _parts(self) -> RedemptionParts:
+        if self._bound is None:
+            raise RuntimeError("the POS handlers are used before the app has started")
+        return self._bound
 
     async def validate(self, request: web.Request) -> web.Response:
         try:
             command = await _command(request, VALIDATE_DECODER)
             _bind(command)
             try:
-                outcome = await self._flow.validate(command)
+                outcome = await self._parts.flow.validate(command)
             except UpstreamFailure as exc:
                 raise upstream_error(exc) from None
         except ApiError as exc:
             self._metrics.validated("error", exc.error.code)
             structlog.contextvars.bind_contextvars(outcome="error", error_code=exc.error.code)
             raise
-        if self._offline is not None and outcome.failure is None:
-            await self._offline.note_validated(command, outcome)
+        if (offline := self._parts.offline) is not None and outcome.failure is None:
+            await offline.note_validated(command, outcome)
         refused = outcome.failure or next((o.failure for o in outcome.codes if o.failure), None)
         result = validation_outcome(outcome)
         self._metrics.validated(result, refused.error.code if refused else None, outcome.codes)
@@ -227,7 +240,9 @@ class RedemptionHandlers:
                 key = natural_key(command, till)
                 # A till's records made before the till was part of the natural key stay theirs for their TTL.
                 legacy = natural_key(command) if till is not None else None
-            redeeming = self._ledger.redeem(command, key, request[REQUEST_ID], legacy_key=legacy, till=_till(request))
+            redeeming = self._parts.ledger.redeem(
+                command, key, request[REQUEST_ID], legacy_key=legacy, till=_till(request)
+            )
             reply = await _exactly_once(redeeming)
         except ApiError as exc:
             code = exc.error.code
@@ -252,7 +267,7 @@ class RedemptionHandlers:
         ref = _ref(request)
         key = request.get(API_KEY)
         store = None if key is None or key.allows("admin") else key.store  # back office may look at any store
-        return _reply(await _exactly_once(self._ledger.status(ref, store=store)))
+        return _reply(await _exactly_once(self._parts.ledger.status(ref, store=store)))
 
     async def reverse(self, request: web.Request) -> web.Response:
         ref = _ref(request)
@@ -260,12 +275,12 @@ class RedemptionHandlers:
         if raw and raw != b"{}":
             raise ApiError.invalid("body: send no body, or {}")
         key = _idempotency_key(request)
-        reply = self._ledger.reverse(ref, key, request[REQUEST_ID], store=_store(request))
+        reply = self._parts.ledger.reverse(ref, key, request[REQUEST_ID], store=_store(request))
         return _reply(await _exactly_once(reply))
 
     async def series(self, request: web.Request) -> web.Response:
         try:
-            summary = await self._series.get(series_id_of(request))
+            summary = await self._parts.series.get(series_id_of(request))
         except UpstreamFailure as exc:
             raise upstream_error(exc) from None
         if summary is None:
