@@ -51,6 +51,7 @@ from service.web.schemas import (
     ValidateIn,
     ValidateOut,
     command_from,
+    series_out,
 )
 from service.web.validation import describe
 
@@ -285,7 +286,7 @@ class RedemptionHandlers:
             raise upstream_error(exc) from None
         if summary is None:
             raise ApiError(CATALOG["SERIES_NOT_FOUND"])
-        return json_response(200, summary)
+        return json_response(200, series_out(summary))
 
 
 def _redeemed_coupons(outcome: Outcome, request_id: str) -> list[RedeemedCoupon]:
