@@ -54,6 +54,41 @@ class CatalogStats:
         self.fetch_sizes: collections.Counter[int] = collections.Counter()  # series per upstream fetch
 
 
+class CountedCache:
+    """A cache as the catalog reads it: a failure is a miss (never the till's problem), and every lookup is
+    counted as a hit, a miss or an error."""
+
+    def __init__(self, cache: Cache, stats: CacheStats, ttl: float) -> None:
+        self.cache = cache
+        self.stats = stats
+        self.ttl = ttl
+
+    async def get(self, keys: Sequence[str]) -> list[Any]:
+        if not keys:
+            return []
+        stats = self.stats
+        try:
+            values: list[Any] = await self.cache.multi_get(list(keys))
+        except Exception as exc:
+            stats.errors += 1
+            stats.misses += len(keys)
+            log.warning("cache_read_failed", error=type(exc).__name__, detail=str(exc))
+            return [None] * len(keys)
+        found = sum(v is not None for v in values)
+        stats.hits += found
+        stats.misses += len(keys) - found
+        return values
+
+    async def set(self, pairs: list[tuple[str, Any]]) -> None:
+        if not pairs:
+            return
+        try:
+            await self.cache.multi_set(pairs, ttl=self.ttl)
+        except Exception as exc:
+            self.stats.errors += 1
+            log.warning("cache_write_failed", error=type(exc).__name__, detail=str(exc))
+
+
 async def _within_deadline(future: asyncio.Future[SeriesSummary | None]) -> SeriesSummary | None:
     """Wait for a shared fetch no longer than the waiting request's own deadline (the fetch goes on for others)."""
     left = time_left()
@@ -79,48 +114,20 @@ class SeriesCatalog:
         code_ttl: float,
         lookup_timeout: float,
     ) -> None:
+        self.stats = CatalogStats()
         self._client = client
-        self._series = series_cache
-        self._codes = code_cache
-        self._ttl = ttl
-        self._code_ttl = code_ttl
+        self._series = CountedCache(series_cache, self.stats.series, ttl)
+        self._codes = CountedCache(code_cache, self.stats.code, code_ttl)
         self._timeout = lookup_timeout
         self._inflight: dict[int, asyncio.Future[SeriesSummary | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self.stats = CatalogStats()
-
-    # ------------------------------------------------------------------------------------------- cache I/O
-
-    async def _cache_get(self, cache: Cache, stats: CacheStats, keys: Sequence[str]) -> list[Any]:
-        if not keys:
-            return []
-        try:
-            values: list[Any] = await cache.multi_get(list(keys))
-        except Exception as exc:  # a cache failure is a miss, never the till's problem
-            stats.errors += 1
-            stats.misses += len(keys)
-            log.warning("cache_read_failed", error=type(exc).__name__, detail=str(exc))
-            return [None] * len(keys)
-        found = sum(v is not None for v in values)
-        stats.hits += found
-        stats.misses += len(keys) - found
-        return values
-
-    async def _cache_set(self, cache: Cache, stats: CacheStats, pairs: list[tuple[str, Any]], ttl: float) -> None:
-        if not pairs:
-            return
-        try:
-            await cache.multi_set(pairs, ttl=ttl)
-        except Exception as exc:
-            stats.errors += 1
-            log.warning("cache_write_failed", error=type(exc).__name__, detail=str(exc))
 
     # --------------------------------------------------------------------------------------------- series
 
     async def get_many(self, ids: Iterable[int]) -> dict[int, SeriesSummary]:
         """Summaries of the series that exist among ``ids``; upstream failures leave them out."""
         wanted = sorted(set(ids))
-        cached = await self._cache_get(self._series, self.stats.series, [str(i) for i in wanted])
+        cached = await self._series.get([str(i) for i in wanted])
         result = {i: v for i, v in zip(wanted, cached, strict=True) if v is not None}
         missing = [i for i in wanted if i not in result]
         waits = {i: self._inflight[i] for i in missing if i in self._inflight}
@@ -143,9 +150,7 @@ class SeriesCatalog:
                 self.stats.fetch_sizes[len(ids)] += 1
                 reply = await self._client.series(ids, timeout=self._timeout)
                 found = {s.id: summarize(s) for s in reply.entity}
-                await self._cache_set(
-                    self._series, self.stats.series, [(str(k), v) for k, v in found.items()], self._ttl
-                )
+                await self._series.set([(str(k), v) for k, v in found.items()])
                 for series_id, future in futures.items():
                     future.set_result(found.get(series_id))
             except CapillaryError as exc:
@@ -172,7 +177,7 @@ class SeriesCatalog:
 
     async def get(self, series_id: int) -> SeriesSummary | None:
         """One series: None when Capillary does not know it. Raises UpstreamFailure when it cannot say."""
-        cached = await self._cache_get(self._series, self.stats.series, [str(series_id)])
+        cached = await self._series.get([str(series_id)])
         if cached[0] is not None:
             return cached[0]  # type: ignore[no-any-return]
         future = self._inflight.get(series_id) or self._start_fetch([series_id])[series_id]
@@ -184,7 +189,7 @@ class SeriesCatalog:
     async def healthy(self) -> bool:
         """Whether the cache backend answers (always, in memory)."""
         try:
-            await self._series.exists("__health__")
+            await self._series.cache.exists("__health__")
         except Exception:
             return False
         return True
@@ -193,10 +198,10 @@ class SeriesCatalog:
 
     async def remember(self, code_series: dict[str, int]) -> None:
         """Record code -> series pairs learnt elsewhere (a redeem answer's ``seriesCode``)."""
-        await self._cache_set(self._codes, self.stats.code, list(code_series.items()), self._code_ttl)
+        await self._codes.set(list(code_series.items()))
 
     async def _cached_ids(self, codes: Sequence[str]) -> dict[str, int]:
-        cached = await self._cache_get(self._codes, self.stats.code, codes)
+        cached = await self._codes.get(codes)
         return {c: v for c, v in zip(codes, cached, strict=True) if v is not None}
 
     async def series_ids(self, codes: Sequence[str]) -> dict[str, int]:
