@@ -191,7 +191,7 @@ def create_app(
     setup_capillary(app, settings, capillary, shared)
     setup_series(app, settings, pools)
     setup_ledger(app, settings, pools)
-    setup_offline(app, settings)
+    offline_handlers = setup_offline(app, settings)
     handlers = setup_redemptions(app)
     setup_collectors(app)
 
@@ -216,7 +216,7 @@ def create_app(
     setup_ops_routes(app, settings, metrics)
     setup_pos_routes(app.router, handlers)
     backoffice.add_routes(app.router)
-    web_offline.add_routes(app.router)  # 404 unless OFFLINE_MODE=on
+    web_offline.add_routes(app.router, offline_handlers)  # 404 unless OFFLINE_MODE=on
     metrics.initialise_routes([(r.resource.canonical, r.method) for r in app.router.routes() if r.resource is not None])
     return app
 
@@ -399,11 +399,13 @@ def _timing(settings: Settings) -> Timing:
     )
 
 
-def setup_offline(app: web.Application, settings: Settings) -> None:
+def setup_offline(app: web.Application, settings: Settings) -> web_offline.OfflineHandlers:
     """OFFLINE_MODE=on: the policy, the journal (Redis when REDIS_URL is set, else the SQLite file), the hook in
-    the ledger, and the settler in the background. Off: nothing."""
+    the ledger, and the settler in the background; its handlers are given them at startup. Off: handlers that
+    answer 404."""
+    handlers = web_offline.OfflineHandlers()
     if not settings.offline.enabled:
-        return
+        return handlers
 
     async def offline_ctx(app: web.Application) -> AsyncIterator[None]:
         policy = load_policy(settings.offline.policy_file)
@@ -426,7 +428,12 @@ def setup_offline(app: web.Application, settings: Settings) -> None:
             await _cancel(task)
             await journal.close()
 
+    async def build(app: web.Application) -> None:
+        handlers.bind(app[web_offline.OFFLINE], app[web_offline.SETTLER])
+
     app.cleanup_ctx.append(offline_ctx)
+    app.on_startup.append(build)  # after every cleanup context has opened
+    return handlers
 
 
 def _journal(settings: Settings) -> Journal:
