@@ -1,7 +1,10 @@
 """The composition root: the only module that knows every layer.
 
-``create_app`` reads top to bottom: shared state under typed ``AppKey``s, each resource as one
-``cleanup_ctx`` generator that fails fast before ``yield`` and always closes after, then the routes.
+``create_app`` reads top to bottom as the list of what the gateway is made of: the middlewares, then one
+``setup_*`` per concern, then the routes. Each resource is one ``cleanup_ctx`` generator that opens it (failing
+fast) before ``yield``, keeps it under a typed ``AppKey``, and always closes it after. Handlers are objects
+registered on the router as the app is built (aiohttp freezes its routes at startup); what they call stands on
+those resources, so an async factory hands it to them at startup, after every cleanup context has opened.
 """
 
 from __future__ import annotations
