@@ -77,8 +77,9 @@ Answer = Literal[
 
 class StoredResponse(msgspec.Struct, frozen=True, omit_defaults=True):
     """An answer as sent, replayed byte for byte: its body, what it says, and the catalog code of the reason it
-    names at its top (a refusal's). ``status`` is only read: the HTTP status records of earlier releases kept,
-    replayed as they were; new records leave it out, the web layer derives the status from ``answer``."""
+    names at its top (a refusal's). ``status``: the HTTP status the web layer chose, kept so that replays answer as
+    the first answer did and so that replicas of the previous release (which read only ``status`` and ``body``)
+    replay records of this one during a rolling deploy; a record without it gets its status from ``answer``."""
 
     answer: Answer = "redeemed"
     body: bytes = b""

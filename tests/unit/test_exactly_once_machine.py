@@ -573,3 +573,28 @@ def test_a_record_of_an_earlier_release_replays_with_the_status_it_was_sent_with
     assert (answer_status(entry.response), entry.response.body) == (409, b'{"status":"rejected"}')
     renewed = entry_decoder.decode(entry_encoder.encode(entry))  # written again: the status stays with it
     assert renewed.response == entry.response
+
+
+class _PreviousReleaseResponse(msgspec.Struct, frozen=True):
+    """How the previous release reads a recorded answer: its status and body, nothing else."""
+
+    status: int
+    body: bytes
+
+
+async def test_every_record_this_release_writes_replays_on_a_replica_of_the_previous_release() -> None:
+    """A rolling deploy runs both releases on one Redis: each recorded answer carries the status the previous
+    release reads, equal to what this one answers, with the same bytes."""
+    for start in ("done", "done (rejected)", "pending"):
+        m = Machine()
+        try:
+            await START[start](m)
+            assert m.ref is not None
+            entry = await m.store.load(m.ref)
+            assert entry is not None
+            assert entry.response is not None
+            raw = msgspec.json.decode(entry_encoder.encode(entry))["response"]
+            previous = msgspec.convert(raw, _PreviousReleaseResponse)
+            assert (previous.status, previous.body) == (answer_status(entry.response), entry.response.body)
+        finally:
+            await m.close()
