@@ -48,6 +48,7 @@ MIN_ATTEMPT_SECONDS: Final = 0.01
 MIN_RETRY_SECONDS: Final = MIN_ATTEMPT_SECONDS * 5
 
 Rejections = dict[tuple[str, Priority], int]
+_REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 
 
 class CallObserver(Protocol):
@@ -252,7 +253,8 @@ class Observe:
 
 class Attempt:
     """One attempt within its time: sent, its body read, and read into the call's typed answer, or raised as a
-    typed failure. A dropped keep-alive connection is tried once more for a read, as aiohttp itself does."""
+    typed failure. A dropped keep-alive connection is tried once more for a read, and a redirect is left for
+    aiohttp to follow, as aiohttp itself does for a plain request."""
 
     async def __call__(self, call: Call[Any], request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         name = call.op.name
@@ -269,5 +271,8 @@ class Attempt:
             raise  # the token call inside the auth middleware failed, with its own typed error
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise transport_error(name, exc) from exc
-        call.value = interpret(call.op, response.status, raw, response.headers.get(REQUEST_ID_HEADER))
+        status = response.status
+        if status in _REDIRECTS:  # aiohttp follows it, and the next request goes through the stages again
+            return response
+        call.value = interpret(call.op, status, raw, response.headers.get(REQUEST_ID_HEADER))
         return response

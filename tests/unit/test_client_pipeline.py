@@ -191,6 +191,19 @@ async def test_a_dropped_connection_is_tried_once_more_for_a_read_never_for_a_wr
     assert (far.received, caught.value.maybe_applied) == (1, True)
 
 
+async def test_a_redirect_is_followed_and_the_answer_read_where_it_leads(
+    session: aiohttp.ClientSession, far: FarEnd
+) -> None:
+    async def moved(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPTemporaryRedirect("/v2/coupon/series?moved=1")
+
+    far.script = [moved, reply()]
+    reports = Reports()
+    assert (await send(session, far, new_call(), (Observe(reports),))).entity
+    assert far.received == 2
+    assert [r.http_status for r in reports.calls] == [307, 200]
+
+
 # ------------------------------------------------------------------------------------------------ retry
 
 
