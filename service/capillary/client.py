@@ -288,6 +288,8 @@ class CapillaryClient:
         form: aiohttp.FormData | None,
         store: str | None,
     ) -> M:
+        """Send ``call`` through ``middlewares``: the stages set its answer or raise its typed failure. Connecting
+        may take no longer than the first attempt may; each attempt's whole time is the Attempt stage's."""
         headers: CIMultiDict[str] = CIMultiDict()
         data: bytes | aiohttp.FormData | None = form
         if body is not None:
