@@ -6,8 +6,8 @@ import msgspec
 import pytest
 
 from service.app import create_app
-from service.backoffice import schemas
 from service.config import CapillarySettings, Settings
+from service.web import backoffice_schemas as schemas
 from tests.api.spec import spec
 
 
