@@ -70,7 +70,7 @@ class CapillaryAdmin:
         self._upload_timeout = upload_timeout
 
     def require_uploads(self, kind: UploadKind) -> None:
-        with _domain_errors():
+        with domain_errors():
             self._client.require_uploads(f"upload_{kind}")
 
     def upload_retry_after(self) -> float:
@@ -78,11 +78,11 @@ class CapillaryAdmin:
         return self._client.breakers[-1].retry_after()
 
     async def issue(self, series_id: int, customer: CustomerRef) -> Coupon:
-        with _domain_errors():
+        with domain_errors():
             return coupon_of(await self._client.issue(series_id, customer_of(customer)))
 
     async def bulk_issue(self, series_ids: Sequence[int], customer: CustomerRef, source: str | None) -> list[Issued]:
-        with _domain_errors():
+        with domain_errors():
             reply = await self._client.bulk_issue(series_ids, customer_of(customer), source=source)
         results: list[Issued] = []
         for index, entry in enumerate(reply.response):
@@ -98,7 +98,7 @@ class CapillaryAdmin:
         return results
 
     async def details(self, lookup: Lookup) -> Details:
-        with _domain_errors():
+        with domain_errors():
             try:
                 reply = await self._client.coupon_details(
                     codes=lookup.codes, ids=lookup.ids, customer_ids=lookup.customer_ids
@@ -110,7 +110,7 @@ class CapillaryAdmin:
 
     async def create_series(self, draft: SeriesDraft) -> SeriesSummary:
         spec = msgspec.convert(draft, SeriesSpec, from_attributes=True)
-        with _domain_errors():
+        with domain_errors():
             return summarize(await self._client.create_series(spec))
 
     async def upload(
@@ -120,7 +120,7 @@ class CapillaryAdmin:
         # A large file takes longer than a till's request budget: the upload's own timeout bounds it instead.
         token = DEADLINE.set(None)
         try:
-            with _domain_errors(upload=True):
+            with domain_errors(upload=True):
                 reply: UploadResponse
                 if isinstance(rules, CouponRules):
                     reply = await self._client.upload_coupons(
@@ -147,7 +147,7 @@ class CapillaryAdmin:
         return _uploaded(kind, series_id, reply)
 
     async def jobs(self, kind: UploadKind, series_id: int) -> list[JobView]:
-        with _domain_errors():
+        with domain_errors():
             if kind == "coupons":
                 reply = await self._client.upload_status(series_id)
             else:
@@ -156,7 +156,7 @@ class CapillaryAdmin:
 
 
 @contextlib.contextmanager
-def _domain_errors(*, upload: bool = False) -> Iterator[None]:
+def domain_errors(*, upload: bool = False) -> Iterator[None]:
     """Capillary's failures in the domain's words. For an upload, only a timeout or a dropped connection after the
     file went out may have been taken; an error status means it was refused."""
     try:

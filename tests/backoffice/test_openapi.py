@@ -44,6 +44,7 @@ def test_series_request_lists_the_upstream_fields() -> None:
 
     upstream = {f.encode_name for f in msgspec.structs.fields(SeriesSpec)}
     assert set(spec()["components"]["schemas"]["SeriesRequest"]["properties"]) == upstream
+    assert {f.encode_name for f in msgspec.structs.fields(schemas.SeriesIn)} == upstream  # taken by the same names
 
 
 def test_every_back_office_route_is_documented() -> None:
