@@ -99,16 +99,14 @@ class Uploads:
             raise UpstreamFailure(Failure(error), retry_after=max(1, math.ceil(wait)))
         await self.known_series(series_id)
 
-    def oversized(self, kind: UploadKind, series_id: int, file: Spooled) -> Checked:
+    def oversized(self, file: Spooled) -> Checked:
         """A file larger than the limit: refused with a report saying so, without reading it."""
-        structlog.contextvars.bind_contextvars(upload_kind=kind, series_id=series_id, upload_bytes=file.size)
         report = Report(bytes=file.size, complete=False, error_count=1)
         report.errors.append(RowError(None, None, f"the file is larger than {self.limits.max_bytes} bytes"))
         return Checked(report, file.sha256, dry_run=False)
 
     async def accept(self, kind: UploadKind, series_id: int, file: Spooled, request: UploadRequest) -> UploadOutcome:
         """Check the file and, unless it is a dry run, send it once."""
-        structlog.contextvars.bind_contextvars(upload_kind=kind, series_id=series_id, upload_bytes=file.size)
         job_id = new_job_id()
         content_key = ""
         if not request.dry_run:

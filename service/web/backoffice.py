@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Final
 
 import msgspec
+import structlog
 from aiohttp import web
 from multidict import MultiMapping
 
@@ -175,8 +176,9 @@ class BackOfficeHandlers:
         await uploads.ready(kind, series_id)  # before reading a byte of the file
         spool, options = await receive(request, uploads.limits.max_bytes, self.body_timeout)
         with contextlib.closing(spool):
+            structlog.contextvars.bind_contextvars(upload_kind=kind, series_id=series_id, upload_bytes=spool.size)
             if spool.too_large:
-                outcome: UploadOutcome = uploads.oversized(kind, series_id, spool)
+                outcome: UploadOutcome = uploads.oversized(spool)
             else:
                 outcome = await uploads.accept(kind, series_id, spool, upload_request(kind, options))
         return _rendered(outcome, request[REQUEST_ID])

@@ -96,7 +96,7 @@ async def test_a_dry_run_checks_and_claims_nothing(uploads: Uploads, admin: Fake
 
 def test_an_oversized_file_is_refused_unread(uploads: Uploads) -> None:
     uploads.limits = Limits(max_bytes=10)
-    refused = uploads.oversized("coupons", KNOWN_SERIES, GOOD)
+    refused = uploads.oversized(GOOD)
     assert not refused.dry_run
     assert not refused.report.complete
     assert refused.report.errors[0].reason == "the file is larger than 10 bytes"
