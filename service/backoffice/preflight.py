@@ -39,8 +39,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import IO, Final, Literal
 
-from service.observability.logging import mask
-from service.text import digits
+from service.text import digits, mask
 
 IdentifierType = Literal["MOBILE", "EXTERNAL_ID", "EMAIL", "USER_ID", "NOT_TAGGED"]
 CustomerIdentifierType = Literal["MOBILE", "EXTERNAL_ID", "EMAIL", "USER_ID"]

@@ -41,11 +41,11 @@ from service.capillary.errors import (
 )
 from service.capillary.models import Coupon as UpstreamCoupon
 from service.capillary.models import SeriesSpec, UploadJob, UploadResponse
+from service.capillary.series import summarize
 from service.deadline import DEADLINE
 from service.redemption.catalog import CATALOG
 from service.redemption.flow import UpstreamFailure
 from service.redemption.models import CustomerRef, Failure, SeriesSummary
-from service.series import summarize
 from service.text import digits
 
 #: The fields of a coupon the upstream names as the back office does.

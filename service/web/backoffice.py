@@ -26,7 +26,7 @@ from service.backoffice.preflight import MAX_UPLOAD_BYTES, Limits, Report
 from service.backoffice.uploads import Uploads
 from service.redemption.catalog import CATALOG
 from service.redemption.flow import UpstreamFailure
-from service.redemption.models import CustomerRef, Failure
+from service.redemption.models import CustomerRef
 from service.text import digits
 from service.web.backoffice_schemas import (
     MAX_LOOKUPS,
@@ -46,9 +46,18 @@ from service.web.backoffice_schemas import (
     SeriesIn,
     UploadAcceptedOut,
 )
-from service.web.errors import REQUEST_ID, ApiError, UpstreamDetail, detail, json_response, series_id_of, upstream_error
+from service.web.errors import (
+    REQUEST_ID,
+    ApiError,
+    detail,
+    error_detail,
+    json_response,
+    series_id_of,
+    upstream_detail,
+    upstream_error,
+)
 from service.web.json_keys import refuse_duplicate_keys
-from service.web.schemas import CustomerIn, InvalidRequest
+from service.web.schemas import CustomerIn, InvalidRequest, series_out
 from service.web.schemas import _customer as customer_ref
 from service.web.uploads import receive, upload_request
 from service.web.validation import describe
@@ -82,7 +91,7 @@ def refusals() -> Iterator[None]:
         yield
     except BackOfficeError as exc:
         said = exc.said
-        upstream = UpstreamDetail(said.upstream_code, said.upstream_message) if said else None
+        upstream = upstream_detail(said.upstream_code, said.upstream_message) if said else None
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
         raise ApiError(exc.error, exc.message, upstream=upstream, headers=headers) from None
     except UpstreamFailure as exc:
@@ -158,7 +167,7 @@ class BackOfficeHandlers:
     @_speaks_http
     async def create_series(self, request: web.Request) -> web.Response:
         draft: SeriesIn = _decode(_SERIES, await request.read())
-        return json_response(201, await self.coupon_office.create_series(draft))
+        return json_response(201, series_out(await self.coupon_office.create_series(draft)))
 
     # ---- uploads
 
@@ -325,5 +334,5 @@ def _rendered(outcome: UploadOutcome, request_id: str) -> web.Response:
     if outcome.dry_run:
         return json_response(200, DryRunOut(dry_run=True, report=report))
     error = CATALOG["INVALID_UPLOAD"]
-    refused = InvalidUploadOut(error=detail(Failure(error), request_id), report=report)
+    refused = InvalidUploadOut(error=error_detail(error, request_id), report=report)
     return json_response(error.http_status, refused)
