@@ -25,6 +25,7 @@ from service.access.keys import KeyRing
 from service.access.limits import SharedBuckets
 from service.backoffice.jobs import JobStore, MemoryJobStore, RedisJobStore
 from service.backoffice.preflight import Limits
+from service.capillary.admin import CapillaryAdmin
 from service.capillary.client import CapillaryClient
 from service.capillary.coupons import CapillaryCoupons
 from service.config import AccessSettings, Settings, StateSettings
@@ -199,27 +200,11 @@ def create_app(
     handlers = setup_redemptions(app)
     setup_collectors(app)
 
-    async def backoffice_ctx(app: web.Application) -> AsyncIterator[None]:
-        # Upload jobs live beside the ledger: in memory, or in Redis when the ledger is there.
-        jobs: JobStore = (
-            RedisJobStore(client=pools.client(settings.state.redis_url))
-            if settings.state.redis_url
-            else MemoryJobStore()
-        )
-        limits = Limits(max_bytes=settings.access.max_upload_bytes)  # one knob: GATEWAY_MAX_UPLOAD_BYTES
-        app[backoffice.BACKOFFICE] = backoffice.BackOfficeHandlers(
-            app[CAPILLARY], app[SERIES], jobs, limits=limits, body_timeout=settings.access.body_timeout
-        )
-        try:
-            yield
-        finally:
-            await jobs.close()
-
-    app.cleanup_ctx.append(backoffice_ctx)
+    backoffice_handlers = setup_backoffice(app, settings, pools)
     setup_health_routes(app)
     setup_ops_routes(app, settings, metrics)
     setup_pos_routes(app.router, handlers)
-    backoffice.add_routes(app.router)
+    backoffice.add_routes(app.router, backoffice_handlers)
     web_offline.add_routes(app.router, offline_handlers)  # 404 unless OFFLINE_MODE=on
     metrics.initialise_routes([(r.resource.canonical, r.method) for r in app.router.routes() if r.resource is not None])
     return app
@@ -461,6 +446,28 @@ def setup_redemptions(app: web.Application) -> RedemptionHandlers:
         handlers.bind(RedemptionParts(app[FLOW], app[SERIES], app[LEDGER], offline))
 
     app.on_startup.append(build)  # after every cleanup context has opened
+    return handlers
+
+
+def setup_backoffice(app: web.Application, settings: Settings, pools: RedisPools) -> backoffice.BackOfficeHandlers:
+    """The back-office handlers, registered before the app starts; their use cases are built once the upstream
+    client and the series catalog have opened, over the upload jobs' store: in memory, or in Redis when the ledger
+    is there."""
+    handlers = backoffice.BackOfficeHandlers(body_timeout=settings.access.body_timeout)
+
+    async def backoffice_ctx(app: web.Application) -> AsyncIterator[None]:
+        redis_url = settings.state.redis_url
+        jobs: JobStore = RedisJobStore(client=pools.client(redis_url)) if redis_url else MemoryJobStore()
+        limits = Limits(max_bytes=settings.access.max_upload_bytes)  # one knob: GATEWAY_MAX_UPLOAD_BYTES
+        app[backoffice.BACKOFFICE] = await backoffice.backoffice_handlers(
+            CapillaryAdmin(app[CAPILLARY]), app[SERIES], jobs, limits=limits, handlers=handlers
+        )
+        try:
+            yield
+        finally:
+            await jobs.close()
+
+    app.cleanup_ctx.append(backoffice_ctx)
     return handlers
 
 
