@@ -29,6 +29,7 @@ from service.capillary.admin import CapillaryAdmin
 from service.capillary.client import CapillaryClient
 from service.capillary.coupons import CapillaryCoupons
 from service.config import AccessSettings, Settings, StateSettings
+from service.deadline import current as current_deadline
 from service.idempotency.models import StoredResponse
 from service.idempotency.redis_store import RedisStore
 from service.idempotency.service import ExactlyOnce, Timing
@@ -42,7 +43,7 @@ from service.observability.metrics import (
     UpstreamAuthCollector,
 )
 from service.observability.requests import UpstreamObserver, observe_middleware
-from service.observability.tracing import server_middlewares
+from service.observability.tracing import client_middlewares, server_middlewares
 from service.offline.journal import Journal, RedisJournal, SqliteJournal
 from service.offline.metrics import OfflineCollector
 from service.offline.policy import load_policy
@@ -315,7 +316,10 @@ def setup_capillary(
 def _capillary_client(
     settings: Settings, observer: UpstreamObserver | None, shared: SharedBuckets | None
 ) -> CapillaryClient:
-    client = CapillaryClient(settings.capillary, observer=observer)
+    # Traces as the client's last middlewares; the request's deadline from its one reader, service.deadline.current.
+    client = CapillaryClient(
+        settings.capillary, observer=observer, middlewares=client_middlewares(), ambient=current_deadline
+    )
     if not client.uploads_configured:
         log.warning(
             "uploads_disabled",
