@@ -35,7 +35,7 @@ from service.idempotency.models import (
 from service.idempotency.service import ExactlyOnce, Refused, Reply, Timing
 from service.idempotency.store import MemoryStore, StoreUnavailable
 from service.redemption.catalog import CATALOG
-from service.redemption.flow import Redeemed, RedemptionFlow, UpstreamFailure, Verdict, new_ref
+from service.redemption.flow import AMBIENT, CallLimits, Redeemed, RedemptionFlow, UpstreamFailure, Verdict, new_ref
 from service.redemption.models import CustomerRef, Failure, RedemptionCommand, SeriesSummary
 from service.web.redemptions import JsonRenderer, answer_status
 
@@ -79,10 +79,14 @@ class ScriptedUpstream:
             self.applied.setdefault(code, []).append(FoundRedemption(rid))
         return {c: Redeemed(True, redemption_id=i) for c, i in ids.items()}
 
-    async def check(self, customer: CustomerRef, codes: Sequence[str], *, store: str | None) -> dict[str, Verdict]:
+    async def check(
+        self, customer: CustomerRef, codes: Sequence[str], *, store: str | None, limits: CallLimits = AMBIENT
+    ) -> dict[str, Verdict]:
         return {c: Verdict(True) for c in codes}
 
-    async def redeem(self, command: RedemptionCommand, codes: Sequence[str]) -> dict[str, Redeemed]:
+    async def redeem(
+        self, command: RedemptionCommand, codes: Sequence[str], *, limits: CallLimits = AMBIENT
+    ) -> dict[str, Redeemed]:
         self.sent.set()
         match self.redeem_as:
             case "ok":
@@ -101,11 +105,11 @@ class ScriptedUpstream:
                 return self._apply(codes)
 
     async def find_redemptions(
-        self, customer: CustomerRef, codes: tuple[str, ...], transaction_number: str
+        self, customer: CustomerRef, codes: tuple[str, ...], transaction_number: str, *, limits: CallLimits = AMBIENT
     ) -> dict[str, list[FoundRedemption]]:
         return {c: list(self.applied[c]) for c in codes if c in self.applied}
 
-    async def reactivate(self, redemption_ids: list[int]) -> None:
+    async def reactivate(self, redemption_ids: list[int], *, limits: CallLimits = AMBIENT) -> None:
         match self.reactivate_as:
             case "ok":
                 self.reactivated += redemption_ids
@@ -117,13 +121,13 @@ class ScriptedUpstream:
 
 
 class NoSeries:
-    async def known(self, codes: Sequence[str]) -> dict[str, SeriesSummary]:
+    async def known(self, codes: Sequence[str], *, limits: CallLimits = AMBIENT) -> dict[str, SeriesSummary]:
         return {}
 
-    async def by_ids(self, ids: Iterable[int]) -> dict[int, SeriesSummary]:
+    async def by_ids(self, ids: Iterable[int], *, limits: CallLimits = AMBIENT) -> dict[int, SeriesSummary]:
         return {}
 
-    async def for_codes(self, codes: Sequence[str]) -> dict[str, SeriesSummary]:
+    async def for_codes(self, codes: Sequence[str], *, limits: CallLimits = AMBIENT) -> dict[str, SeriesSummary]:
         return {}
 
     async def remember(self, code_series: dict[str, int]) -> None:
