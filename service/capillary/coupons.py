@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import structlog
 
 from service.capillary import codes
-from service.capillary.client import CapillaryClient
+from service.capillary.client import CapillaryClient, Limits
 from service.capillary.errors import (
     SUCCESS_CODES,
     UNKNOWN_OUTCOME_CODE,
@@ -60,6 +60,11 @@ def upstream_failure(error: CapillaryError) -> UpstreamFailure:
 def priority_of(limits: CallLimits) -> Priority | None:
     """A redeem's work goes first when the budget runs short; other work keeps each operation's own priority."""
     return Priority.REDEEM if limits.urgent else None
+
+
+def client_limits(limits: CallLimits) -> Limits:
+    """The client's keyword arguments for work under ``limits`` (``None``: the client's ambient deadline)."""
+    return {"deadline": limits.deadline, "priority": priority_of(limits)}
 
 
 def _rule(item: RedeemItem | None) -> tuple[DiscountRule | None, bool]:
@@ -141,12 +146,7 @@ class CapillaryCoupons:
         may retry (``UPSTREAM_BAD_RESPONSE``)."""
         try:
             reply = await self._client.is_redeemable(
-                customer_of(customer),
-                codes,
-                details=True,
-                store=store,
-                deadline=limits.deadline,
-                priority=priority_of(limits),
+                customer_of(customer), codes, details=True, store=store, **client_limits(limits)
             )
         except CapillaryError as exc:
             raise upstream_failure(exc) from exc
@@ -166,32 +166,17 @@ class CapillaryCoupons:
     async def redeem(
         self, command: RedemptionCommand, codes: Sequence[str], *, limits: CallLimits = AMBIENT
     ) -> dict[str, Redeemed]:
-        customer = customer_of(command.customer)
-        bill, number = command.bill_amount, command.transaction_number or ""
-        time, store = command.redemption_time, command.store
-        deadline, priority = limits.deadline, priority_of(limits)
+        buyer = customer_of(command.customer)
+        bill, txn = command.bill_amount, command.transaction_number or ""
+        at, store, bound = command.redemption_time, command.store, client_limits(limits)
         try:
             if len(codes) == 1:
                 single = await self._client.redeem(
-                    customer,
-                    codes[0],
-                    bill_amount=bill,
-                    transaction_number=number,
-                    redemption_time=time,
-                    store=store,
-                    deadline=deadline,
-                    priority=priority,
+                    buyer, codes[0], bill_amount=bill, transaction_number=txn, redemption_time=at, store=store, **bound
                 )
                 return _single(single, self.warnings)
             bulk = await self._client.bulk_redeem(
-                customer,
-                codes,
-                bill_amount=bill,
-                transaction_number=number,
-                redemption_time=time,
-                store=store,
-                deadline=deadline,
-                priority=priority,
+                buyer, codes, bill_amount=bill, transaction_number=txn, redemption_time=at, store=store, **bound
             )
             return _bulk(bulk, codes, self.warnings)
         except CapillaryError as exc:
@@ -207,9 +192,7 @@ class CapillaryCoupons:
         "already used" (711/716/747) went through with us (its redemption id and date then unknown).
         """
         try:
-            reply = await self._client.customer_coupons(
-                customer_of(customer), deadline=limits.deadline, priority=priority_of(limits)
-            )
+            reply = await self._client.customer_coupons(customer_of(customer), **client_limits(limits))
         except CapillaryError as exc:
             if exc.maybe_applied or (exc.http_status or 0) >= 500 or exc.http_status in (None, 429):
                 raise upstream_failure(exc) from exc
@@ -227,9 +210,7 @@ class CapillaryCoupons:
     async def reactivate(self, redemption_ids: list[int], *, limits: CallLimits = AMBIENT) -> None:
         """Undo redemptions; a refusal (510 unknown ids, 661 none) or an unanswered call raises UpstreamFailure."""
         try:
-            reply = await self._client.reactivate(
-                redemption_ids, deadline=limits.deadline, priority=priority_of(limits)
-            )
+            reply = await self._client.reactivate(redemption_ids, **client_limits(limits))
         except CapillaryError as exc:
             raise upstream_failure(exc) from exc
         if not reply.success:

@@ -99,13 +99,7 @@ class OfflineAcceptance(Protocol):
     def applies(self, failure: Failure) -> bool: ...
 
     async def accept(
-        self,
-        entry: Entry,
-        command: RedemptionCommand,
-        till: str | None,
-        cause: UpstreamFailure,
-        *,
-        limits: CallLimits = AMBIENT,
+        self, entry: Entry, command: RedemptionCommand, till: str | None, cause: UpstreamFailure, limits: CallLimits
     ) -> StoredResponse:
         """The provisional answer, journaled and recorded; raises the cause (with why) when it does not apply.
         ``limits``: the redeem's own."""
@@ -363,7 +357,7 @@ class ExactlyOnce:
             return None
         try:
             async with self._guard(entry.ref):
-                response = await self.offline.accept(entry, command, till, cause, limits=limits)
+                response = await self.offline.accept(entry, command, till, cause, limits)
         except UpstreamFailure:
             await self._drop(entry)
             raise

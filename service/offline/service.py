@@ -167,13 +167,7 @@ class Offline:
         return failure.error.code in UNREACHABLE
 
     async def accept(
-        self,
-        entry: Entry,
-        command: RedemptionCommand,
-        till: str | None,
-        cause: UpstreamFailure,
-        *,
-        limits: CallLimits = AMBIENT,
+        self, entry: Entry, command: RedemptionCommand, till: str | None, cause: UpstreamFailure, limits: CallLimits
     ) -> StoredResponse:
         """Journal ``command`` as provisional and record its answer in the ledger; or raise OfflineDeclined.
         ``limits``: the redeem's, bounding the wait for its series."""

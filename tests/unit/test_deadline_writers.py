@@ -80,7 +80,8 @@ set_deadline(1.0)
 current()
 """
     found = list(touches(source))
-    assert "import DEADLINE" in found and "import set_deadline" in found
+    assert "import DEADLINE" in found
+    assert "import set_deadline" in found
     assert "line 4: DEADLINE" in found
     assert "line 5: URGENT" in found
     assert "line 6: DEADLINE" in found
