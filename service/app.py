@@ -46,9 +46,9 @@ from service.observability.requests import UpstreamObserver, observe_middleware
 from service.observability.tracing import client_middlewares, server_middlewares
 from service.offline.journal import Journal, RedisJournal, SqliteJournal
 from service.offline.metrics import OfflineCollector
-from service.offline.policy import load_policy
 from service.offline.service import Offline, provisional_body
 from service.offline.settler import Settler
+from service.offline_policy import load_policy
 from service.redemption.flow import RedemptionFlow
 from service.redis_pool import RedisPools, RoundTrips
 from service.series import SeriesCatalog, open_catalog
