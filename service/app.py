@@ -308,7 +308,7 @@ def create_app(
         )
         ledger = ExactlyOnce(flow, store, coupons, app[SERIES], JsonRenderer(), timing)
         app[LEDGER] = ledger
-        offline = await _setup_offline(app, ledger, store, coupons) if settings.offline.enabled else None
+        offline = await _setup_offline(app, ledger, store, coupons, pools) if settings.offline.enabled else None
         offline_metrics = OfflineCollector(offline, app.get(web_offline.SETTLER))
         instruments.registry.register(offline_metrics)
         app[HANDLERS] = RedemptionHandlers(flow, app[SERIES], ledger, instruments, offline)
@@ -374,7 +374,7 @@ def create_app(
 
 
 async def _setup_offline(
-    app: web.Application, ledger: ExactlyOnce, store: LedgerStore, coupons: CapillaryCoupons
+    app: web.Application, ledger: ExactlyOnce, store: LedgerStore, coupons: CapillaryCoupons, pools: RedisPools
 ) -> Offline:
     """OFFLINE_MODE=on: the policy, the journal (Redis when REDIS_URL is set, else the SQLite file), the hook in
     the ledger, the settler in the background, and its metrics."""
@@ -382,7 +382,7 @@ async def _setup_offline(
     policy = load_policy(settings.offline.policy_file)
     journal: Journal
     if settings.state.redis_url:
-        journal = RedisJournal(settings.state.redis_url, timeout=settings.state.timeout)
+        journal = RedisJournal(client=pools.client(settings.state.redis_url))  # the shared pool
     elif settings.offline.journal_path:
         journal = SqliteJournal(settings.offline.journal_path)
     else:
