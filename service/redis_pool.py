@@ -88,6 +88,19 @@ class _CountingSentinelSSLConnection(_Counting, SentinelManagedSSLConnection):
     pass
 
 
+def _hosts(netloc: str, default_port: int, what: str) -> tuple[str | None, str | None, tuple[tuple[str, int], ...]]:
+    """``[[user]:password@]host[:port][,host[:port]...]``: (user, password, the hosts and ports)."""
+    userinfo, _, hosts = netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    found = []
+    for host in hosts.split(","):
+        name, _, port = host.strip().rpartition(":") if ":" in host else (host.strip(), "", str(default_port))
+        if not name or not port.isdigit():
+            raise ValueError(f"{what} {host!r}: give host:port")
+        found.append((name, int(port)))
+    return unquote(user) if user else None, unquote(password) if password else None, tuple(found)
+
+
 @dataclass(frozen=True)
 class SentinelTarget:
     """What a ``redis+sentinel://`` URL names: the sentinels, the primary's service name, the database."""
@@ -106,25 +119,18 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     parts = urlsplit(url)
     if parts.scheme not in ("redis+sentinel", "rediss+sentinel"):
         raise ValueError("a Sentinel URL starts with redis+sentinel:// or rediss+sentinel://")
-    userinfo, _, hosts = parts.netloc.rpartition("@")
-    user, _, password = userinfo.partition(":")
-    sentinels = []
-    for host in hosts.split(","):
-        name, _, port = host.strip().rpartition(":") if ":" in host else (host.strip(), "", "26379")
-        if not name or not port.isdigit():
-            raise ValueError(f"sentinel {host!r}: give host:port")
-        sentinels.append((name, int(port)))
+    user, password, sentinels = _hosts(parts.netloc, 26379, "sentinel")
     path = [p for p in parts.path.split("/") if p]
     if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
         raise ValueError(
             "give the primary's service name after the sentinels: redis+sentinel://host:26379/mymaster[/db]"
         )
     return SentinelTarget(
-        sentinels=tuple(sentinels),
+        sentinels=sentinels,
         service=unquote(path[0]),
         db=int(path[1]) if len(path) == 2 else 0,
-        password=unquote(password) if password else None,
-        username=unquote(user) if user else None,
+        password=password,
+        username=user,
         tls=parts.scheme.startswith("rediss"),
     )
 
@@ -145,20 +151,13 @@ def parse_cluster_url(url: str) -> ClusterTarget:
     parts = urlsplit(url)
     if parts.scheme not in ("redis+cluster", "rediss+cluster"):
         raise ValueError("a Cluster URL starts with redis+cluster:// or rediss+cluster://")
-    userinfo, _, hosts = parts.netloc.rpartition("@")
-    user, _, password = userinfo.partition(":")
-    nodes = []
-    for host in hosts.split(","):
-        name, _, port = host.strip().rpartition(":") if ":" in host else (host.strip(), "", "6379")
-        if not name or not port.isdigit():
-            raise ValueError(f"cluster node {host!r}: give host:port")
-        nodes.append((name, int(port)))
+    user, password, nodes = _hosts(parts.netloc, 6379, "cluster node")
     if parts.path.strip("/") not in ("", "0"):
         raise ValueError("a Redis Cluster has database 0 only: give no database after the nodes")
     return ClusterTarget(
-        nodes=tuple(nodes),
-        password=unquote(password) if password else None,
-        username=unquote(user) if user else None,
+        nodes=nodes,
+        password=password,
+        username=user,
         tls=parts.scheme.startswith("rediss"),
     )
 

@@ -94,13 +94,25 @@ local function final(record)
 end
 """
 
+# The idempotency key (KEYS[1]) once ``ref``'s answer is final (state in ARGV[4]): ``failed`` frees it, ``done``
+# keeps it for ``ttl`` (set again if lost), unless another ref holds it now.
+_KEEP_KEY = """
+local holder = redis.call('GET', KEYS[1])
+if ARGV[4] == 'failed' then
+  if holder == ref then redis.call('DEL', KEYS[1]) end
+elseif (not holder) or holder == ref then
+  redis.call('SET', KEYS[1], ref, 'PX', ttl)
+end
+"""
+
+# KEYS: record, [unresolved set: not on a Cluster, where it lies on another slot]. ARGV: ref, entry, ttl (ms).
 _SAVE_UNRESOLVED = (
     _FINAL
     + """
 local current = redis.call('GET', KEYS[1])
 if final(current) then return current end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-redis.call('SADD', KEYS[2], ARGV[1])
+if #KEYS > 1 then redis.call('SADD', KEYS[2], ARGV[1]) end
 return false
 """
 )
@@ -127,13 +139,9 @@ end
 for i = 1, n do redis.call('SET', KEYS[3 + i], ref, 'PX', ttl) end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
 redis.call('SREM', KEYS[3], ref)
-local holder = redis.call('GET', KEYS[1])
-if ARGV[4] == 'failed' then
-  if holder == ref then redis.call('DEL', KEYS[1]) end
-elseif (not holder) or holder == ref then
-  redis.call('SET', KEYS[1], ref, 'PX', ttl)
-end
-for i = 4 + n, #KEYS do
+"""
+    + _KEEP_KEY
+    + """for i = 4 + n, #KEYS do
   if redis.call('GET', KEYS[i]) == ref then redis.call('DEL', KEYS[i]) end
 end
 return {0, taken}
@@ -186,16 +194,6 @@ redis.call('DEL', KEYS[2])
 return 1
 """
 
-_CLUSTER_SAVE_OPEN = (
-    _FINAL
-    + """
-local current = redis.call('GET', KEYS[1])
-if final(current) then return current end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return false
-"""
-)
-
 # Cluster: bind redemption ids of one slot. KEYS: rid keys. ARGV: ref, ttl (ms), force (1/0).
 # Returns {0, taken} (nothing bound: another ref holds one) or {1, taken, fresh}: all bound, ``fresh`` newly.
 _CLUSTER_BIND = """
@@ -224,13 +222,9 @@ if ARGV[5] ~= '1' then
   if final(current) then return current end
 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
-local holder = redis.call('GET', KEYS[1])
-if ARGV[4] == 'failed' then
-  if holder == ref then redis.call('DEL', KEYS[1]) end
-elseif (not holder) or holder == ref then
-  redis.call('SET', KEYS[1], ref, 'PX', ttl)
-end
-return false
+"""
+    + _KEEP_KEY
+    + """return false
 """
 )
 
@@ -268,9 +262,6 @@ class RedisStore:
             client = self._owned = connect(url, timeout=timeout)
         self._redis: redis.Redis = client
         self._prefix = prefix
-        self._cluster = _ClusterSteps(self) if is_cluster(client) else None
-        if self._cluster is not None and wait_replicas:
-            raise ValueError("REDIS_WAIT_REPLICAS is not supported on a Redis Cluster")
         self._wait = wait_replicas
         self._wait_ms = max(1, int(timeout * 500))  # half the call's time for the replicas to acknowledge
         self._begin = self._redis.register_script(_BEGIN)
@@ -279,6 +270,9 @@ class RedisStore:
         self._resolve = self._redis.register_script(_RESOLVE)
         self._lock = self._redis.register_script(_LOCK)
         self._unlock = self._redis.register_script(_UNLOCK)
+        self._cluster = _ClusterSteps(self) if is_cluster(client) else None
+        if self._cluster is not None and wait_replicas:
+            raise ValueError("REDIS_WAIT_REPLICAS is not supported on a Redis Cluster")
 
     def _key(self, key: str) -> str:
         digest = _digest(key)
@@ -400,7 +394,7 @@ class RedisStore:
                 raise found
             if isinstance(acked, Exception) or int(acked) < self._wait:
                 RedisStore.unreplicated += 1
-                log.warning("redis: a final answer not acknowledged by the replicas in time", wait_replicas=self._wait)
+                log.warning("ledger_answer_unreplicated", wait_replicas=self._wait, wait_ms=self._wait_ms)
             return found
         raise NoScriptError("the resolve script could not be loaded")
 
@@ -477,14 +471,10 @@ class _ClusterSteps:
     def __init__(self, store: RedisStore) -> None:
         self._store = store
         self._redis = store._redis
-        self._claim = self._redis.register_script(_CLUSTER_CLAIM)
-        self._live = self._redis.register_script(_CLUSTER_LIVE)
-        self._drop = self._redis.register_script(_CLUSTER_DROP)
-        self._save_open = self._redis.register_script(_CLUSTER_SAVE_OPEN)
-        self._bind = self._redis.register_script(_CLUSTER_BIND)
-        self._finish = self._redis.register_script(_CLUSTER_FINISH)
-        self._lock = self._redis.register_script(_LOCK)
-        self._unlock = self._redis.register_script(_UNLOCK)
+        scripts = (_CLUSTER_CLAIM, _CLUSTER_LIVE, _CLUSTER_DROP, _CLUSTER_BIND, _CLUSTER_FINISH)
+        self._claim, self._live, self._drop, self._bind, self._finish = map(self._redis.register_script, scripts)
+        # Within one slot, the same scripts as on one Redis.
+        self._lock, self._unlock, self._save_open = store._lock, store._unlock, store._save_unresolved
 
     def _prefix(self, digest: str) -> str:
         """The record keys of one idempotency key's slot: ``<prefix>rdm:{<hash>}:`` and the ref."""
@@ -587,7 +577,8 @@ class _ClusterSteps:
 
     async def save_unresolved(self, entry: Entry, ttl: float) -> Entry | None:
         record = self._prefix(_digest(entry.key)) + entry.ref
-        found = await self._store._run(self._save_open(keys=[record], args=[entry_encoder.encode(entry), _ms(ttl)]))
+        args: list[str | bytes | int] = [entry.ref, entry_encoder.encode(entry), _ms(ttl)]
+        found = await self._store._run(self._save_open(keys=[record], args=args))
         if found is not None:
             return entry_decoder.decode(found)
         await self._store._run(self._redis.sadd(self._store._unresolved_set, entry.ref))  # listed since begin

@@ -223,7 +223,7 @@ class MemoryStore:
 
     backend = "memory"
 
-    #: About 1.2 kB each with their indexes (``python -m bench.ledger_memory``): some 120 MB when full.
+    #: About 1.2 kB each with their indexes (``python -m bench.ledger_memory``): some 130 MB of RSS when full.
     DEFAULT_MAX_ENTRIES = 100_000
     DEFAULT_MAX_PER_STORE = 20_000
 
@@ -268,7 +268,7 @@ class MemoryStore:
     def _refuse(self, reason: str, message: str) -> StoreUnavailable:
         self.refusals[reason] += 1
         if self._refusing != message:  # once per change, not once per refused request
-            log.warning("in-memory ledger refuses new redemptions", reason=message)
+            log.warning("ledger_memory_refusing", reason=message)
             self._refusing = message
         return StoreUnavailable(message)
 

@@ -17,6 +17,7 @@ from redis.crc import key_slot
 from bench import data
 from bench.upstream import seed
 from service.access.limits import SharedBuckets
+from service.backoffice.jobs import JobRecord, RedisJobStore
 from service.config import CacheSettings, ConfigError, StateSettings, state_from_env
 from service.idempotency.models import Entry, StoredCommand, StoredResponse
 from service.idempotency.redis_store import RedisStore
@@ -361,3 +362,28 @@ def _slot_ranges(found: Any, port: int) -> list[tuple[int, int]]:
     if isinstance(found, dict):  # {(start, end): {"primary": (host, port), ...}}
         return [key for key, value in found.items() if int(value["primary"][1]) != port]
     return [(int(r[0]), int(r[1])) for r in found if int(r[2][1]) != port]
+
+
+async def test_upload_jobs_are_recorded_with_their_series_on_two_slots(cluster: str) -> None:
+    client = connect(cluster, timeout=2.0)
+    try:
+        jobs = RedisJobStore(client=client)
+        job_id = f"job-{time.monotonic_ns()}"
+        record = JobRecord(
+            job_id=job_id,
+            kind="coupons",
+            series_id=10001,
+            upstream_job_id=77,
+            file_name="a.csv",
+            upstream_file_name=None,
+            sha256="0" * 64,
+            bytes=10,
+            rows=1,
+            created_at=1.0,
+        )
+        assert await jobs.claim(job_id, job_id, 60) is None
+        await jobs.save(record, 60)  # the record and the series' index: a MULTI on one Redis, two writes here
+        assert await jobs.load(job_id) == record
+        assert (await jobs.of_series("coupons", 10001))[77] == job_id
+    finally:
+        await client.aclose()
