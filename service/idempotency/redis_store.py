@@ -465,7 +465,10 @@ class _ClusterSteps:
     - resolve: bind the redemption ids (per slot, all or nothing, rolled back if a later slot refuses or the
       record turns out final already); write the record (its slot, one script: the first final answer wins);
       then leave the unresolved set and release the codes. A crash after the binding leaves ids bound to a
-      request still unresolved: its reconciliation finds them its own.
+      request still unresolved: its reconciliation finds them its own. A resolve that stops after the record is
+      completed by the next resolve of that ref (the answer then is final already; the rest is done anyway).
+    - A claim whose next step fails is taken back at once (best effort), so the till's retry is not kept
+      waiting for its lease.
     """
 
     def __init__(self, store: RedisStore) -> None:
@@ -514,7 +517,12 @@ class _ClusterSteps:
         async with self._redis.pipeline(transaction=False) as pipe:  # one command per slot, sent together
             pipe.sadd(self._store._unresolved_set, entry.ref)
             pipe.set(self._store._pointer(entry.ref), digest, px=_ms(ttl))
-            await self._store._run(pipe.execute())
+            try:
+                await self._store._run(pipe.execute())
+            except StoreUnavailable:
+                with contextlib.suppress(StoreUnavailable):  # else the till's retry waits out the claim's lease
+                    await self._undo(entry)
+                raise
         return None
 
     async def begin(
@@ -602,13 +610,15 @@ class _ClusterSteps:
             raise
         if found is not None:  # another answer was recorded first: it wins, and the ids go back
             await self._release_ids(bound, entry.ref)
-            return Resolution(False, current=entry_decoder.decode(found))
+        # Also after an answer recorded first: its own resolve may have stopped before these steps.
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.srem(self._store._unresolved_set, entry.ref)
             pipe.set(self._store._pointer(entry.ref), digest, px=_ms(ttl))
             await self._store._run(pipe.execute())
         if unlock:
             await self.unlock(entry.command.codes, entry.ref)
+        if found is not None:
+            return Resolution(False, current=entry_decoder.decode(found))
         return Resolution(True, taken=taken)
 
     async def _bind_ids(self, ref: str, ids: list[int], ttl: float, force: bool) -> tuple[list[str], dict[int, str]]:

@@ -5,6 +5,7 @@ replays, races between gateways and the ledger's claim, lock and finish behave a
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from bench.upstream import seed
 from service.access.limits import SharedBuckets
 from service.backoffice.jobs import JobRecord, RedisJobStore
 from service.config import CacheSettings, ConfigError, StateSettings, state_from_env
-from service.idempotency.models import Entry, StoredCommand, StoredResponse
+from service.idempotency.models import Entry, StoredCommand, StoredResponse, entry_encoder
 from service.idempotency.redis_store import RedisStore
 from service.offline.journal import Line, Provisional, RedisJournal
 from service.redis_pool import connect, parse_cluster_url, tally
@@ -387,3 +388,25 @@ async def test_upload_jobs_are_recorded_with_their_series_on_two_slots(cluster: 
         assert (await jobs.of_series("coupons", 10001))[77] == job_id
     finally:
         await client.aclose()
+
+
+async def test_a_resolve_cut_short_is_completed_by_the_next_one(store: RedisStore) -> None:
+    """The answer was recorded, then the resolve stopped (a Redis error, a crash) before leaving the unresolved set
+    and releasing the codes: the next resolve of the same ref (the background writer's) finds the answer final and
+    still does the rest."""
+    codes = _spread(2, "R")
+    entry = _entry("cut", codes)
+    await store.begin(entry, 3600, 30)
+    done = _done(entry, {})
+    steps = store._cluster
+    assert steps is not None
+    record = steps._prefix(hashlib.sha256(b"cut").hexdigest()) + entry.ref
+    await steps._finish(
+        keys=[store._key("cut"), record], args=[entry.ref, entry_encoder.encode(done), 3_600_000, "done", "0"]
+    )
+    assert await store.lock([codes[0]], "other", 30) == [codes[0]]  # still held
+    again = await store.resolve(done, 3600)
+    assert again.current is not None
+    assert again.current.state == "done"
+    assert await store.unresolved() == []
+    assert await store.lock(list(codes), "other", 30) == []  # released
