@@ -477,7 +477,7 @@ class _ClusterSteps:
         scripts = (_CLUSTER_CLAIM, _CLUSTER_LIVE, _CLUSTER_DROP, _CLUSTER_BIND, _CLUSTER_FINISH)
         self._claim, self._live, self._drop, self._bind, self._finish = map(self._redis.register_script, scripts)
         # Within one slot, the same scripts as on one Redis.
-        self._lock, self._unlock, self._save_open = store._lock, store._unlock, store._save_unresolved
+        self._unlock, self._save_open = store._unlock, store._save_unresolved
 
     def _prefix(self, digest: str) -> str:
         """The record keys of one idempotency key's slot: ``<prefix>rdm:{<hash>}:`` and the ref."""
@@ -553,17 +553,21 @@ class _ClusterSteps:
             await self._store._run(pipe.execute())
 
     async def lock(self, codes: Sequence[str], owner: str, ttl: float) -> list[str]:
+        """Slot by slot; a busy code gives back what this call took (not what ``owner`` held before it)."""
         keys = [self._store._code(c) for c in codes]
-        taken: list[list[str]] = []
+        taken: list[str] = []
         for group in self._slots(keys):
             mine = [keys[i] for i in group]
-            busy = await self._store._run(self._lock(keys=mine, args=[owner, _ms(ttl)]))
-            if busy:
-                for held in taken:
-                    with contextlib.suppress(StoreUnavailable):  # else they expire with their TTL
-                        await self._store._run(self._unlock(keys=held, args=[owner]))
+            try:  # a lock is a binding of the code to its owner: the same script, never forced
+                reply = await self._store._run(self._bind(keys=mine, args=[owner, _ms(ttl), "0"]))
+            except StoreUnavailable:
+                await self._release_ids(taken, owner)
+                raise
+            if int(reply[0]) == 0:
+                await self._release_ids(taken, owner)
+                busy = list(reply[1])[0::2]  # (index, holder) pairs
                 return [codes[group[int(i) - 1]] for i in busy]
-            taken.append(mine)
+            taken += [mine[int(i) - 1] for i in reply[2] or []]
         return []
 
     async def unlock(self, codes: Sequence[str], owner: str) -> None:
@@ -644,13 +648,14 @@ class _ClusterSteps:
         return bound, taken
 
     async def _release_ids(self, keys: list[str], ref: str) -> None:
+        """Release these keys (redemption ids or code locks) where ``ref`` holds them, slot by slot."""
         if not keys:
             return
         groups: dict[int, list[str]] = {}
         for key in keys:
             groups.setdefault(key_slot(key.encode()), []).append(key)
         for group in groups.values():
-            with contextlib.suppress(StoreUnavailable):  # else they stay bound to a ref that never used them
+            with contextlib.suppress(StoreUnavailable):  # else they stay held until their TTL
                 await self._store._run(self._unlock(keys=group, args=[ref]))
 
     async def load(self, ref: str) -> Entry | None:

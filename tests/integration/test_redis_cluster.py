@@ -410,3 +410,13 @@ async def test_a_resolve_cut_short_is_completed_by_the_next_one(store: RedisStor
     assert again.current.state == "done"
     assert await store.unresolved() == []
     assert await store.lock(list(codes), "other", 30) == []  # released
+
+
+async def test_a_refused_lock_keeps_what_its_owner_held_before(store: RedisStore) -> None:
+    """Extending a hold (a pending redemption keeps its codes) that meets a busy code takes nothing new and gives
+    back nothing it held, as on one Redis."""
+    a, b = sorted(_spread(2, "H"))  # a is taken first: then b, busy, must not give a back
+    assert await store.lock([a], "pending", 30) == []
+    assert await store.lock([b], "other", 30) == []
+    assert await store.lock([a, b], "pending", 60) == [b]
+    assert await store.lock([a], "third", 30) == [a]  # still the pending one's
