@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import logging
 import os
 import re
 from collections.abc import Iterable
@@ -19,8 +18,10 @@ from dataclasses import dataclass
 from typing import Annotated, Final, Literal
 
 import msgspec
+import structlog
+from aiohttp import web
 
-log = logging.getLogger("service.access")
+log = structlog.get_logger("service.access")
 
 Scope = Literal["redeem", "admin"]
 SCOPES: Final = ("redeem", "admin")
@@ -58,6 +59,10 @@ class ApiKey:
     def allows(self, scope: str) -> bool:
         """``admin`` may do everything; ``redeem`` only the POS routes."""
         return "admin" in self.scopes or scope in self.scopes
+
+
+#: The API key a request was made with, once the gate has admitted it (read by handlers, logs and traces).
+API_KEY: Final = web.RequestKey("api_key", ApiKey)
 
 
 def digest_of(secret: str) -> bytes:
@@ -160,11 +165,11 @@ class KeyRing:
             fresh = KeyRing.load(self._path)
         except KeyFileError as exc:
             self.reload_errors += 1
-            log.error("API key file not reloaded, the keys in force stay: %s", exc)
+            log.error("api_keys_not_reloaded", reason=str(exc), keys_in_force=len(self._keys))
             return False
         self._keys = fresh._keys
         self.reloads += 1
-        log.info("API keys reloaded: %d keys", len(self._keys))
+        log.info("api_keys_reloaded", keys=len(self._keys))
         return True
 
     async def watch(self, interval: float) -> None:

@@ -58,11 +58,33 @@ class StoredCommand(msgspec.Struct, frozen=True, kw_only=True):
         return hashlib.sha256(msgspec.json.encode(canonical)).hexdigest()
 
 
-class StoredResponse(msgspec.Struct, frozen=True):
-    """An answer as sent, replayed byte for byte."""
+#: What an answer says, in the domain's words; the web layer chooses its HTTP status from it (and from ``error``).
+#: redeemed / partially_redeemed / rejected: Capillary's verdict on the redeem (found by reconciliation, too);
+#: pending: the outcome is not known yet; not_applied: concluded not applied, the request may run again;
+#: reversed: the reversal's own answer; reversed_redeem: a redeem replayed after its reversal;
+#: provisional: accepted offline, to be recorded in Capillary later.
+Answer = Literal[
+    "redeemed",
+    "partially_redeemed",
+    "rejected",
+    "pending",
+    "not_applied",
+    "reversed",
+    "reversed_redeem",
+    "provisional",
+]
 
-    status: int
-    body: bytes
+
+class StoredResponse(msgspec.Struct, frozen=True, omit_defaults=True):
+    """An answer as sent, replayed byte for byte: its body, what it says, and the catalog code of the reason it
+    names at its top (a refusal's). ``status``: the HTTP status the web layer chose, kept so that replays answer as
+    the first answer did and so that replicas of the previous release (which read only ``status`` and ``body``)
+    replay records of this one during a rolling deploy; a record without it gets its status from ``answer``."""
+
+    answer: Answer = "redeemed"
+    body: bytes = b""
+    error: str | None = None
+    status: int | None = None
 
 
 class Reversal(msgspec.Struct, frozen=True, kw_only=True):

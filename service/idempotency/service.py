@@ -27,23 +27,30 @@ import asyncio
 import collections
 import contextlib
 import functools
-import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
 import msgspec
+import structlog
 
 from service.deadline import DEADLINE, URGENT, time_left
 from service.idempotency.models import Entry, FoundRedemption, Reversal, StoredCommand, StoredResponse, is_natural
 from service.idempotency.store import LedgerStore, Resolution, StoreUnavailable
 from service.redemption.catalog import CATALOG, LocalError
-from service.redemption.flow import RedemptionFlow, UpstreamFailure, new_ref, price
-from service.redemption.models import CodeOutcome, CustomerRef, Failure, Outcome, RedemptionCommand, SeriesSummary
+from service.redemption.flow import RedemptionFlow, SeriesLookup, UpstreamFailure, new_ref, price
+from service.redemption.models import CodeOutcome, CustomerRef, Failure, Outcome, RedemptionCommand
 
-log = logging.getLogger("service.idempotency")
+log = structlog.get_logger("service.idempotency")
+
+
+class Clock(Protocol):
+    """Seconds now: ``time.time`` for the ledger's records (shared by every replica), ``time.monotonic`` for
+    durations within this process. Tests move one by hand."""
+
+    def __call__(self) -> float: ...
 
 
 class Refused(Exception):
@@ -85,10 +92,6 @@ class Reconciling(Protocol):
     async def reactivate(self, redemption_ids: list[int]) -> None: ...
 
 
-class SeriesLookup(Protocol):
-    async def for_codes(self, codes: tuple[str, ...]) -> dict[str, SeriesSummary]: ...
-
-
 class OfflineAcceptance(Protocol):
     """Provisional redemptions while Capillary cannot be reached (``service/offline``; only with OFFLINE_MODE=on)."""
 
@@ -113,15 +116,24 @@ class OfflineAcceptance(Protocol):
 
 @dataclass(frozen=True)
 class Reply:
-    status: int
-    body: bytes
+    """What the ledger answers: the stored response (its bytes, and what it says; the HTTP status is the web
+    layer's choice), whether it is a replay, and, with ``lookup``, that it is a record shown on request
+    (``GET /v1/redemptions/{ref}``) rather than the answer to a redeem or a reversal."""
+
+    response: StoredResponse
     replayed: bool = False
     ref: str | None = None
+    lookup: bool = False
     # what it says, for metrics and the log line (not for replays)
     outcome: str = "unknown"
     error_code: str | None = None
     redeemed: int = 0
     discount: Decimal = Decimal(0)
+
+    @property
+    def body(self) -> bytes:
+        """The bytes the till gets."""
+        return self.response.body
 
 
 def _summary(outcome: Outcome) -> dict[str, Any]:
@@ -167,7 +179,7 @@ async def _stop(task: asyncio.Task[None] | None) -> None:
         task.cancel()
         await asyncio.wait([task], timeout=1.0)
     if not task.cancelled() and (error := task.exception()) is not None:
-        log.error("%s ended with %s", task.get_name(), type(error).__name__)
+        log.error("background_task_failed", task=task.get_name(), error=type(error).__name__)
 
 
 @dataclass
@@ -178,7 +190,7 @@ class _Unwritten:
     ttl: float
     final: bool  # a final answer (resolve), or a pending one (save unless resolved)
     force: bool
-    since: float = field(default_factory=time.monotonic)
+    since: float  # when it was first deferred (monotonic)
 
 
 WRITE_RESULTS = ("deferred", "written", "gave_up")
@@ -192,7 +204,8 @@ class ExactlyOnce:
     series: SeriesLookup
     render: Renderer
     timing: Timing = field(default_factory=Timing)
-    clock: Callable[[], float] = time.time
+    clock: Clock = time.time
+    monotonic: Clock = time.monotonic
     _guards: dict[str, asyncio.Lock] = field(default_factory=dict)
     _tasks: set[asyncio.Task[Reply]] = field(default_factory=set)
     _running: dict[str, Entry] = field(default_factory=dict)  # by ref: redeems still at work in this process
@@ -296,7 +309,7 @@ class ExactlyOnce:
         # This task outlives the till's wait when it must (the till then has 202 pending): its upstream calls are
         # bounded by the redeem's own hard limit, not by the request's deadline, so a redeem sent is not cut short.
         limit = self.timing.hard_limit - self.timing.lease_margin
-        DEADLINE.set(time.monotonic() + limit)
+        DEADLINE.set(time.monotonic() + limit)  # the deadline's own clock: the upstream client reads it so
         URGENT.set(True)
         try:
             async with asyncio.timeout(limit):
@@ -321,7 +334,7 @@ class ExactlyOnce:
         response = self.render.outcome(outcome, command, entry.request_id)
         async with self._guard(entry.ref):
             await self._finish(entry, outcome, response, force=True)  # Capillary's own answer: the truth
-        return Reply(response.status, response.body, ref=entry.ref, **_summary(outcome))
+        return Reply(response, ref=entry.ref, **_summary(outcome))
 
     async def _provisional(
         self, entry: Entry, command: RedemptionCommand, till: str | None, cause: UpstreamFailure, sent: bool
@@ -341,7 +354,7 @@ class ExactlyOnce:
         except StoreUnavailable:
             await self._drop(entry)
             raise cause from None
-        return Reply(response.status, response.body, ref=entry.ref, outcome="provisional")  # not redeemed (yet)
+        return Reply(response, ref=entry.ref, outcome="provisional")  # not redeemed (yet)
 
     def _settled(self, ref: str, task: asyncio.Task[Reply]) -> None:
         """A redeem that outlived its till's deadline ends with nobody awaiting it: its error is logged here."""
@@ -350,7 +363,7 @@ class ExactlyOnce:
         if entry is not None and self._running_keys.get(entry.key) == ref:
             del self._running_keys[entry.key]
         if not task.cancelled() and (error := task.exception()) is not None and not isinstance(error, Refused):
-            log.info("redeem finished after its deadline with %s", type(error).__name__)
+            log.info("redeem_finished_late", ref=ref, error=type(error).__name__)
 
     # ------------------------------------------------------------------------------------ transitions
 
@@ -385,13 +398,13 @@ class ExactlyOnce:
                 await self.store.lock(entry.command.codes, entry.ref, self.timing.ttl)  # held until resolved
         except StoreUnavailable:
             # The redeem may be applied upstream: the till gets its ref, and the record follows the store back.
-            self._defer(_Unwritten(entry, self.timing.ttl, final=False, force=False))
+            self._defer(_Unwritten(entry, self.timing.ttl, final=False, force=False, since=self.monotonic()))
             current = None
         if current is not None:
             assert current.response is not None
-            return Reply(current.response.status, current.response.body, ref=entry.ref)
-        log.warning("redemption %s pending: outcome unknown, reconciling", entry.ref)
-        return Reply(response.status, response.body, ref=entry.ref, outcome="pending")
+            return Reply(current.response, ref=entry.ref)
+        log.warning("redemption_pending", ref=entry.ref)
+        return Reply(response, ref=entry.ref, outcome="pending")
 
     async def _finish(self, entry: Entry, outcome: Outcome, response: StoredResponse, *, force: bool) -> Resolution:
         entry.state, entry.response = "done", response
@@ -404,18 +417,18 @@ class ExactlyOnce:
         try:
             resolution = await self.store.resolve(entry, self._ttl(entry), force=force, unlock=unlock)
         except StoreUnavailable:
-            log.error("redemption %s %s but not recorded yet: the ledger is unavailable", entry.ref, entry.state)
-            self._defer(_Unwritten(entry, self._ttl(entry), final=True, force=force))
+            log.error("redemption_not_recorded_yet", ref=entry.ref, state=entry.state)
+            self._defer(_Unwritten(entry, self._ttl(entry), final=True, force=force, since=self.monotonic()))
             return Resolution(False)
         self._written(entry.ref)  # an older answer still waiting for the store is superseded
         if resolution.taken:
             # Written anyway (forced: Capillary answered this very request with these ids), but another record
             # holds one of them: that record adopted a redemption that was not its own.
             log.error(
-                "redemption %s: redemption ids %s were bound to %s",
-                entry.ref,
-                sorted(resolution.taken),
-                sorted(set(resolution.taken.values())),
+                "redemption_ids_bound_elsewhere",
+                ref=entry.ref,
+                redemption_ids=sorted(resolution.taken),
+                bound_to=sorted(set(resolution.taken.values())),
             )
         return resolution
 
@@ -444,20 +457,20 @@ class ExactlyOnce:
                 try:
                     await self._write(item)
                 except StoreUnavailable:
-                    if time.monotonic() - item.since < self.timing.write_retry:
+                    if self.monotonic() - item.since < self.timing.write_retry:
                         break  # still down: wait, then try again from the oldest
                     self.deferred_writes["gave_up"] += 1
                     log.error(
-                        "redemption %s: gave up recording it after %.0f s (%s); codes %s, redemption ids %s",
-                        ref,
-                        self.timing.write_retry,
-                        item.entry.state,
-                        ",".join(item.entry.command.codes),
-                        item.entry.redemption_ids,
+                        "redemption_not_recorded",
+                        ref=ref,
+                        gave_up_after=self.timing.write_retry,
+                        state=item.entry.state,
+                        codes=list(item.entry.command.codes),
+                        redemption_ids=item.entry.redemption_ids,
                     )
                 else:
                     self.deferred_writes["written"] += 1
-                    log.info("redemption %s recorded after the ledger came back", ref)
+                    log.info("redemption_recorded_late", ref=ref)
                     pause = 0.05
                 if self._unwritten.get(ref) is item:  # not replaced by a later answer meanwhile
                     self._written(ref)
@@ -492,16 +505,9 @@ class ExactlyOnce:
             raise Refused(CATALOG["REQUEST_IN_PROGRESS"], retry_after=1)
         if entry.reversal is not None:  # what is true now: reversed, or being reversed
             response = self.render.reversed_redeem(entry, request_id)
-            return Reply(
-                response.status,
-                response.body,
-                replayed=True,
-                ref=entry.ref,
-                outcome="error",
-                error_code="REDEMPTION_REVERSED",
-            )
+            return Reply(response, replayed=True, ref=entry.ref, outcome="error", error_code="REDEMPTION_REVERSED")
         assert entry.response is not None
-        return Reply(entry.response.status, entry.response.body, replayed=True, ref=entry.ref)
+        return Reply(entry.response, replayed=True, ref=entry.ref)
 
     @staticmethod
     def _reused(entry: Entry) -> Refused:
@@ -536,7 +542,7 @@ class ExactlyOnce:
                 command.customer, command.codes, command.transaction_number or ""
             )
         except UpstreamFailure as exc:
-            log.warning("reconciling %s: upstream unavailable (%s)", entry.ref, exc.failure.error.code)
+            log.warning("reconcile_upstream_unavailable", ref=entry.ref, error_code=exc.failure.error.code)
             self.reconciliations["upstream_unavailable"] += 1
             return await self._save_if_unresolved(entry)
         ours = await self._ours(entry, found)
@@ -552,7 +558,7 @@ class ExactlyOnce:
                 entry.response = self.render.pending(entry.ref, command, entry.request_id)
                 return await self._save_if_unresolved(entry)
             self.reconciliations["redeemed"] += 1
-            log.info("redemption %s resolved: redeemed", entry.ref)
+            log.info("redemption_resolved", ref=entry.ref, outcome="redeemed")
         elif now >= entry.settle_after:
             entry.state = "failed"
             entry.response = self.render.not_applied(entry.ref, command, entry.request_id)
@@ -560,7 +566,7 @@ class ExactlyOnce:
             if resolution.current is not None:
                 return resolution.current
             self.reconciliations["not_applied"] += 1
-            log.info("redemption %s resolved: not applied", entry.ref)
+            log.info("redemption_resolved", ref=entry.ref, outcome="not_applied")
         else:
             self.reconciliations["still_pending"] += 1
             return await self._save_if_unresolved(entry)
@@ -583,7 +589,7 @@ class ExactlyOnce:
                 break
         if found and len(ours) < sum(1 for c in entry.command.codes if found.get(c)):
             self.reconciliations["not_ours"] += 1
-            log.info("reconciling %s: a redemption of this transaction belongs to another request", entry.ref)
+            log.info("reconcile_found_another_requests_redemption", ref=entry.ref)
         return ours
 
     async def _save_if_unresolved(self, entry: Entry) -> Entry:
@@ -617,20 +623,20 @@ class ExactlyOnce:
                 raise
             entry, away = self._running[ref], True  # the ledger is away; this process is still at work on it
         if entry is None and self.offline is not None and (body := await self.offline.answer(ref, store)):
-            return Reply(200, body, ref=ref)
+            return Reply(StoredResponse("provisional", body), ref=ref, lookup=True)
         if entry is None or (store is not None and entry.command.store != store):
             raise Refused(CATALOG["REDEMPTION_NOT_FOUND"])
         if away:
             response = self.render.pending(entry.ref, entry.command.command(), entry.request_id)
-            return Reply(200, response.body, ref=ref)
+            return Reply(response, ref=ref, lookup=True)
         if entry.state in ("in_flight", "pending"):
             entry = await self.reconcile(entry)
         if entry.reversal is not None and entry.reversal.state == "done" and entry.reversal.response:
-            return Reply(200, entry.reversal.response.body, ref=ref)
+            return Reply(entry.reversal.response, ref=ref, lookup=True)
         if entry.response is None:  # in flight, within its lease
             response = self.render.pending(entry.ref, entry.command.command(), entry.request_id)
-            return Reply(200, response.body, ref=ref)
-        return Reply(200, entry.response.body, ref=ref)
+            return Reply(response, ref=ref, lookup=True)
+        return Reply(entry.response, ref=ref, lookup=True)
 
     async def sweep(self) -> int:
         """Reconcile every unresolved entry whose owner is done with it; returns how many were looked at."""
@@ -647,7 +653,7 @@ class ExactlyOnce:
             try:
                 await self.reconcile(entry)
             except Exception:
-                log.exception("reconciling %s failed", ref)
+                log.exception("reconcile_failed", ref=ref)
         return looked
 
     def start_sweeper(self, interval: float) -> None:
@@ -658,7 +664,7 @@ class ExactlyOnce:
             try:
                 await self.sweep()
             except StoreUnavailable as exc:
-                log.warning("sweeper: %s", exc)
+                log.warning("sweeper_store_unavailable", error=str(exc))
             if not self._stopping:
                 await asyncio.sleep(interval)
 
@@ -676,7 +682,7 @@ class ExactlyOnce:
             await asyncio.wait([writer], timeout=self.timing.lease_margin)
         await _stop(writer)
         if self._unwritten:
-            log.error("shutting down with %d answers not recorded: %s", len(self._unwritten), sorted(self._unwritten))
+            log.error("shutdown_with_answers_not_recorded", count=len(self._unwritten), refs=sorted(self._unwritten))
 
     # ------------------------------------------------------------------------------------------- reversal
 
@@ -696,13 +702,13 @@ class ExactlyOnce:
             reversal = entry.reversal
             if reversal is not None and reversal.state == "done" and reversal.response is not None:
                 if key is None or key == reversal.key:
-                    return Reply(reversal.response.status, reversal.response.body, replayed=True, ref=ref)
+                    return Reply(reversal.response, replayed=True, ref=ref)
                 raise Refused(CATALOG["ALREADY_REVERSED"])
             if self.offline is not None and entry.state == "done" and not entry.redemption_ids:
                 codes = dict.fromkeys(entry.command.codes, 0)
                 cancelled = self.render.reversed(entry.ref, codes, request_id)
                 if (response := await self.offline.reverse(entry, key, cancelled)) is not None:
-                    return Reply(response.status, response.body, ref=ref)
+                    return Reply(response, ref=ref)
             if entry.state == "failed" or not entry.redemption_ids:
                 raise Refused(CATALOG["NOTHING_TO_REVERSE"])
             return await self._reactivate(entry, key, request_id)
@@ -721,7 +727,8 @@ class ExactlyOnce:
         try:
             await self.upstream.reactivate(ids)
         except UpstreamFailure as exc:
-            already = tried_before and exc.failure.upstream_code == 510  # our earlier attempt went through
+            # The upstream no longer knows these redemptions as active: our earlier attempt went through.
+            already = tried_before and exc.failure.error.code == "REDEMPTION_NOT_FOUND"
             if not already:
                 # Maybe applied: it stays "unknown" until a retry settles it; refused: the redemption stands.
                 entry.reversal = Reversal(state="unknown", key=key, at=self.clock()) if exc.maybe_applied else previous
@@ -730,4 +737,4 @@ class ExactlyOnce:
         response = self.render.reversed(entry.ref, entry.redemption_ids, request_id)
         entry.reversal = Reversal(state="done", key=key, response=response, at=self.clock())
         await self.store.save(entry, self.timing.ttl)
-        return Reply(response.status, response.body, ref=entry.ref)
+        return Reply(response, ref=entry.ref)

@@ -7,7 +7,7 @@ observed directly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final, Protocol
@@ -72,74 +72,49 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.http_requests = Counter(
-            f"{PREFIX}_http_requests",
-            "HTTP requests by route template, method and status class.",
-            ["route", "method", "status"],
-            registry=r,
+        counter, histogram = self._counter, self._histogram
+        self.http_requests = counter(
+            "http_requests", "HTTP requests by route template, method and status class.", "route", "method", "status"
         )
-        self.http_duration = Histogram(
-            f"{PREFIX}_http_request_duration_seconds",
-            "HTTP request duration by route template and method.",
-            ["route", "method"],
-            buckets=HTTP_BUCKETS,
-            registry=r,
+        self.http_duration = histogram(
+            "http_request_duration_seconds", "HTTP request duration by route template and method.", "route", "method"
         )
-        self.upstream_calls = Counter(
-            f"{PREFIX}_upstream_calls",
-            "Capillary calls by operation and outcome.",
-            ["operation", "outcome"],
-            registry=r,
+        self.upstream_calls = counter(
+            "upstream_calls", "Capillary calls by operation and outcome.", "operation", "outcome"
         )
-        self.upstream_duration = Histogram(
-            f"{PREFIX}_upstream_call_duration_seconds",
-            "Capillary call duration by operation.",
-            ["operation"],
-            buckets=HTTP_BUCKETS,
-            registry=r,
+        self.upstream_duration = histogram(
+            "upstream_call_duration_seconds", "Capillary call duration by operation.", "operation"
         )
-        self.upstream_codes = Counter(
-            f"{PREFIX}_upstream_status_codes",
-            "Capillary status codes seen, by operation.",
-            ["operation", "code"],
-            registry=r,
+        self.upstream_codes = counter(
+            "upstream_status_codes", "Capillary status codes seen, by operation.", "operation", "code"
         )
-        self.redemptions = Counter(
-            f"{PREFIX}_redemptions",
-            "Redeem requests by outcome and local error code.",
-            ["outcome", "error_code"],
-            registry=r,
+        self.redemptions = counter(
+            "redemptions", "Redeem requests by outcome and local error code.", "outcome", "error_code"
         )
-        self.validations = Counter(
-            f"{PREFIX}_validations",
+        self.validations = counter(
+            "validations",
             "Validate requests by outcome (redeemed, partially_redeemed, refused: what a redeem would do; error) and "
             "the first refused code's local error code.",
-            ["outcome", "error_code"],
-            registry=r,
+            "outcome",
+            "error_code",
         )
-        self.validated_coupons = Counter(
-            f"{PREFIX}_validated_coupons",
+        self.validated_coupons = counter(
+            "validated_coupons",
             "Coupon codes validated, each by its verdict (redeemable, refused) and local error code.",
-            ["result", "error_code"],
-            registry=r,
+            "result",
+            "error_code",
         )
-        self.coupons_redeemed = Counter(f"{PREFIX}_coupons_redeemed", "Coupons redeemed.", registry=r)
-        self.discount = Counter(
-            f"{PREFIX}_discount_amount", "Discount granted by redeemed coupons, in currency units.", registry=r
+        self.coupons_redeemed = counter("coupons_redeemed", "Coupons redeemed.")
+        self.discount = counter("discount_amount", "Discount granted by redeemed coupons, in currency units.")
+        self.replays = counter("idempotent_replays", "Requests answered from the ledger.")
+        self.lock_conflicts = counter(
+            "lock_conflicts", "Requests refused because a coupon or the request was busy.", "kind"
         )
-        self.replays = Counter(f"{PREFIX}_idempotent_replays", "Requests answered from the ledger.", registry=r)
-        self.lock_conflicts = Counter(
-            f"{PREFIX}_lock_conflicts",
-            "Requests refused because a coupon or the request was busy.",
-            ["kind"],
-            registry=r,
-        )
-        self.access_refused = Counter(
-            f"{PREFIX}_access_refused",
+        self.access_refused = counter(
+            "access_refused",
             "Requests refused before any work: unauthenticated, forbidden, rate_limited, too_large, shed, and at the"
             " door: slow_headers, slow_body (408), malformed_http.",
-            ["reason"],
-            registry=r,
+            "reason",
         )
         for reason in ACCESS_REASONS:
             self.access_refused.labels(reason)
@@ -147,6 +122,14 @@ class Metrics:
         self.build_info.labels(__version__).set(1)
         ProcessCollector(registry=r)
         self._initialise()
+
+    def _counter(self, name: str, text: str, *labels: str) -> Counter:
+        """``pos_coupon_<name>_total`` on this registry (the client adds ``_total``)."""
+        return Counter(f"{PREFIX}_{name}", text, labels, registry=self.registry)
+
+    def _histogram(self, name: str, text: str, *labels: str) -> Histogram:
+        """``pos_coupon_<name>``, in the request-latency buckets, on this registry."""
+        return Histogram(f"{PREFIX}_{name}", text, labels, buckets=HTTP_BUCKETS, registry=self.registry)
 
     def initialise_routes(self, routes: Iterable[tuple[str, str]]) -> None:
         """Each route's series at zero (and the unmatched one, for 404s)."""
@@ -255,31 +238,19 @@ def _by_label(
     return family
 
 
+@dataclass(frozen=True, kw_only=True, eq=False)  # eq=False: hashed by identity, as the registry needs
 class StateCollector(Collector):
     """Reads the gateway's own counters at scrape time."""
 
-    def __init__(
-        self,
-        *,
-        caches: Iterable[CacheView],
-        fetch_sizes: Callable[[], dict[int, int]],
-        token_refreshes: Callable[[], int],
-        pending: Callable[[], int],
-        reconciliations: Callable[[], dict[str, int]],
-        deferred_writes: Callable[[], dict[str, int]] = dict,
-        unwritten: Callable[[], int] = int,
-        ledger_refusals: Callable[[], dict[str, int]] = dict,
-        upstream_warnings: Callable[[], dict[str, int]] = dict,
-    ) -> None:
-        self._caches = list(caches)
-        self._fetch_sizes = fetch_sizes
-        self._token_refreshes = token_refreshes
-        self._pending = pending
-        self._reconciliations = reconciliations
-        self._deferred_writes = deferred_writes
-        self._unwritten = unwritten
-        self._ledger_refusals = ledger_refusals
-        self._upstream_warnings = upstream_warnings
+    caches: Sequence[CacheView]
+    fetch_sizes: Callable[[], dict[int, int]]
+    token_refreshes: Callable[[], int]
+    pending: Callable[[], int]
+    reconciliations: Callable[[], dict[str, int]]
+    deferred_writes: Callable[[], dict[str, int]] = dict
+    unwritten: Callable[[], int] = int
+    ledger_refusals: Callable[[], dict[str, int]] = dict
+    upstream_warnings: Callable[[], dict[str, int]] = dict
 
     def collect(self) -> Iterable[Metric]:
         requests = CounterMetricFamily(
@@ -287,13 +258,13 @@ class StateCollector(Collector):
             "Cache lookups by cache, backend and result.",
             labels=["cache", "backend", "result"],
         )
-        for cache in self._caches:
+        for cache in self.caches:
             counts = cache.counts
             for result, value in (("hit", counts.hits), ("miss", counts.misses), ("error", counts.errors)):
                 requests.add_metric([cache.name, cache.backend, result], value)
         yield requests
 
-        sizes = self._fetch_sizes()
+        sizes = self.fetch_sizes()
         buckets, running = [], 0
         for bound in (1, 2, 5, 10, 20, 50):
             running = sum(count for size, count in sizes.items() if size <= bound)
@@ -307,9 +278,9 @@ class StateCollector(Collector):
         yield histogram
 
         yield CounterMetricFamily(
-            f"{PREFIX}_oauth_token_refreshes", "OAuth tokens fetched from Capillary.", value=self._token_refreshes()
+            f"{PREFIX}_oauth_token_refreshes", "OAuth tokens fetched from Capillary.", value=self.token_refreshes()
         )
-        warned = self._upstream_warnings()
+        warned = self.upstream_warnings()
         yield _by_label(
             f"{PREFIX}_upstream_warnings",
             "Warnings on redemptions Capillary applied (704/724: the customer was not notified), by code.",
@@ -318,14 +289,14 @@ class StateCollector(Collector):
             warned,
         )
         yield GaugeMetricFamily(
-            f"{PREFIX}_pending_redemptions", "Redemptions whose outcome is being reconciled.", value=self._pending()
+            f"{PREFIX}_pending_redemptions", "Redemptions whose outcome is being reconciled.", value=self.pending()
         )
         yield _by_label(
             f"{PREFIX}_reconciliations",
             "Reconciliation attempts by result.",
             "result",
             RECONCILE_RESULTS,
-            self._reconciliations(),
+            self.reconciliations(),
         )
         yield _by_label(
             f"{PREFIX}_ledger_deferred_writes",
@@ -333,14 +304,14 @@ class StateCollector(Collector):
             "back, or given up (LEDGER_WRITE_RETRY_SECONDS).",
             "result",
             LEDGER_WRITE_RESULTS,
-            self._deferred_writes(),
+            self.deferred_writes(),
         )
         yield GaugeMetricFamily(
             f"{PREFIX}_ledger_unwritten_records",
             "Answers given to tills and not yet recorded in the ledger (its store is unavailable).",
-            value=self._unwritten(),
+            value=self.unwritten(),
         )
-        refusals = self._ledger_refusals()
+        refusals = self.ledger_refusals()
         yield _by_label(
             f"{PREFIX}_ledger_refusals",
             "New redemptions refused by the in-memory ledger's bounds: full, or the store at its quota.",

@@ -13,10 +13,10 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from service.observability.context import REQUEST_ID_HEADER, assign_request_id
 from service.observability.metrics import Metrics, RedisCollector, status_class
 from service.observability.tracing import exemplar
 from service.redis_pool import end_tally, start_tally
-from service.web.errors import REQUEST_ID, REQUEST_ID_HEADER, request_id_of
 
 log = structlog.get_logger("service.request")
 upstream_log = structlog.get_logger("service.upstream")
@@ -44,8 +44,7 @@ def observe_middleware(metrics: Metrics, redis: RedisCollector | None = None) ->
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         """Outermost: sees the status the error middleware mapped, times everything, writes one log line."""
-        request_id, replaced = request_id_of(request)
-        request[REQUEST_ID] = request_id
+        request_id, replaced = assign_request_id(request)
         structlog.contextvars.clear_contextvars()
         if replaced:  # the caller's own is not logged: it is what could not be trusted
             structlog.contextvars.bind_contextvars(request_id=request_id, request_id_replaced=True)

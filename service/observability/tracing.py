@@ -22,6 +22,8 @@ from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, web
 from aiohttp.typedefs import Handler, Middleware
 
 from service import __version__
+from service.access.keys import API_KEY
+from service.observability.context import REQUEST_ID
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -109,9 +111,6 @@ def client_middlewares() -> tuple[Any, ...]:
 def _server_middleware(provider: TracerProvider) -> Middleware:
     from opentelemetry.trace import SpanKind, Status, StatusCode
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-    from service.web.access import API_KEY
-    from service.web.errors import REQUEST_ID
 
     tracer = provider.get_tracer("service.web", __version__)
     propagator = TraceContextTextMapPropagator()

@@ -182,7 +182,7 @@ class Offline:
             cap, message = refusal
             self.refusals[cap] += 1
             raise OfflineDeclined(cause, message)
-        response = StoredResponse(200, provisional_body(item))
+        response = StoredResponse("provisional", provisional_body(item), status=200)  # status: see StoredResponse
         entry.state, entry.response, entry.redemption_ids = "done", response, {}
         try:
             await self.ledger.resolve(entry, self.ttl, force=True, unlock=False)

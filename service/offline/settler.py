@@ -350,7 +350,7 @@ class Settler:
         entry = await self.offline.ledger.load(item.ref)
         if entry is not None:
             entry.state, entry.redemption_ids = "done", {}
-            entry.response = StoredResponse(200, provisional_body(item, "conflict"))
+            entry.response = StoredResponse("provisional", provisional_body(item, "conflict"), status=200)
             try:
                 await self.offline.ledger.resolve(entry, self.offline.ttl, force=True)
             except StoreUnavailable:

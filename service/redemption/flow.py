@@ -31,6 +31,7 @@ from service.redemption.models import (
     CodeOutcome,
     CustomerRef,
     Failure,
+    Mode,
     Outcome,
     RedemptionCommand,
     SeriesSummary,
@@ -116,6 +117,63 @@ def _first_failure(outcomes: Sequence[CodeOutcome]) -> Failure | None:
     return (own or failures)[0] if failures else None
 
 
+def refuses_request(failure: UpstreamFailure) -> bool:
+    """Whether the upstream refused the request as a whole, for good (an unknown customer): answered as a
+    refusal of every code. Otherwise (unreachable, failing, retryable) the failure is raised."""
+    return not failure.failure.error.retryable and failure.failure.error.http_status < 500
+
+
+def plan_redeem(mode: Mode, outcomes: Sequence[CodeOutcome]) -> tuple[str, ...]:
+    """The codes the redeem call carries, given each code's check verdict: the passing ones; with ``mode=all``,
+    none unless every code passes (no call at all)."""
+    passing = tuple(o.code for o in outcomes if o.ok)
+    if mode == "all" and len(passing) < len(outcomes):
+        return ()
+    return passing
+
+
+def hold_back(outcomes: Sequence[CodeOutcome], sending: Sequence[str]) -> None:
+    """Before the call, no code is redeemed yet; a passing code left out of it is refused as a sibling's."""
+    for outcome in outcomes:
+        outcome.ok = False
+        if outcome.failure is None and outcome.code not in sending:
+            outcome.failure = SIBLING_FAILED
+
+
+def read_answer(by_code: dict[str, CodeOutcome], sent: Sequence[str], results: dict[str, Redeemed]) -> list[str]:
+    """Read one redeem answer into the outcomes of the codes ``sent``; return those refused only because
+    another code in the batch was (Capillary's all-or-nothing), in the order sent."""
+    siblings = []
+    for code in sent:
+        outcome, result = by_code[code], results.get(code)
+        if result is None:
+            outcome.failure = Failure(CATALOG["UPSTREAM_ERROR"], None, "Capillary gave no result for this code")
+        elif result.ok:
+            outcome.ok, outcome.redemption_id, outcome.failure = True, result.redemption_id, None
+        elif result.failure is not None and result.failure.error.code == "SIBLING_COUPON_FAILED":
+            outcome.failure = SIBLING_FAILED
+            siblings.append(code)
+        else:
+            outcome.failure = result.failure
+    return siblings
+
+
+def plan_retry(
+    mode: Mode, by_code: dict[str, CodeOutcome], sent: Sequence[str], siblings: Sequence[str]
+) -> tuple[str, ...]:
+    """After a first answer: in ``partial`` mode, a batch refused because of some of its codes is sent once more
+    without them (the refusal was definitive and all-or-nothing, so nothing was applied). Otherwise nothing."""
+    own_failures = any(by_code[c].failure not in (None, SIBLING_FAILED) for c in sent)
+    return tuple(siblings) if mode == "partial" and own_failures else ()
+
+
+def conclude(outcomes: list[CodeOutcome], bill: Decimal, ref: str) -> Outcome:
+    """The redeem's outcome: the redeemed codes priced on the bill; the first failure named when none was."""
+    total = price(outcomes, bill, lambda o: o.ok)
+    failure = None if any(o.ok for o in outcomes) else _first_failure(outcomes)
+    return Outcome(outcomes, failure=failure, total_discount=total, ref=ref)
+
+
 class RedemptionFlow:
     def __init__(self, upstream: CouponUpstream, series: SeriesLookup) -> None:
         self._upstream = upstream
@@ -183,7 +241,7 @@ class RedemptionFlow:
         try:
             outcomes = await self._assess(command, learn=True)
         except UpstreamFailure as exc:
-            if exc.failure.error.retryable or exc.failure.error.http_status >= 500:
+            if not refuses_request(exc):
                 raise
             return self._refused(exc.failure, command)
         total = price(outcomes, command.bill_amount, lambda o: o.ok)
@@ -192,50 +250,43 @@ class RedemptionFlow:
     async def redeem(
         self, command: RedemptionCommand, *, ref: str | None = None, on_send: Callable[[], None] | None = None
     ) -> Outcome:
-        """``on_send`` is called just before each upstream redeem call: from then on, a failure without an
-        answer leaves the outcome unknown."""
+        """The check, then the redeem call(s) the plan asks for, then the answers read into each code's outcome.
+        ``on_send`` is called just before each upstream redeem call: from then on, a failure without an answer
+        leaves the outcome unknown."""
         ref = ref or new_ref()
         try:
             outcomes = await self._assess(command, learn=False)
         except UpstreamFailure as exc:
-            if exc.failure.error.retryable or exc.failure.error.http_status >= 500:
+            if not refuses_request(exc):
                 raise
             return self._refused(exc.failure, command, ref)
+        sending = plan_redeem(command.mode, outcomes)
+        hold_back(outcomes, sending)
+        answers = await self._send(command, outcomes, sending, on_send)
+        await self._apply_answers(outcomes, answers)
+        return conclude(outcomes, command.bill_amount, ref)
+
+    async def _send(
+        self,
+        command: RedemptionCommand,
+        outcomes: Sequence[CodeOutcome],
+        sending: tuple[str, ...],
+        on_send: Callable[[], None] | None,
+    ) -> dict[str, Redeemed]:
+        """The redeem call for ``sending``, and in ``partial`` mode at most one more for the codes refused only
+        because of others (see :func:`plan_retry`). Returns the answer for each code that got one."""
         by_code = {o.code: o for o in outcomes}
-        passing = [o.code for o in outcomes if o.ok]
-        if command.mode == "all" and len(passing) < len(outcomes):
-            passing = []
-        for outcome in outcomes:
-            outcome.ok = False
-            if outcome.failure is None and outcome.code not in passing:
-                outcome.failure = SIBLING_FAILED
         answers: dict[str, Redeemed] = {}
         for attempt in range(2):
-            if not passing:
+            if not sending:
                 break
             if on_send is not None:
                 on_send()
-            results = await self._upstream.redeem(command, passing)
-            retry = []
-            for code in passing:
-                outcome, result = by_code[code], results.get(code)
-                if result is None:
-                    outcome.failure = Failure(CATALOG["UPSTREAM_ERROR"], None, "Capillary gave no result for this code")
-                    continue
-                answers[code] = result
-                if result.ok:
-                    outcome.ok, outcome.redemption_id, outcome.failure = True, result.redemption_id, None
-                elif result.failure is not None and result.failure.error.code == "SIBLING_COUPON_FAILED":
-                    outcome.failure = SIBLING_FAILED
-                    retry.append(code)
-                else:
-                    outcome.failure = result.failure
-            own_failures = any(by_code[c].failure not in (None, SIBLING_FAILED) for c in passing)
-            passing = retry if command.mode == "partial" and own_failures and attempt == 0 else []
-        await self._apply_answers(outcomes, answers)
-        total = price(outcomes, command.bill_amount, lambda o: o.ok)
-        failure = None if any(o.ok for o in outcomes) else _first_failure(outcomes)
-        return Outcome(outcomes, failure=failure, total_discount=total, ref=ref)
+            results = await self._upstream.redeem(command, sending)
+            answers.update({c: r for c in sending if (r := results.get(c)) is not None})
+            siblings = read_answer(by_code, sending, results)
+            sending = plan_retry(command.mode, by_code, sending, siblings) if attempt == 0 else ()
+        return answers
 
     async def _apply_answers(self, outcomes: list[CodeOutcome], answers: dict[str, Redeemed]) -> None:
         """Each code's series and discount as the redeem answer states them. Where the answer gives a percent

@@ -20,15 +20,13 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from service.access.keys import ApiKey, KeyRing
+from service.access.keys import API_KEY, ApiKey, KeyRing
 from service.access.limits import Bulkheads, SharedBuckets, TokenBuckets
 from service.config import AccessSettings
 from service.deadline import time_left
 from service.observability.metrics import Metrics
 from service.redemption.catalog import CATALOG
 from service.web.errors import ApiError
-
-API_KEY: Final = web.RequestKey("api_key", ApiKey)
 
 RouteClass = Literal["pos", "admin", "upload"]
 ROUTE_CLASS: Final = web.RequestKey("route_class", str)

@@ -1,32 +1,56 @@
 """The one error envelope of the API, built in one place, and the middleware that guarantees it.
 
 ``{"error": {"code", "message", "retryable", "upstream": {"code", "message"} | null, "requestId"}}``
+
+Every route family (POS, back office, offline, the door in :mod:`service.web.server`) builds it with
+:func:`error_detail` (the inner object, also carried per coupon in answers) and :func:`error_body` (the whole
+envelope); the HTTP status of a refusal comes from the catalog (:func:`refusal_status`).
 """
 
 from __future__ import annotations
 
-import logging
 import re
-import uuid
 from typing import Final
 
 import msgspec
+import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
+from service.observability.context import (
+    REQUEST_ID,
+    REQUEST_ID_HEADER,
+    SAFE_REQUEST_ID,
+    assign_request_id,
+    new_request_id,
+    request_id_of,
+)
 from service.redemption.catalog import CATALOG, LocalError
 from service.redemption.flow import UpstreamFailure
 from service.redemption.models import Failure
 from service.text import digits
 
-REQUEST_ID_HEADER: Final = "X-Request-ID"
-REQUEST_ID = web.RequestKey("request_id", str)
-#: What a caller's ``X-Request-ID`` may be to be echoed and logged as it is: anything else is replaced by one of ours
-#: (no spaces, quotes, control or non-ASCII characters can reach a header we send or a log line).
-SAFE_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+__all__ = [
+    "REQUEST_ID",
+    "REQUEST_ID_HEADER",
+    "SAFE_REQUEST_ID",
+    "ApiError",
+    "ErrorBody",
+    "ErrorDetail",
+    "UpstreamDetail",
+    "error_body",
+    "error_detail",
+    "error_middleware",
+    "error_response",
+    "json_response",
+    "new_request_id",
+    "refusal_status",
+    "request_id_of",
+    "retry_headers",
+]
 
-log = logging.getLogger("service.web")
+log = structlog.get_logger("service.web")
 
 
 class UpstreamDetail(msgspec.Struct, frozen=True):
@@ -90,13 +114,42 @@ class ApiError(Exception):
         return cls(CATALOG["REQUEST_TIMEOUT"], message, close=True)
 
 
+def upstream_detail(code: int | None, message: str | None) -> UpstreamDetail | None:
+    """What Capillary itself said, when it said anything."""
+    return UpstreamDetail(code, message) if code is not None or message is not None else None
+
+
+def error_detail(
+    error: LocalError,
+    request_id: str,
+    *,
+    message: str | None = None,
+    upstream: UpstreamDetail | None = None,
+) -> ErrorDetail:
+    """The envelope's inner object: one catalog entry, the message (the catalog's own unless given), what
+    Capillary said and the request's id. Every error the API answers, whole or per coupon, is built here."""
+    text = error.message if message is None else message
+    return ErrorDetail(error.code, text, error.retryable, upstream, request_id)
+
+
+def error_body(
+    error: LocalError, request_id: str, *, message: str | None = None, upstream: UpstreamDetail | None = None
+) -> ErrorBody:
+    """The whole envelope: ``{"error": ...}``."""
+    return ErrorBody(error_detail(error, request_id, message=message, upstream=upstream))
+
+
 def detail(failure: Failure, request_id: str) -> ErrorDetail:
     """The envelope's inner object for a failure (of a whole request or of one coupon)."""
-    upstream = None
-    if failure.upstream_code is not None or failure.upstream_message is not None:
-        upstream = UpstreamDetail(failure.upstream_code, failure.upstream_message)
-    error = failure.error
-    return ErrorDetail(error.code, error.message, error.retryable, upstream, request_id)
+    upstream = upstream_detail(failure.upstream_code, failure.upstream_message)
+    return error_detail(failure.error, request_id, upstream=upstream)
+
+
+def refusal_status(error: LocalError) -> int:
+    """The status of an answer that refuses a request's coupons: the first reason's own status from the catalog
+    (409 for a coupon already used, 404 for an unknown customer, ...), 422 when that status is not a client's."""
+    status = error.http_status
+    return status if 400 <= status < 500 else 422
 
 
 def retry_headers(error: LocalError) -> dict[str, str]:
@@ -118,9 +171,7 @@ def json_response(status: int, body: msgspec.Struct, headers: dict[str, str] | N
 def upstream_error(exc: UpstreamFailure) -> ApiError:
     """A whole request refused because of Capillary: its local code, Capillary's own, and when to try again."""
     failure = exc.failure
-    upstream = None
-    if failure.upstream_code is not None or failure.upstream_message is not None:
-        upstream = UpstreamDetail(failure.upstream_code, failure.upstream_message)
+    upstream = upstream_detail(failure.upstream_code, failure.upstream_message)
     headers = retry_headers(failure.error)
     if exc.retry_after is not None:  # the breaker's cool-down, or when the outbound budget has room again
         headers["Retry-After"] = str(exc.retry_after)
@@ -136,7 +187,7 @@ def error_response(
     upstream: UpstreamDetail | None = None,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
-    body = ErrorBody(ErrorDetail(error.code, message, error.retryable, upstream, request_id))
+    body = error_body(error, request_id, message=message, upstream=upstream)
     return web.Response(
         status=status or error.http_status,
         body=encoder.encode(body),
@@ -145,27 +196,11 @@ def error_response(
     )
 
 
-def new_request_id() -> str:
-    return uuid.uuid4().hex
-
-
-def request_id_of(request: web.BaseRequest) -> tuple[str, bool]:
-    """The request's id: the caller's ``X-Request-ID`` when it is in the safe set, else a new one; and whether a
-    caller's id was replaced."""
-    sent = request.headers.get(REQUEST_ID_HEADER)
-    if sent is None:
-        return new_request_id(), False
-    if SAFE_REQUEST_ID.fullmatch(sent):
-        return sent, False
-    return new_request_id(), True
-
-
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give every request an id (echoed back) and turn every failure into the error envelope: no HTML
     error pages, no internals in a 500."""
-    request_id = request.get(REQUEST_ID) or request_id_of(request)[0]
-    request[REQUEST_ID] = request_id
+    request_id, _ = assign_request_id(request)
     try:
         response = await handler(request)
     except ApiError as exc:
@@ -176,7 +211,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             response.force_close()
     except HttpProcessingError as exc:  # a malformed body part (multipart headers, chunking): the client's fault
         error = CATALOG["INVALID_REQUEST"]
-        log.info("malformed request body: %s", type(exc).__name__, extra={"request_id": request_id})
+        log.info("malformed_request_body", problem=type(exc).__name__, request_id=request_id)
         response = error_response(error, "body: malformed (a multipart part or chunk)", request_id=request_id)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -188,7 +223,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         response = error_response(error, message, request_id=request_id, status=exc.status, headers=allow)
     except Exception:
-        log.exception("unhandled error", extra={"request_id": request_id})
+        log.exception("unhandled_error", request_id=request_id)
         error = CATALOG["INTERNAL_ERROR"]
         response = error_response(error, error.message, request_id=request_id)
     response.headers[REQUEST_ID_HEADER] = request_id

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final, TypeVar
+from typing import Final, Literal, TypeVar
 
 import msgspec
 import structlog
 from aiohttp import web
 
-from service.idempotency.models import Entry, StoredResponse, natural_key
+from service.access.keys import API_KEY
+from service.idempotency.models import Answer, Entry, StoredResponse, natural_key
 from service.idempotency.service import ExactlyOnce, Refused, Reply
 from service.idempotency.store import StoreUnavailable
 from service.observability.logging import mask
@@ -20,16 +22,17 @@ from service.offline.service import Offline
 from service.redemption.catalog import CATALOG
 from service.redemption.discount import ZERO
 from service.redemption.flow import RedemptionFlow, UpstreamFailure
-from service.redemption.models import CodeOutcome, Failure, Outcome, RedemptionCommand
+from service.redemption.models import CodeOutcome, Outcome, RedemptionCommand
 from service.series import SeriesCatalog
-from service.web.access import API_KEY
 from service.web.errors import (
     REQUEST_ID,
     ApiError,
     ErrorDetail,
     detail,
     encoder,
+    error_detail,
     json_response,
+    refusal_status,
     retry_headers,
     series_id_of,
     upstream_error,
@@ -48,6 +51,7 @@ from service.web.schemas import (
     ValidateIn,
     ValidateOut,
     command_from,
+    series_out,
 )
 from service.web.validation import describe
 
@@ -119,7 +123,21 @@ def _ref(request: web.Request) -> str:
 
 def _reply(reply: Reply) -> web.Response:
     headers = {"Idempotent-Replayed": "true"} if reply.replayed else None
-    return web.Response(status=reply.status, body=reply.body, content_type="application/json", headers=headers)
+    status = 200 if reply.lookup else answer_status(reply.response)
+    return web.Response(status=status, body=reply.response.body, content_type="application/json", headers=headers)
+
+
+def answer_status(response: StoredResponse) -> int:
+    """The HTTP status of a recorded answer, from what it says: the same for the first answer and every replay.
+    A record of an earlier release carries the status it was sent with."""
+    if response.status is not None:
+        return response.status
+    if response.answer == "pending":
+        return 202
+    if response.error is None:
+        return 200
+    error = CATALOG[response.error]
+    return refusal_status(error) if response.answer == "rejected" else error.http_status
 
 
 async def _exactly_once(call: Awaitable[Reply]) -> Reply:
@@ -142,15 +160,9 @@ async def _exactly_once(call: Awaitable[Reply]) -> Reply:
 
 
 def _refusal_status(outcome: Outcome) -> int:
-    """409 when a coupon was already used, 404 for an unknown customer, else the first reason's own status."""
+    """A refused outcome's status, from the catalog entry of its reason."""
     assert outcome.failure is not None
-    code = outcome.failure.error.code
-    if code == "COUPON_ALREADY_REDEEMED":
-        return 409
-    if code == "CUSTOMER_NOT_FOUND":
-        return 404
-    status = outcome.failure.error.http_status
-    return status if 400 <= status < 500 else 422
+    return refusal_status(outcome.failure.error)
 
 
 def _bind(command: RedemptionCommand) -> None:
@@ -173,35 +185,47 @@ def validation_outcome(outcome: Outcome) -> str:
     return "redeemed" if passing == len(outcome.codes) else "partially_redeemed"
 
 
+@dataclass(frozen=True, slots=True)
+class RedemptionParts:
+    """What the POS handlers call: built at startup, once the resources they stand on are open."""
+
+    flow: RedemptionFlow
+    series: SeriesCatalog
+    ledger: ExactlyOnce
+    offline: Offline | None = None  # OFFLINE_MODE=on: online validations are noted for offline acceptance
+
+
 class RedemptionHandlers:
-    def __init__(
-        self,
-        flow: RedemptionFlow,
-        series: SeriesCatalog,
-        ledger: ExactlyOnce,
-        metrics: Metrics,
-        offline: Offline | None = None,
-    ) -> None:
-        self._flow = flow
-        self._series = series
-        self._ledger = ledger
+    """The POS routes: each decodes, calls the flow or the ledger, and renders. Registered on the router when the
+    app is built (aiohttp freezes its routes at startup); their parts are given by :meth:`bind` at startup."""
+
+    def __init__(self, metrics: Metrics, parts: RedemptionParts | None = None) -> None:
         self._metrics = metrics
-        self._offline = offline  # OFFLINE_MODE=on: online validations are noted for offline acceptance
+        self._bound = parts
+
+    def bind(self, parts: RedemptionParts) -> None:
+        self._bound = parts
+
+    @property
+    def _parts(self) -> RedemptionParts:
+        if self._bound is None:
+            raise RuntimeError("the POS handlers are used before the app has started")
+        return self._bound
 
     async def validate(self, request: web.Request) -> web.Response:
         try:
             command = await _command(request, VALIDATE_DECODER)
             _bind(command)
             try:
-                outcome = await self._flow.validate(command)
+                outcome = await self._parts.flow.validate(command)
             except UpstreamFailure as exc:
                 raise upstream_error(exc) from None
         except ApiError as exc:
             self._metrics.validated("error", exc.error.code)
             structlog.contextvars.bind_contextvars(outcome="error", error_code=exc.error.code)
             raise
-        if self._offline is not None and outcome.failure is None:
-            await self._offline.note_validated(command, outcome)
+        if (offline := self._parts.offline) is not None and outcome.failure is None:
+            await offline.note_validated(command, outcome)
         refused = outcome.failure or next((o.failure for o in outcome.codes if o.failure), None)
         result = validation_outcome(outcome)
         self._metrics.validated(result, refused.error.code if refused else None, outcome.codes)
@@ -231,7 +255,9 @@ class RedemptionHandlers:
                 key = natural_key(command, till)
                 # A till's records made before the till was part of the natural key stay theirs for their TTL.
                 legacy = natural_key(command) if till is not None else None
-            redeeming = self._ledger.redeem(command, key, request[REQUEST_ID], legacy_key=legacy, till=_till(request))
+            redeeming = self._parts.ledger.redeem(
+                command, key, request[REQUEST_ID], legacy_key=legacy, till=_till(request)
+            )
             reply = await _exactly_once(redeeming)
         except ApiError as exc:
             code = exc.error.code
@@ -256,7 +282,7 @@ class RedemptionHandlers:
         ref = _ref(request)
         key = request.get(API_KEY)
         store = None if key is None or key.allows("admin") else key.store  # back office may look at any store
-        return _reply(await _exactly_once(self._ledger.status(ref, store=store)))
+        return _reply(await _exactly_once(self._parts.ledger.status(ref, store=store)))
 
     async def reverse(self, request: web.Request) -> web.Response:
         ref = _ref(request)
@@ -264,17 +290,17 @@ class RedemptionHandlers:
         if raw and raw != b"{}":
             raise ApiError.invalid("body: send no body, or {}")
         key = _idempotency_key(request)
-        reply = self._ledger.reverse(ref, key, request[REQUEST_ID], store=_store(request))
+        reply = self._parts.ledger.reverse(ref, key, request[REQUEST_ID], store=_store(request))
         return _reply(await _exactly_once(reply))
 
     async def series(self, request: web.Request) -> web.Response:
         try:
-            summary = await self._series.get(series_id_of(request))
+            summary = await self._parts.series.get(series_id_of(request))
         except UpstreamFailure as exc:
             raise upstream_error(exc) from None
         if summary is None:
             raise ApiError(CATALOG["SERIES_NOT_FOUND"])
-        return json_response(200, summary)
+        return json_response(200, series_out(summary))
 
 
 def _redeemed_coupons(outcome: Outcome, request_id: str) -> list[RedeemedCoupon]:
@@ -298,14 +324,37 @@ def _waiting_coupons(command: RedemptionCommand) -> list[RedeemedCoupon]:
     ]
 
 
+def _unsettled(
+    ref: str, command: RedemptionCommand, status: RedeemStatus, error: ErrorDetail | None = None
+) -> RedeemOut:
+    """A redemption with nothing redeemed under it (yet): each code waiting, no discount."""
+    return RedeemOut(
+        ref=ref,
+        status=status,
+        transaction_number=command.transaction_number or "",
+        coupons=_waiting_coupons(command),
+        total_discount=ZERO,
+        error=error,
+    )
+
+
+def _sent(answer: Answer, body: bytes, error: str | None = None) -> StoredResponse:
+    """A recorded answer, its HTTP status written beside what it says: replicas of the previous release, in a rolling
+    deploy on one Redis, read only ``status`` (this one reads it first too, so every replay keeps the first status)."""
+    response = StoredResponse(answer, body, error)
+    return msgspec.structs.replace(response, status=answer_status(response))
+
+
 class JsonRenderer:
     """The bytes of every redemption answer: what the till gets, and what replays get again."""
 
     def outcome(self, outcome: Outcome, command: RedemptionCommand, request_id: str) -> StoredResponse:
         redeemed = sum(o.ok for o in outcome.codes)
-        status: RedeemStatus = "rejected"
+        status: Literal["redeemed", "partially_redeemed", "rejected"] = "rejected"
         if redeemed:
             status = "redeemed" if redeemed == len(outcome.codes) else "partially_redeemed"
+        # What happened, and a refusal's reason: ``answer_status`` chooses the HTTP status from them.
+        error = outcome.failure.error.code if outcome.failure and not redeemed else None
         body = RedeemOut(
             ref=outcome.ref or "",
             status=status,
@@ -314,33 +363,19 @@ class JsonRenderer:
             total_discount=outcome.total_discount,
             error=detail(outcome.failure, request_id) if outcome.failure else None,
         )
-        return StoredResponse(200 if redeemed else _refusal_status(outcome), encoder.encode(body))
+        return _sent(status, encoder.encode(body), error)
 
     def pending(self, ref: str, command: RedemptionCommand, request_id: str) -> StoredResponse:
-        body = RedeemOut(
-            ref=ref,
-            status="pending",
-            transaction_number=command.transaction_number or "",
-            coupons=_waiting_coupons(command),
-            total_discount=ZERO,
-        )
-        return StoredResponse(202, encoder.encode(body))
+        return _sent("pending", encoder.encode(_unsettled(ref, command, "pending")))
 
     def not_applied(self, ref: str, command: RedemptionCommand, request_id: str) -> StoredResponse:
         error = CATALOG["REDEMPTION_NOT_APPLIED"]
-        body = RedeemOut(
-            ref=ref,
-            status="failed",
-            transaction_number=command.transaction_number or "",
-            coupons=_waiting_coupons(command),
-            total_discount=ZERO,
-            error=detail(Failure(error), request_id),
-        )
-        return StoredResponse(error.http_status, encoder.encode(body))
+        body = _unsettled(ref, command, "failed", error_detail(error, request_id))
+        return _sent("not_applied", encoder.encode(body), error.code)
 
     def reversed(self, ref: str, redemption_ids: dict[str, int], request_id: str) -> StoredResponse:
         coupons = [ReversedCoupon(code=c, redemption_id=i or None, reversed=True) for c, i in redemption_ids.items()]
-        return StoredResponse(200, encoder.encode(ReversalOut(ref=ref, status="reversed", coupons=coupons)))
+        return _sent("reversed", encoder.encode(ReversalOut(ref=ref, status="reversed", coupons=coupons)))
 
     def reversed_redeem(self, entry: Entry, request_id: str) -> StoredResponse:
         """409 ``REDEMPTION_REVERSED``: the redemption as it stands now, with the ids that were reversed."""
@@ -362,6 +397,6 @@ class JsonRenderer:
             transaction_number=entry.command.transaction_number,
             coupons=coupons,
             total_discount=ZERO,
-            error=ErrorDetail(error.code, message, error.retryable, None, request_id),
+            error=error_detail(error, request_id, message=message),
         )
-        return StoredResponse(error.http_status, encoder.encode(body))
+        return _sent("reversed_redeem", encoder.encode(body), error.code)

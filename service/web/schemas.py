@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from service.redemption.models import CustomerRef, IdentifierKind, RedemptionCommand
+from service.redemption.models import CustomerRef, IdentifierKind, RedemptionCommand, SeriesSummary
 from service.web.errors import ErrorDetail
 
 MAX_CODES = 50
@@ -193,3 +193,37 @@ class ReversalOut(Outbound):
     ref: str
     status: Literal["reversed"]
     coupons: list[ReversedCoupon]
+
+
+class RedemptionRangeOut(Outbound, omit_defaults=True):
+    """When a series may be redeemed (days of month, days of week 1 = Sunday .. 7 = Saturday, hours)."""
+
+    days_of_month: tuple[int, ...] | None = None
+    days_of_week: tuple[int, ...] | None = None
+    hours: tuple[int, ...] | None = None
+
+
+class SeriesOut(Outbound):
+    """``GET /v1/series/{seriesId}``: what the gateway knows of a series (None: no limit)."""
+
+    id: int
+    description: str | None
+    discount_type: str | None
+    discount_value: Decimal | None
+    discount_upto: Decimal | None
+    min_bill_amount: Decimal | None
+    max_bill_amount: Decimal | None
+    valid_till: datetime | None
+    redemption_valid_from: datetime | None
+    redemption_range: RedemptionRangeOut | None
+    stores: tuple[str, ...] | None  # None: every store
+    multiple_use: bool
+
+
+def series_out(summary: SeriesSummary) -> SeriesOut:
+    """The API's body for a series: the summary's fields, field for field (a field the summary gains and the body
+    does not declare fails here, not silently on the wire)."""
+    fields = msgspec.structs.asdict(summary)
+    window = summary.redemption_range
+    fields["redemption_range"] = None if window is None else RedemptionRangeOut(**msgspec.structs.asdict(window))
+    return SeriesOut(**fields)

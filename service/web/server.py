@@ -55,7 +55,7 @@ from service.config import AccessSettings
 from service.observability.metrics import Metrics
 from service.redemption.catalog import CATALOG
 from service.web.access import SECURITY_HEADERS
-from service.web.errors import REQUEST_ID_HEADER, ErrorBody, ErrorDetail, encoder, error_response, new_request_id
+from service.web.errors import REQUEST_ID_HEADER, encoder, error_body, error_response, new_request_id
 
 log = structlog.get_logger("service.web.server")
 
@@ -169,7 +169,7 @@ def _raw_error(status: int, reason: str, code: str, message: str) -> bytes:
     """A whole HTTP/1.1 answer in the error envelope, for a connection on which no request could be read."""
     error = CATALOG[code]
     request_id = new_request_id()
-    body = encoder.encode(ErrorBody(ErrorDetail(error.code, message, error.retryable, None, request_id)))
+    body = encoder.encode(error_body(error, request_id, message=message))
     head = [
         f"HTTP/1.1 {status} {reason}",
         "Content-Type: application/json",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -68,6 +69,24 @@ async def till(
     pytest.fail(f"no definitive answer in {budget}s: {seen[:5]}..{seen[-5:]} ({len(seen)} answers)")
 
 
+async def _until(reached: Callable[[], bool], budget: float = 5.0) -> None:
+    """Wait until ``reached`` holds (a guard against a hang, not a measure)."""
+    deadline = time.monotonic() + budget
+    while not reached():
+        assert time.monotonic() < deadline, "not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def _settled(gateway: GatewayClient, ref: str, budget: float = 5.0) -> dict[str, Any]:
+    """The record of ``ref`` once it is no longer pending."""
+    deadline = time.monotonic() + budget
+    while True:
+        record: dict[str, Any] = await (await gateway.get(f"{REDEEM}/{ref}")).json()
+        if record["status"] != "pending" or time.monotonic() >= deadline:
+            return record
+        await asyncio.sleep(0.05)
+
+
 def _redeemed(upstream: Upstream, code: str) -> int:
     return len(upstream.sandbox.redemptions_of(code, include_reversed=False))
 
@@ -125,8 +144,7 @@ async def test_a_check_failing_after_the_deadline_frees_the_request(make_gateway
     first = await gateway.post(REDEEM, json=_body("ABS-ALICE-1"))
     assert first.status == 202
     ref = (await first.json())["ref"]
-    await asyncio.sleep(0.6)
-    record = await (await gateway.get(f"{REDEEM}/{ref}")).json()
+    record = await _settled(gateway, ref)  # the failed check, in the background, frees the request
     assert record["status"] == "failed"
     assert record["error"]["code"] == "REDEMPTION_NOT_APPLIED"
     assert upstream.sandbox.call_count("redeem") == 0
@@ -210,7 +228,7 @@ async def test_the_same_key_in_flight_is_409(make_gateway: Gateway, upstream: Up
     gateway = await make_gateway(timeout=2.0)
     upstream.sandbox.add_fault(Fault(FaultKind.LATENCY, "redeem", delay_seconds=0.4))
     first = asyncio.create_task(gateway.post(REDEEM, json=_body("ABS-ALICE-1")))
-    await asyncio.sleep(0.2)
+    await _until(lambda: upstream.sandbox.call_count("redeem") == 1)  # the first is with Capillary now
     second = await gateway.post(REDEEM, json=_body("ABS-ALICE-1"))
     assert second.status == 409
     payload = await second.json()

@@ -85,7 +85,7 @@ def _spread(count: int, prefix: str = "C") -> tuple[str, ...]:
 
 def _done(entry: Entry, ids: dict[str, int]) -> Entry:
     entry.state = "done"
-    entry.response = StoredResponse(200, b'{"status":"redeemed"}')
+    entry.response = StoredResponse("redeemed", b'{"status":"redeemed"}', status=200)
     entry.redemption_ids = ids
     return entry
 
@@ -129,7 +129,7 @@ async def test_a_replay_is_one_round_trip_and_finds_the_first_answer(store: Redi
     assert trips == [1]
     assert existing is not None
     assert existing.ref == first.ref
-    assert existing.response == StoredResponse(200, b'{"status":"redeemed"}')
+    assert existing.response == StoredResponse("redeemed", b'{"status":"redeemed"}', status=200)
     assert busy == []
     assert await store.lock(list(codes), "next", 30) == []  # finishing released the codes on both slots
 
@@ -148,7 +148,11 @@ async def test_finish_binds_ids_once_and_the_first_final_answer_wins(store: Redi
     assert loaded is not None
     assert loaded.state == "in_flight"
     late = _entry("f1", codes[:1])
-    late.ref, late.state, late.response = first.ref, "failed", StoredResponse(422, b"{}")
+    late.ref, late.state, late.response = (
+        first.ref,
+        "failed",
+        StoredResponse("rejected", b"{}", error="COUPON_NOT_REDEEMABLE", status=422),
+    )
     assert (await store.resolve(late, 3600)).current is not None  # already final: the first answer stands
     assert await store.unresolved() == [second.ref]
     forced = await store.resolve(_done(second, {codes[1]: 501}), 3600, force=True)

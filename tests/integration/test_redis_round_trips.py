@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.cache import open_cache
 from service.config import CacheSettings, StateSettings
 from service.sandbox import DEMO
-from service.series import open_cache
 from tests.conftest import GatewayClient, StartGateway, Upstream, clean_redis
 from tests.integration.conftest import FAST
 

@@ -11,10 +11,11 @@ from contextlib import AbstractAsyncContextManager
 import pytest
 
 from service.app import SERIES
+from service.cache import open_cache
 from service.capillary.client import CapillaryClient
 from service.config import CacheSettings
 from service.sandbox import DEMO
-from service.series import SeriesCatalog, open_cache, open_catalog
+from service.series import SeriesCatalog, open_catalog
 from tests.conftest import StartGateway, Upstream
 
 # The tests' own database, emptied of our keys after each test.

@@ -9,9 +9,9 @@ from decimal import Decimal as D
 import pytest
 
 from service.capillary.models import Series, decode
+from service.capillary.series import summarize
 from service.redemption.checks import bill_failure
 from service.redemption.models import SeriesSummary
-from service.series import summarize
 from tests.contract.samples import load_samples
 
 OPEN = SeriesSummary(id=1, discount_type="ABS", discount_value=D(10))

@@ -20,7 +20,7 @@ from service.idempotency.service import ExactlyOnce, Timing
 from service.idempotency.store import MemoryStore
 from service.redemption.flow import Redeemed, RedemptionFlow, Verdict
 from service.redemption.models import CustomerRef, RedemptionCommand, SeriesSummary
-from service.web.redemptions import JsonRenderer
+from service.web.redemptions import JsonRenderer, answer_status
 
 
 class Clock:
@@ -83,20 +83,20 @@ async def test_a_clock_past_the_settle_time_does_not_conclude_while_the_call_run
     key = natural_key(command)
 
     first = await ledger.redeem(command, key, "req-1")
-    assert first.status == 202
+    assert answer_status(first.response) == 202
     await upstream.sent.wait()  # the redeem is on its way to Capillary
     clock.now += 3600  # an hour later, by this clock: far past settle_after
 
     status = await ledger.status(first.ref or "")
     assert json.loads(status.body)["status"] == "pending"  # not "failed": our own call is still running
     replay = await ledger.redeem(command, key, "req-2")
-    assert (replay.status, replay.ref) == (202, first.ref)  # the same request, not a fresh redeem
+    assert (answer_status(replay.response), replay.ref) == (202, first.ref)  # the same request, not a fresh redeem
 
     upstream.release.set()
     for task in list(ledger._tasks):
         await task
     done = await ledger.redeem(command, key, "req-3")
-    assert (done.status, done.ref, done.replayed) == (200, first.ref, True)
+    assert (answer_status(done.response), done.ref, done.replayed) == (200, first.ref, True)
     assert json.loads(done.body)["coupons"][0]["redemptionId"] == 700
 
 
@@ -148,4 +148,4 @@ async def test_a_claim_sent_twice_is_still_the_requests_own() -> None:
     ledger = ExactlyOnce(RedemptionFlow(upstream, NoSeries()), ResentStore(), upstream, NoSeries(), JsonRenderer())
     command = RedemptionCommand(CustomerRef("mobile", "919900000001"), ("A",), D(100), "T-1", store="S1")
     reply = await ledger.redeem(command, natural_key(command), "req-1")
-    assert (reply.status, reply.replayed) == (200, False)  # not "in progress" behind itself
+    assert (answer_status(reply.response), reply.replayed) == (200, False)  # not "in progress" behind itself

@@ -41,7 +41,7 @@ def _entry(n: int, state: State = "in_flight") -> Entry:
 def _done(entry: Entry, n: int) -> Entry:
     entry.state = "done"
     body = b'{"ref":"%s","status":"redeemed","coupons":[{"code":"A%d","redeemed":true}]}' % (entry.ref.encode(), n)
-    entry.response = StoredResponse(200, body)
+    entry.response = StoredResponse("redeemed", body, status=200)
     entry.redemption_ids = {f"A{n}": 7000 + 2 * n, f"B{n}": 7001 + 2 * n}
     return entry
 
@@ -71,11 +71,11 @@ async def test_unresolved_records_stay_plain_and_a_reversal_rewrites_a_final_one
     await store.begin(second, 3600, 20)
     assert store._entries.items[second.ref].value[:1] != b"\x00"  # in flight: written again soon, not deflated
     await store.resolve(_done(second, 2), 3600)
-    second.response = StoredResponse(409, b'{"status":"reversed"}')
+    second.response = StoredResponse("reversed", b'{"status":"reversed"}', status=200)
     await store.save(second, 7200)
     loaded = await store.load(second.ref)
     assert loaded is not None
-    assert loaded.response == StoredResponse(409, b'{"status":"reversed"}')
+    assert loaded.response == StoredResponse("reversed", b'{"status":"reversed"}', status=200)
 
 
 async def test_a_row_written_again_and_again_keeps_one_heap_item_and_expires_by_its_last_write() -> None:
@@ -100,7 +100,7 @@ async def test_a_shorter_ttl_written_later_is_kept_and_swept_on_time() -> None:
     store = MemoryStore(clock, max_entries=10, max_per_store=1)
     entry = _entry(1)
     await store.begin(entry, 72 * 3600, 20)
-    entry.state, entry.response = "failed", StoredResponse(422, b"{}")
+    entry.state, entry.response = "failed", StoredResponse("rejected", b"{}", error="COUPON_NOT_REDEEMABLE", status=422)
     await store.resolve(entry, 900)
     clock.now += 901
     assert store.refusing() is None  # swept: the store's quota of one is free again

@@ -8,10 +8,10 @@ from decimal import Decimal
 import msgspec
 import pytest
 
+from service.cache import MemoryCache, MsgspecSerializer
 from service.idempotency.models import Entry, State, StoredCommand
 from service.idempotency.store import MemoryStore, StoreUnavailable
 from service.redemption.models import SeriesSummary
-from service.series import MemoryCache, MsgspecSerializer
 
 
 class Clock:
