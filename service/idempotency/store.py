@@ -223,7 +223,7 @@ class MemoryStore:
 
     backend = "memory"
 
-    #: About 1.2 kB each with their indexes (``python -m bench.ledger_memory``): some 130 MB of RSS when full.
+    #: About 1.2 kB each with their indexes (``python -m bench.ledger_memory``): some 150 MB of RSS when full.
     DEFAULT_MAX_ENTRIES = 100_000
     DEFAULT_MAX_PER_STORE = 20_000
 
