@@ -25,9 +25,11 @@ from service.access.keys import KeyRing
 from service.access.limits import SharedBuckets
 from service.backoffice.jobs import JobStore, MemoryJobStore, RedisJobStore
 from service.backoffice.preflight import Limits
+from service.capillary.admin import CapillaryAdmin
 from service.capillary.client import CapillaryClient
 from service.capillary.coupons import CapillaryCoupons
 from service.config import AccessSettings, Settings, StateSettings
+from service.deadline import current as current_deadline
 from service.idempotency.models import StoredResponse
 from service.idempotency.redis_store import RedisStore
 from service.idempotency.service import ExactlyOnce, Timing
@@ -41,12 +43,12 @@ from service.observability.metrics import (
     UpstreamAuthCollector,
 )
 from service.observability.requests import UpstreamObserver, observe_middleware
-from service.observability.tracing import server_middlewares
+from service.observability.tracing import client_middlewares, server_middlewares
 from service.offline.journal import Journal, RedisJournal, SqliteJournal
 from service.offline.metrics import OfflineCollector
-from service.offline.policy import load_policy
 from service.offline.service import Offline, provisional_body
 from service.offline.settler import Settler
+from service.offline_policy import load_policy
 from service.redemption.flow import RedemptionFlow
 from service.redis_pool import RedisPools, RoundTrips
 from service.series import SeriesCatalog, open_catalog
@@ -198,27 +200,11 @@ def create_app(
     handlers = setup_redemptions(app)
     setup_collectors(app)
 
-    async def backoffice_ctx(app: web.Application) -> AsyncIterator[None]:
-        # Upload jobs live beside the ledger: in memory, or in Redis when the ledger is there.
-        jobs: JobStore = (
-            RedisJobStore(client=pools.client(settings.state.redis_url))
-            if settings.state.redis_url
-            else MemoryJobStore()
-        )
-        limits = Limits(max_bytes=settings.access.max_upload_bytes)  # one knob: GATEWAY_MAX_UPLOAD_BYTES
-        app[backoffice.BACKOFFICE] = backoffice.BackOfficeHandlers(
-            app[CAPILLARY], app[SERIES], jobs, limits=limits, body_timeout=settings.access.body_timeout
-        )
-        try:
-            yield
-        finally:
-            await jobs.close()
-
-    app.cleanup_ctx.append(backoffice_ctx)
+    backoffice_handlers = setup_backoffice(app, settings, pools)
     setup_health_routes(app)
     setup_ops_routes(app, settings, metrics)
     setup_pos_routes(app.router, handlers)
-    backoffice.add_routes(app.router)
+    backoffice.add_routes(app.router, backoffice_handlers)
     web_offline.add_routes(app.router, offline_handlers)  # 404 unless OFFLINE_MODE=on
     metrics.initialise_routes([(r.resource.canonical, r.method) for r in app.router.routes() if r.resource is not None])
     return app
@@ -330,7 +316,10 @@ def setup_capillary(
 def _capillary_client(
     settings: Settings, observer: UpstreamObserver | None, shared: SharedBuckets | None
 ) -> CapillaryClient:
-    client = CapillaryClient(settings.capillary, observer=observer)
+    # Traces as the client's last middlewares; the request's deadline from its one reader, service.deadline.current.
+    client = CapillaryClient(
+        settings.capillary, observer=observer, middlewares=client_middlewares(), ambient=current_deadline
+    )
     if not client.uploads_configured:
         log.warning(
             "uploads_disabled",
@@ -457,6 +446,28 @@ def setup_redemptions(app: web.Application) -> RedemptionHandlers:
         handlers.bind(RedemptionParts(app[FLOW], app[SERIES], app[LEDGER], offline))
 
     app.on_startup.append(build)  # after every cleanup context has opened
+    return handlers
+
+
+def setup_backoffice(app: web.Application, settings: Settings, pools: RedisPools) -> backoffice.BackOfficeHandlers:
+    """The back-office handlers, registered before the app starts; their use cases are built once the upstream
+    client and the series catalog have opened, over the upload jobs' store: in memory, or in Redis when the ledger
+    is there."""
+    handlers = backoffice.BackOfficeHandlers(body_timeout=settings.access.body_timeout)
+
+    async def backoffice_ctx(app: web.Application) -> AsyncIterator[None]:
+        redis_url = settings.state.redis_url
+        jobs: JobStore = RedisJobStore(client=pools.client(redis_url)) if redis_url else MemoryJobStore()
+        limits = Limits(max_bytes=settings.access.max_upload_bytes)  # one knob: GATEWAY_MAX_UPLOAD_BYTES
+        app[backoffice.BACKOFFICE] = await backoffice.backoffice_handlers(
+            CapillaryAdmin(app[CAPILLARY]), app[SERIES], jobs, limits=limits, handlers=handlers
+        )
+        try:
+            yield
+        finally:
+            await jobs.close()
+
+    app.cleanup_ctx.append(backoffice_ctx)
     return handlers
 
 

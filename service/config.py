@@ -352,7 +352,7 @@ def offline_from_env(env: Mapping[str, str], problems: list[ConfigError] | None 
         )
     policy_file = read.optional("OFFLINE_POLICY_FILE")
     if enabled and policy_file is not None:
-        from service.offline.policy import PolicyError, load_policy  # read once here, so a bad file stops startup
+        from service.offline_policy import PolicyError, load_policy  # read once here, so a bad file stops startup
 
         try:
             load_policy(policy_file)

@@ -1,8 +1,12 @@
 """The deadline of the work in progress (when the till stops waiting for it), and whether it is urgent.
 
-Held in a context variable (set per POS request by the web layer, per background redeem by the ledger), so every
-upstream call made on the request's behalf, however deep, gets the time that is left and no more. Monotonic
-seconds; ``None`` means no deadline (background work bounded by its own timeouts).
+Held in a context variable, written at the edges: per POS request by the web layer
+(:func:`service.web.deadline.deadline_middleware`), per background redeem by the ledger. It is read in one place,
+:func:`current` (:func:`time_left` is built on it): the composition root hands :func:`current` to the Capillary
+client as its ambient source, so every upstream call made on the request's behalf without a deadline of its own
+gets the time that is left and no more. The client itself reads no context variable: its pipeline takes the
+deadline and priority as fields of each call. Monotonic seconds; ``None`` means no deadline (background work
+bounded by its own timeouts).
 """
 
 from __future__ import annotations
@@ -17,14 +21,24 @@ DEADLINE: Final[contextvars.ContextVar[float | None]] = contextvars.ContextVar("
 URGENT: Final[contextvars.ContextVar[bool]] = contextvars.ContextVar("urgent", default=False)
 
 
+def current() -> tuple[float | None, bool]:
+    """The deadline in force (monotonic seconds, ``None``: none) and whether the work is urgent."""
+    return DEADLINE.get(), URGENT.get()
+
+
 def time_left() -> float | None:
     """Seconds left before the current deadline (may be negative); ``None`` without one."""
-    deadline = DEADLINE.get()
+    deadline = current()[0]
     return None if deadline is None else deadline - time.monotonic()
 
 
 def set_deadline(seconds: float) -> contextvars.Token[float | None]:
     """Give the current context a deadline ``seconds`` from now, never later than the one it already has."""
     deadline = time.monotonic() + seconds
-    current = DEADLINE.get()
-    return DEADLINE.set(deadline if current is None else min(current, deadline))
+    current_deadline = current()[0]
+    return DEADLINE.set(deadline if current_deadline is None else min(current_deadline, deadline))
+
+
+def reset_deadline(token: contextvars.Token[float | None]) -> None:
+    """Give back the deadline in force before :func:`set_deadline` returned ``token``."""
+    DEADLINE.reset(token)

@@ -39,8 +39,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import IO, Final, Literal
 
-from service.observability.logging import mask
-from service.text import digits
+from service.text import digits, mask
 
 IdentifierType = Literal["MOBILE", "EXTERNAL_ID", "EMAIL", "USER_ID", "NOT_TAGGED"]
 CustomerIdentifierType = Literal["MOBILE", "EXTERNAL_ID", "EMAIL", "USER_ID"]
@@ -56,19 +55,13 @@ MAX_LINE_BYTES: Final = 64 * 1024
 REPORT_ROWS: Final = 50
 MAX_CODE_LENGTH: Final = 50
 
-#: Keys of a redemption upload's column map, as the upstream names them.
+#: Keys of a redemption upload's column map, as the upstream names them: when and where, who, which coupon, the bill.
+_CUSTOMER_KEYS: Final = ("userId", "mobile", "email", "externalId")
 UPLOAD_HEADER_KEYS: Final = (
-    "redeemedDateInMillis",
-    "redeemedAt",
-    "userId",
-    "mobile",
-    "email",
-    "externalId",
-    "couponId",
-    "couponCode",
-    "billId",
-    "billNumber",
-    "details",
+    *("redeemedDateInMillis", "redeemedAt"),
+    *_CUSTOMER_KEYS,
+    *("couponId", "couponCode"),
+    *("billId", "billNumber", "details"),
 )
 _CUSTOMER_KEY: Final[Mapping[str, str]] = {
     "MOBILE": "mobile",
@@ -496,7 +489,7 @@ def _plan(
     checks.append(_Check(date, header[date], _millis_problem))
     store = resolved["redeemedAt"]
     checks.append(_Check(store, header[store], _store_problem))
-    for key in ("userId", "mobile", "email", "externalId"):
+    for key in _CUSTOMER_KEYS:
         if key in resolved:
             problem = partial(_identifier_problem, _KEY_TYPE[key])
             checks.append(_Check(resolved[key], header[resolved[key]], problem))

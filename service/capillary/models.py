@@ -15,6 +15,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 
 import msgspec
 
+from service.backoffice.models import SeriesDraft, TargetUsers
 from service.capillary.errors import DONE_CODES, SIBLING_FAILURE_CODE
 
 M = TypeVar("M")
@@ -376,53 +377,15 @@ class SeriesListResponse(Upstream):
     warnings: list[Status] = []
 
 
-class TargetUserDetails(Outbound):
-    valid_max_user_transaction_limit: int | None = None
-    valid_user_registration_start_time: int | None = None
-    valid_user_registration_end_time: int | None = None
+class TargetUserDetails(TargetUsers, omit_defaults=True):
+    """``targetUserDetails`` as sent: the draft's, without the fields not given."""
 
 
-class SeriesSpec(Outbound):
-    """The fields of ``CouponSeriesV2`` when creating a series (all of the documented sample)."""
+class SeriesSpec(SeriesDraft, omit_defaults=True):
+    """The fields of ``CouponSeriesV2`` when creating a series (all of the documented sample): the back office's
+    draft, by the same names, sent without the fields not given."""
 
-    description: str
-    discount_type: DiscountType
-    discount_value: Decimal
-    discount_code: str | None = None
-    valid_till_date: str | None = None
-    expiry_strategy_type: str | None = None
-    expiry_strategy_value: int | None = None
-    max_create: int | None = None
-    max_redeem: int | None = None
-    any_user: bool | None = None
-    same_user_multiple_redeem: bool | None = None
-    is_referral_existing_users_allowed: bool | None = None
-    is_multiple_use_allowed: bool | None = None
-    is_valid_with_discounted_item: bool | None = None
-    sms_template: str | None = msgspec.field(default=None, name="smsTemplate")
-    is_sms_disabled: bool | None = msgspec.field(default=None, name="isSMSDisabled")
-    info: str | None = None
-    is_multiple_vouchers_per_user_allowed: bool | None = None
-    do_not_resend_existing_voucher: bool | None = None
-    mutual_exclusive_series_ids: str | None = None
-    max_vouchers_per_user: int | None = None
-    min_days_between_vouchers: int | None = None
-    discount_upto: Decimal | None = None
-    redemption_range: str | None = None
-    min_bill_amount: Decimal | None = None
-    max_bill_amount: Decimal | None = None
-    max_redemptions_in_series_per_user: int | None = None
-    min_days_between_redemption: int | None = None
-    redemption_valid_from: str | None = None
-    redemption_valid_after_days: int | None = None
-    product_info: list[Any] | None = None
-    redemption_org_entity_details: list[Any] | None = None
     target_user_details: TargetUserDetails | None = None
-    alpha_numeric: bool | None = None
-    random_code_length: int | None = None
-    resend_message_enabled: bool | None = None
-    client_handling_type: str | None = None
-    custom_property_map: dict[str, str] | None = None
 
 
 class CreateSeriesRequest(Outbound):

@@ -5,7 +5,8 @@ Written here rather than taken from a library: the asyncio breakers on PyPI (aio
 count consecutive failures, with neither a slow-call ratio nor a bounded number of half-open probes; aiolimiter is
 a fair leaky bucket without priorities or a "will there be room before my deadline" answer; tenacity and backoff
 retry without a budget shared across calls and allocate per call. Each piece below is plain synchronous state
-(no lock needed on one event loop, no task, no allocation per call), used by :class:`CapillaryClient`.
+(no lock needed on one event loop, no task, no allocation per call), put to work by the client pipeline's stages
+(:mod:`service.capillary.pipeline`).
 """
 
 from __future__ import annotations

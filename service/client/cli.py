@@ -37,10 +37,10 @@ from rich.table import Table
 
 from service.backoffice.jobs import UploadKind
 from service.backoffice.preflight import COUPON_IDENTIFIER_TYPES, IDENTIFIER_TYPES
-from service.backoffice.schemas import CouponOut, DryRunOut, JobOut, ReportOut, UploadAcceptedOut
 from service.client.client import GatewayClient, GatewayError, GatewayUnavailable
 from service.redemption.models import SeriesSummary
 from service.text import digits
+from service.web.backoffice_schemas import CouponOut, DryRunOut, JobOut, ReportOut, UploadAcceptedOut
 from service.web.schemas import CustomerIn
 
 DEFAULT_URL: Final = "http://127.0.0.1:8080"

@@ -23,7 +23,8 @@ import msgspec
 from yarl import URL
 
 from service.backoffice.jobs import UploadKind
-from service.backoffice.schemas import (
+from service.redemption.models import SeriesSummary
+from service.web.backoffice_schemas import (
     BulkIssueIn,
     BulkIssueOut,
     CouponOut,
@@ -35,7 +36,6 @@ from service.backoffice.schemas import (
     ReportOut,
     UploadAcceptedOut,
 )
-from service.redemption.models import SeriesSummary
 from service.web.errors import UpstreamDetail
 from service.web.schemas import CustomerIn, RedeemIn, RedeemOut, ReversalOut, ValidateIn, ValidateOut
 

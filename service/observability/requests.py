@@ -13,6 +13,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from service.capillary.pipeline import CallReport
 from service.observability.context import REQUEST_ID_HEADER, assign_request_id
 from service.observability.metrics import Metrics, RedisCollector, status_class
 from service.observability.tracing import exemplar
@@ -99,29 +100,21 @@ class UpstreamObserver:
         #: Told (operation, HTTP status, Capillary request id) of every answered call: the credentials' watch.
         self.on_status: Callable[[str, int | None, str | None], None] | None = None
 
-    def on_call(
-        self,
-        operation: str,
-        seconds: float,
-        outcome: str,
-        http_status: int | None,
-        code: int | None,
-        request_id: str | None,
-    ) -> None:
-        self._metrics.upstream_call(operation, seconds, outcome, code, exemplar())
-        if self.on_status is not None and http_status is not None:
-            self.on_status(operation, http_status, request_id)
+    def on_call(self, call: CallReport) -> None:
+        self._metrics.upstream_call(call.operation, call.seconds, call.outcome, call.code, exemplar())
+        if self.on_status is not None and call.http_status is not None:
+            self.on_status(call.operation, call.http_status, call.request_id)
         ids = UPSTREAM_IDS.get()
-        if ids is not None and request_id:
-            ids.append(request_id)
+        if ids is not None and call.request_id:
+            ids.append(call.request_id)
         if not _upstream_std.isEnabledFor(logging.DEBUG):
             return
         upstream_log.debug(
             "upstream call",
-            operation=operation,
-            outcome=outcome,
-            http_status=http_status,
-            capillary_code=code,
-            cap_request_id=request_id,
-            duration_ms=round(seconds * 1000, 2),
+            operation=call.operation,
+            outcome=call.outcome,
+            http_status=call.http_status,
+            capillary_code=call.code,
+            cap_request_id=call.request_id,
+            duration_ms=round(call.seconds * 1000, 2),
         )

@@ -23,7 +23,7 @@ import msgspec
 from service.idempotency.models import Entry, Reversal, StoredResponse
 from service.idempotency.store import LedgerStore, StoreUnavailable
 from service.offline.journal import Journal, JournalUnavailable, Line, Provisional
-from service.offline.policy import Policy
+from service.offline_policy import Policy
 from service.redemption.catalog import CATALOG
 from service.redemption.checks import bill_failure
 from service.redemption.flow import UpstreamFailure, price

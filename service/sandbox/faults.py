@@ -39,27 +39,12 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
+from service.capillary.operations import OPERATIONS as CLIENT_OPERATIONS
+
 _T = TypeVar("_T")
 
-OPERATIONS: Final[frozenset[str]] = frozenset(
-    {
-        "token",
-        "is_redeemable",
-        "redeem",
-        "bulk_redeem",
-        "series_get",
-        "series_create",
-        "issue",
-        "bulk_issue",
-        "coupon_details",
-        "customer_coupons",
-        "reactivate",
-        "upload_coupons",
-        "upload_redeemed",
-        "upload_status",
-        "redeemed_upload_status",
-    }
-)
+#: The operations a fault can target: the client's own names.
+OPERATIONS: Final[frozenset[str]] = frozenset(CLIENT_OPERATIONS)
 
 
 class FaultKind(enum.StrEnum):

@@ -1,5 +1,6 @@
 """Each API request's deadline: ``GATEWAY_REQUEST_DEADLINE_SECONDS``, or less when the till asks for less with
-``X-Request-Deadline-Ms``. Every upstream call made for the request gets only the time left (service.deadline);
+``X-Request-Deadline-Ms``. Written here into :mod:`service.deadline`, whose ``current()`` is the one reader: every
+upstream call made for the request gets only the time left;
 when it is spent the till gets 504 ``UPSTREAM_TIMEOUT`` (a redeem that may have gone through: 202 ``pending``)."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from typing import Final
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from service.deadline import DEADLINE, set_deadline
+from service.deadline import reset_deadline, set_deadline
 from service.text import digits
 from service.web.errors import ApiError
 
@@ -32,6 +33,8 @@ def _asked(request: web.Request) -> float | None:
 
 
 def deadline_middleware(default_seconds: float, prefix: str = "/v1/") -> Middleware:
+    """Give each request under ``prefix`` its deadline for as long as it is handled."""
+
     @web.middleware
     async def deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not request.path.startswith(prefix):
@@ -41,6 +44,6 @@ def deadline_middleware(default_seconds: float, prefix: str = "/v1/") -> Middlew
         try:
             return await handler(request)
         finally:
-            DEADLINE.reset(token)
+            reset_deadline(token)
 
     return deadline

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from service.backoffice.schemas import DryRunOut, UploadAcceptedOut
 from service.client import GatewayClient, GatewayError, GatewayUnavailable
+from service.web.backoffice_schemas import DryRunOut, UploadAcceptedOut
 from service.web.schemas import CustomerIn
 from tests.backoffice.conftest import ABS, ALICE, ANY, BOB
 from tests.conftest import ADMIN_KEY, TILL_KEY, Upstream, free_port

@@ -234,7 +234,7 @@ async def test_other_series_options_or_bytes_are_new_uploads(gateway: GatewayCli
 
 
 async def test_after_the_window_the_same_file_is_uploaded_again(gateway: GatewayClient, upstream: Upstream) -> None:
-    gateway.app[BACKOFFICE].duplicate_window = 0
+    gateway.app[BACKOFFICE].uploads.duplicate_window = 0
     data = "code\nWIN-1\n"
     first = await post_csv(gateway, coupon_uploads(ANY), data, identifierType="NOT_TAGGED")
     second = await post_csv(gateway, coupon_uploads(ANY), data, identifierType="NOT_TAGGED")

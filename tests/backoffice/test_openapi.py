@@ -6,8 +6,8 @@ import msgspec
 import pytest
 
 from service.app import create_app
-from service.backoffice import schemas
 from service.config import CapillarySettings, Settings
+from service.web import backoffice_schemas as schemas
 from tests.api.spec import spec
 
 
@@ -44,6 +44,7 @@ def test_series_request_lists_the_upstream_fields() -> None:
 
     upstream = {f.encode_name for f in msgspec.structs.fields(SeriesSpec)}
     assert set(spec()["components"]["schemas"]["SeriesRequest"]["properties"]) == upstream
+    assert {f.encode_name for f in msgspec.structs.fields(schemas.SeriesIn)} == upstream  # taken by the same names
 
 
 def test_every_back_office_route_is_documented() -> None:

@@ -271,7 +271,7 @@ async def test_coupon_ids_are_numbers(gateway: GatewayClient, upstream: Upstream
 
 
 async def test_row_count_limit(gateway: GatewayClient, upstream: Upstream) -> None:
-    gateway.app[BACKOFFICE].limits = Limits(max_rows=3)
+    gateway.app[BACKOFFICE].uploads.limits = Limits(max_rows=3)
     rows = "".join(f"PF-{i}\n" for i in range(4))
     report = await _refused(gateway, upstream, "code\n" + rows, identifierType="NOT_TAGGED")
     assert _problems(report) == [(5, None)]
@@ -281,7 +281,7 @@ async def test_row_count_limit(gateway: GatewayClient, upstream: Upstream) -> No
 
 
 async def test_file_size_limit(gateway: GatewayClient, upstream: Upstream) -> None:
-    gateway.app[BACKOFFICE].limits = Limits(max_bytes=100)
+    gateway.app[BACKOFFICE].uploads.limits = Limits(max_bytes=100)
     rows = "".join(f"PF-{i:05d}\n" for i in range(20))  # 180 bytes
     report = await _refused(gateway, upstream, "code\n" + rows, identifierType="NOT_TAGGED")
     assert _problems(report) == [(None, None)]
@@ -289,7 +289,7 @@ async def test_file_size_limit(gateway: GatewayClient, upstream: Upstream) -> No
 
 
 async def test_the_report_lists_the_first_bad_rows_and_counts_all(gateway: GatewayClient, upstream: Upstream) -> None:
-    gateway.app[BACKOFFICE].limits = Limits(report_rows=5)
+    gateway.app[BACKOFFICE].uploads.limits = Limits(report_rows=5)
     rows = "".join(f"12{i},PF-{i}\n" for i in range(20))
     report = await _refused(gateway, upstream, "mobile,code\n" + rows)
     assert report["errorCount"] == 20

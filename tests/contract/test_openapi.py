@@ -5,10 +5,10 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from service.backoffice.schemas import LookupErrorOut
 from service.redemption.catalog import CATALOG
 from service.redemption.models import RedemptionRange, SeriesSummary
 from service.web import schemas
+from service.web.backoffice_schemas import LookupErrorOut
 from service.web.errors import ErrorDetail, UpstreamDetail
 from tests.api.spec import spec
 

@@ -108,10 +108,11 @@ def test_every_client_operation_is_a_named_operation() -> None:
     import re
     from pathlib import Path
 
+    from service.capillary import operations
     from service.capillary.client import OPERATIONS
 
     source = Path(__file__).resolve().parents[2].joinpath("service/capillary/client.py").read_text()
-    used = set(re.findall(r'_call\(\s*"([a-z_]+)"', source))
+    used = {getattr(operations, row).name for row in re.findall(r"\bops\.([A-Z_]+)\b", source)}
     assert used == set(OPERATIONS)
 
 

@@ -1,17 +1,19 @@
 """The back office's wire models: inbound bodies (strict, camelCase, upstream field names) and the answers.
 
-Shared by the gateway's handlers and by its own client (``service.client``), so the two cannot drift.
+Inbound structs refuse unknown fields and declare the bounds a type can say (``msgspec.Meta``); the use cases'
+remaining rules live with them (``service.backoffice``). Outbound structs that show a domain value as it is
+subclass it with camelCase names. Shared by the gateway's handlers and by its own client (``service.client``), so
+the two cannot drift.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import msgspec
 
-from service.backoffice.jobs import JobStatus, UploadKind
+from service.backoffice.models import Coupon, JobView, SeriesDraft
+from service.backoffice.models import JobCounts as JobCounts  # shown as they are
 from service.web.errors import ErrorDetail
 from service.web.schemas import CustomerIn, Inbound
 
@@ -33,21 +35,16 @@ class BulkIssueIn(Inbound):
     source: Source | None = None
 
 
+class SeriesIn(SeriesDraft, forbid_unknown_fields=True):
+    """``POST /v1/series``: the upstream's ``CouponSeriesV2`` fields, by the upstream's names; no other."""
+
+
 class Outbound(msgspec.Struct, rename="camel", kw_only=True):
     pass
 
 
-class CouponOut(Outbound):
-    code: str | None
-    id: int | None
-    series_id: int | None
-    customer_id: int | None
-    description: str | None
-    valid_till: str | None
-    discount_type: str | None
-    discount_value: Decimal | None
-    discount_upto: Decimal | None
-    redemption_count: int | None
+class CouponOut(Coupon):
+    """A coupon, as the back office shows it."""
 
 
 class BulkIssuedOut(Outbound):
@@ -97,28 +94,8 @@ class ReportOut(Outbound):
     errors: list[RowErrorOut]
 
 
-class JobCounts(Outbound):
-    rows: int
-    uploaded: int
-    errors: int
-
-
-class JobOut(Outbound):
+class JobOut(JobView):
     """An upload job, normalised. ``jobId`` is the gateway's id (None for a job the gateway did not upload)."""
-
-    job_id: str | None
-    kind: UploadKind
-    series_id: int
-    status: JobStatus
-    upstream_status: str | None
-    upstream_job_id: int | None
-    counts: JobCounts
-    file_name: str | None
-    upstream_file_name: str | None
-    error_file_name: str | None
-    success_file_name: str | None
-    created_at: datetime | None
-    updated_at: datetime | None
 
 
 class UploadAcceptedOut(Outbound):
@@ -145,6 +122,6 @@ class InvalidUploadOut(Outbound):
 
 def json_schema_components() -> dict[str, Any]:
     """The schemas of every back-office model (for checking openapi.yaml)."""
-    models = (IssueIn, BulkIssueIn, CouponOut, BulkIssueOut, CouponsOut, ReportOut, JobOut, UploadAcceptedOut)
+    models = (IssueIn, BulkIssueIn, SeriesIn, CouponOut, BulkIssueOut, CouponsOut, ReportOut, JobOut, UploadAcceptedOut)
     _, components = msgspec.json.schema_components([*models, DryRunOut, JobsOut, InvalidUploadOut])
     return components
