@@ -150,3 +150,19 @@ def test_by_default_it_writes_to_stdout(capfdbinary: pytest.CaptureFixture[bytes
     sys.stdout.flush()
     (line,) = [json.loads(x) for x in capfdbinary.readouterr().out.splitlines() if x.startswith(b"{")]
     assert (line["event"], line["n"]) == ("to_stdout", 1)
+
+
+def test_the_log_line_benchmark_measures_both_configurations(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import logline
+
+    before = logging.getLogger().handlers[:]
+    logline.main(["--lines", "50"])
+    rows = capsys.readouterr().out.splitlines()
+    assert [row.split("  ")[0] for row in rows[1:]] == [
+        "stdlib route (before)",
+        "structlog fast path (after)",
+        "ratio (after / before)",
+    ]
+    figures = [float(x.removesuffix("µs")) for row in rows[1:3] for x in row.split()[-2:]]
+    assert all(f > 0 for f in figures)
+    assert logging.getLogger().handlers == before  # its handlers on /dev/null do not stay behind
