@@ -95,6 +95,10 @@ def _console() -> Processor:
     return render_console
 
 
+def _nowhere(*_: object) -> None:
+    return None
+
+
 class _Sink:
     """Where every line goes, whoever wrote it: one binary stream, one lock, one flush per line. Retargeted (not
     replaced) when logging is configured again, so the loggers structlog has cached write to the new place."""
@@ -103,8 +107,9 @@ class _Sink:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._write: Callable[[bytes], object] = sys.stdout.buffer.write
-        self._flush: Callable[[], object] = sys.stdout.buffer.flush
+        # No logger of ours exists before configure_logging() targets the sink: nothing to write until then.
+        self._write: Callable[[bytes], object] = _nowhere
+        self._flush: Callable[[], object] = _nowhere
 
     def target(self, stream: IO[Any]) -> None:
         """A text stream is written through its binary buffer when it has one (stdout has one); one without (a
