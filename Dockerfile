@@ -9,13 +9,12 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
-# The dependency list comes from pyproject.toml alone, so their wheels stay cached until it changes.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > requirements.txt \
- && pip wheel --no-cache-dir --wheel-dir /wheels/deps -r requirements.txt
+# The dependencies are the lock's exact versions (requirements.lock, compiled from pyproject.toml by .ci/lock): every
+# build of one commit holds the same packages, and their wheels stay cached until the lock changes.
+COPY requirements.lock ./
+RUN pip wheel --no-cache-dir --wheel-dir /wheels/deps -r requirements.lock
 # service/openapi.yaml is a symlink to ../openapi.yaml (package data): copy both, so the wheel holds the real file.
-COPY README.md openapi.yaml ./
+COPY pyproject.toml README.md openapi.yaml ./
 COPY service/ service/
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels/app .
 

@@ -436,10 +436,10 @@ def _start_all(
     others = [procs.start(f"gateway-{n}", gateway_argv, env=gateway_env, cwd=ROOT) for n in range(2, opts.replicas + 1)]
     baseline = procs.start("baseline", baseline_argv, env=env, cwd=ROOT)
     loadgen = procs.start("loadgen", [python, "-m", "bench.loadgen"], env=env, cwd=ROOT, pipe=True)
-    line = gateway.wait_for_line('"event":"gateway started"', timeout=60)  # the start, as a JSON log event
+    line = gateway.wait_for_line('"event":"gateway_started"', timeout=60)  # the start, as a JSON log event
     gateway_url = json.loads(line)["listen"]
     for other in others:  # replicas: one target, its URLs comma-separated (see bench.loadgen); CPU summed
-        gateway_url += "," + json.loads(other.wait_for_line('"event":"gateway started"', timeout=60))["listen"]
+        gateway_url += "," + json.loads(other.wait_for_line('"event":"gateway_started"', timeout=60))["listen"]
         REPLICAS.append(other)
     if not all(url.startswith("http://127.0.0.1:") for url in gateway_url.split(",")):
         raise ChildFailed(f"gateway listens on {gateway_url!r}, not on 127.0.0.1")

@@ -40,10 +40,18 @@ from service.web.server import DoorLimits, serve
 log = structlog.get_logger("service.main")
 
 
-def _listen_url(runner: web.AppRunner) -> str:
-    """The address the socket is bound to, as it is (``0.0.0.0``: every interface)."""
+def _bound(runner: web.AppRunner) -> tuple[str, int]:
+    """The host and port the socket is bound to, as they are (``0.0.0.0``: every interface)."""
     host, port = runner.addresses[0][:2]
+    return str(host), int(port)
+
+
+def _url(host: str, port: int) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def _listen_url(runner: web.AppRunner) -> str:
+    return _url(*_bound(runner))
 
 
 def _on_terminal() -> bool:
@@ -130,7 +138,7 @@ def _sandbox_capillary(
 
 
 def _announce_sandbox(url: str) -> None:
-    log.info("sandbox started", listen=url, demo=f"{url}/__sandbox/demo")
+    log.info("sandbox_started", listen=url, demo=f"{url}/__sandbox/demo")
     _banner(f"Capillary sandbox listening on {url}", DEMO.describe())
 
 
@@ -160,7 +168,7 @@ async def _serve(settings: Settings, sandbox: SandboxPlan | None, keys: KeyRing)
             metrics_url = _listen_url(ops)
         gc.collect()
         gc.freeze()  # what startup built lives as long as the process: the collector never walks it again
-        _announce(settings, keys, _listen_url(gateway), metrics_url, sandbox is not None)
+        _announce(settings, keys, _bound(gateway), metrics_url, sandbox is not None)
         proof = asyncio.ensure_future(app[UPSTREAM_AUTH].verdict())  # proves the credentials now, logs a refusal
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, app[KEYS].reload)
@@ -168,7 +176,7 @@ async def _serve(settings: Settings, sandbox: SandboxPlan | None, keys: KeyRing)
         proof.cancel()
         app[LIFECYCLE].draining = True
         if received == signal.SIGTERM:  # Ctrl-C stops at once; an orchestrator gets its grace
-            log.info("draining: unready now", listening_seconds=settings.shutdown_grace)
+            log.info("draining", unready=True, listening_seconds=settings.shutdown_grace)
             await asyncio.sleep(settings.shutdown_grace)
     finally:
         for runner in runners:  # the gateway first: it drains while the sandbox still answers
@@ -176,17 +184,24 @@ async def _serve(settings: Settings, sandbox: SandboxPlan | None, keys: KeyRing)
         tracing.shutdown()  # the last spans go out
 
 
-def _announce(settings: Settings, keys: KeyRing, url: str, metrics_url: str | None, sandbox: bool) -> None:
+def _announce(
+    settings: Settings, keys: KeyRing, bound: tuple[str, int], metrics_url: str | None, sandbox: bool
+) -> None:
     """The start as one log event (the real bind address), and a readable banner when a person is watching."""
     demo_keys = sandbox and settings.access.keys_file is None
+    host, port = bound
+    url = _url(host, port)
     log.info(
-        "gateway started",
+        "gateway_started",
         version=__version__,
+        host=host,
+        port=port,
         listen=url,
         metrics_listen=metrics_url or url,
         capillary=settings.capillary.api_url,
         capillary_auth=settings.capillary.auth,
         sandbox=sandbox,
+        sandbox_url=settings.capillary.api_url if sandbox else None,
         ledger="redis" if settings.state.redis_url else "memory",
         keys_loaded=len(keys),
         traces=settings.otlp_endpoint,

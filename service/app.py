@@ -46,9 +46,9 @@ from service.observability.requests import UpstreamObserver, observe_middleware
 from service.observability.tracing import client_middlewares, server_middlewares
 from service.offline.journal import Journal, RedisJournal, SqliteJournal
 from service.offline.metrics import OfflineCollector
-from service.offline.policy import load_policy
 from service.offline.service import Offline, provisional_body
 from service.offline.settler import Settler
+from service.offline_policy import load_policy
 from service.redemption.flow import RedemptionFlow
 from service.redis_pool import RedisPools, RoundTrips
 from service.series import SeriesCatalog, open_catalog
@@ -196,7 +196,7 @@ def create_app(
     setup_capillary(app, settings, capillary, shared)
     setup_series(app, settings, pools)
     setup_ledger(app, settings, pools)
-    offline_handlers = setup_offline(app, settings)
+    offline_handlers = setup_offline(app, settings, pools)
     handlers = setup_redemptions(app)
     setup_collectors(app)
 
@@ -391,7 +391,7 @@ def _timing(settings: Settings) -> Timing:
     )
 
 
-def setup_offline(app: web.Application, settings: Settings) -> web_offline.OfflineHandlers:
+def setup_offline(app: web.Application, settings: Settings, pools: RedisPools) -> web_offline.OfflineHandlers:
     """OFFLINE_MODE=on: the policy, the journal (Redis when REDIS_URL is set, else the SQLite file), the hook in
     the ledger, and the settler in the background; its handlers are given them at startup. Off: handlers that
     answer 404."""
@@ -401,7 +401,7 @@ def setup_offline(app: web.Application, settings: Settings) -> web_offline.Offli
 
     async def offline_ctx(app: web.Application) -> AsyncIterator[None]:
         policy = load_policy(settings.offline.policy_file)
-        journal = _journal(settings)
+        journal = _journal(settings, pools)
         ttl = max(settings.state.ttl, policy.expire_after_seconds * 2)
         offline = app[web_offline.OFFLINE] = Offline(journal, policy, app[SERIES], app[LEDGER_STORE], ttl)
         app[LEDGER].offline = offline
@@ -428,9 +428,9 @@ def setup_offline(app: web.Application, settings: Settings) -> web_offline.Offli
     return handlers
 
 
-def _journal(settings: Settings) -> Journal:
+def _journal(settings: Settings, pools: RedisPools) -> Journal:
     if settings.state.redis_url:
-        return RedisJournal(settings.state.redis_url, timeout=settings.state.timeout)
+        return RedisJournal(client=pools.client(settings.state.redis_url))  # the shared pool
     if settings.offline.journal_path:
         return SqliteJournal(settings.offline.journal_path)
     raise RuntimeError("OFFLINE_MODE=on needs REDIS_URL or OFFLINE_JOURNAL_PATH for its journal")

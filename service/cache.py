@@ -29,7 +29,7 @@ import redis.asyncio as redis
 import structlog
 from aiocache.serializers import BaseSerializer
 
-from service.redis_pool import connect
+from service.redis_pool import connect, mget
 
 log = structlog.get_logger("service.cache")
 
@@ -148,7 +148,7 @@ class RedisCache:
     async def multi_get(self, keys: list[str]) -> list[Any]:
         ns = self._namespace
         async with asyncio.timeout(self._timeout):
-            found: list[Any] = await self._redis.mget([ns + k for k in keys])
+            found: list[Any] = await mget(self._redis, [ns + k for k in keys])  # per slot on a Cluster
         return [None if v is None else self._loads(v) for v in found]  # bytes: the client does not decode
 
     async def multi_set(self, pairs: list[tuple[str, Any]], ttl: float) -> bool:

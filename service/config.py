@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
-from service.redis_pool import parse_sentinel_url
+from service.redis_pool import is_cluster_url, parse_cluster_url, parse_sentinel_url
 from service.text import digits
 
 AuthScheme = Literal["oauth", "basic"]
@@ -200,12 +200,13 @@ class _Env:
         value = self.optional(name)
         if value is None:
             return None
-        if urlsplit(value).scheme not in ("redis", "rediss", "redis+sentinel", "rediss+sentinel"):
-            self.fail(name, "must be a redis://, rediss://, redis+sentinel:// or rediss+sentinel:// URL")
+        scheme = urlsplit(value).scheme
+        if scheme not in ("redis", "rediss", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster"):
+            self.fail(name, "must be a redis://, rediss://, redis+sentinel:// or redis+cluster:// URL (rediss: TLS)")
             return None
-        if "sentinel" in urlsplit(value).scheme:
+        if "+" in scheme:
             try:
-                parse_sentinel_url(value)
+                (parse_sentinel_url if "sentinel" in scheme else parse_cluster_url)(value)
             except ValueError as exc:
                 self.fail(name, str(exc))
                 return None
@@ -320,10 +321,14 @@ def state_from_env(env: Mapping[str, str], problems: list[ConfigError] | None = 
     max_entries = int(read.number("LEDGER_MEMORY_MAX_ENTRIES", 100_000, minimum=100, maximum=10_000_000, integer=True))
     per_store = int(read.number("LEDGER_MEMORY_MAX_PER_STORE", 20_000, minimum=100, maximum=10_000_000, integer=True))
     refused_ttl = read.number("LEDGER_REFUSED_TTL_SECONDS", 900.0, minimum=10, maximum=30 * 24 * 3600)
+    redis_url = read.redis_url("REDIS_URL")
+    wait_replicas = int(read.number("REDIS_WAIT_REPLICAS", 0, minimum=0, maximum=10, integer=True))
+    if wait_replicas and is_cluster_url(redis_url):
+        read.fail("REDIS_WAIT_REPLICAS", "is not supported with a redis+cluster:// REDIS_URL (leave it 0)")
     return StateSettings(
-        redis_url=read.redis_url("REDIS_URL"),
+        redis_url=redis_url,
         redeem_deadline=read.number("REDEEM_DEADLINE_SECONDS", 10.0, minimum=0.5, maximum=120),
-        wait_replicas=int(read.number("REDIS_WAIT_REPLICAS", 0, minimum=0, maximum=10, integer=True)),
+        wait_replicas=wait_replicas,
         ttl=ttl,
         reconcile_interval=read.number("RECONCILE_INTERVAL_SECONDS", 5.0, minimum=0.05, maximum=3600),
         timeout=read.number("REDIS_TIMEOUT_SECONDS", 0.5, minimum=0.01, maximum=10),
@@ -347,7 +352,7 @@ def offline_from_env(env: Mapping[str, str], problems: list[ConfigError] | None 
         )
     policy_file = read.optional("OFFLINE_POLICY_FILE")
     if enabled and policy_file is not None:
-        from service.offline.policy import PolicyError, load_policy  # read once here, so a bad file stops startup
+        from service.offline_policy import PolicyError, load_policy  # read once here, so a bad file stops startup
 
         try:
             load_policy(policy_file)

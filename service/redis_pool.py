@@ -13,14 +13,15 @@ import contextlib
 import contextvars
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 
@@ -87,6 +88,19 @@ class _CountingSentinelSSLConnection(_Counting, SentinelManagedSSLConnection):
     pass
 
 
+def _hosts(netloc: str, default_port: int, what: str) -> tuple[str | None, str | None, tuple[tuple[str, int], ...]]:
+    """``[[user]:password@]host[:port][,host[:port]...]``: (user, password, the hosts and ports)."""
+    userinfo, _, hosts = netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    found = []
+    for host in hosts.split(","):
+        name, _, port = host.strip().rpartition(":") if ":" in host else (host.strip(), "", str(default_port))
+        if not name or not port.isdigit():
+            raise ValueError(f"{what} {host!r}: give host:port")
+        found.append((name, int(port)))
+    return unquote(user) if user else None, unquote(password) if password else None, tuple(found)
+
+
 @dataclass(frozen=True)
 class SentinelTarget:
     """What a ``redis+sentinel://`` URL names: the sentinels, the primary's service name, the database."""
@@ -105,27 +119,64 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     parts = urlsplit(url)
     if parts.scheme not in ("redis+sentinel", "rediss+sentinel"):
         raise ValueError("a Sentinel URL starts with redis+sentinel:// or rediss+sentinel://")
-    userinfo, _, hosts = parts.netloc.rpartition("@")
-    user, _, password = userinfo.partition(":")
-    sentinels = []
-    for host in hosts.split(","):
-        name, _, port = host.strip().rpartition(":") if ":" in host else (host.strip(), "", "26379")
-        if not name or not port.isdigit():
-            raise ValueError(f"sentinel {host!r}: give host:port")
-        sentinels.append((name, int(port)))
+    user, password, sentinels = _hosts(parts.netloc, 26379, "sentinel")
     path = [p for p in parts.path.split("/") if p]
     if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
         raise ValueError(
             "give the primary's service name after the sentinels: redis+sentinel://host:26379/mymaster[/db]"
         )
     return SentinelTarget(
-        sentinels=tuple(sentinels),
+        sentinels=sentinels,
         service=unquote(path[0]),
         db=int(path[1]) if len(path) == 2 else 0,
-        password=unquote(password) if password else None,
-        username=unquote(user) if user else None,
+        password=password,
+        username=user,
         tls=parts.scheme.startswith("rediss"),
     )
+
+
+@dataclass(frozen=True)
+class ClusterTarget:
+    """What a ``redis+cluster://`` URL names: some of the cluster's nodes (the rest are discovered from them)."""
+
+    nodes: tuple[tuple[str, int], ...]
+    password: str | None
+    username: str | None
+    tls: bool
+
+
+def parse_cluster_url(url: str) -> ClusterTarget:
+    """``redis+cluster://[[user]:password@]host[:port][,host[:port]...]`` (``rediss+cluster``: TLS). A cluster has
+    database 0 only, so no path is taken."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis+cluster", "rediss+cluster"):
+        raise ValueError("a Cluster URL starts with redis+cluster:// or rediss+cluster://")
+    user, password, nodes = _hosts(parts.netloc, 6379, "cluster node")
+    if parts.path.strip("/") not in ("", "0"):
+        raise ValueError("a Redis Cluster has database 0 only: give no database after the nodes")
+    return ClusterTarget(
+        nodes=nodes,
+        password=password,
+        username=user,
+        tls=parts.scheme.startswith("rediss"),
+    )
+
+
+def is_cluster_url(url: str | None) -> bool:
+    return url is not None and "+cluster://" in url
+
+
+def is_cluster(client: object) -> bool:
+    """Whether ``client`` talks to a Redis Cluster (keys of one script or ``MULTI`` must share a hash slot)."""
+    return isinstance(client, RedisCluster)
+
+
+async def mget(client: redis.Redis, keys: list[str]) -> list[Any]:
+    """``MGET``: one command on one Redis; on a Cluster, one per hash slot (not atomic across slots)."""
+    found: Any = client
+    if isinstance(found, RedisCluster):
+        return await found.mget_nonatomic(keys)
+    return await client.mget(keys)
 
 
 @contextlib.contextmanager
@@ -150,12 +201,14 @@ def tally() -> Iterator[list[int]]:
 
 
 def connect(url: str, *, timeout: float, **options: Any) -> redis.Redis:
-    """A client for ``url`` (``redis://``, ``rediss://``, or ``redis+sentinel://`` for the primary a group of
-    sentinels names) with its own pool. A pooled connection a restarted
+    """A client for ``url`` (``redis://``, ``rediss://``, ``redis+sentinel://`` for the primary a group of
+    sentinels names, or ``redis+cluster://`` for a Redis Cluster) with its own pool. A pooled connection a restarted
     Redis no longer knows fails its next command: each call is tried once more on a fresh connection, so every
     caller must be able to run a call twice (the ledger's scripts are written so)."""
     if "+sentinel://" in url:
         return _sentinel_client(parse_sentinel_url(url), timeout, **options)
+    if "+cluster://" in url:
+        return _cluster_client(parse_cluster_url(url), timeout, **options)
     tls = url.startswith("rediss://")
     return redis.Redis.from_url(
         url,
@@ -189,6 +242,31 @@ def _sentinel_client(target: SentinelTarget, timeout: float, **options: Any) -> 
         **options,
     )
     return client
+
+
+def _cluster_client(target: ClusterTarget, timeout: float, **options: Any) -> redis.Redis:
+    """A Redis Cluster client: it learns which node serves which hash slot from the nodes given, follows
+    ``MOVED``/``ASK`` redirections, and after a failover (a node down, the cluster briefly down) learns the
+    slots again and tries the call again, twice, with a short backoff: a call may run more than once, as
+    with the other clients. Typed as :class:`redis.asyncio.Redis`: the callers use the commands both have
+    (and :func:`is_cluster` where a command must differ)."""
+    counting = _CountingSSLConnection if target.tls else _CountingConnection
+    client = RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=30,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2),
+        password=target.password,
+        username=target.username,
+        ssl=target.tls,
+        **options,
+    )
+    # Count round trips as on one Redis: the nodes discovered later are made with these connection options.
+    client.nodes_manager.connection_kwargs["connection_class"] = counting
+    for node in client.startup_nodes:
+        node.connection_class = counting
+    return cast("redis.Redis", client)
 
 
 class RedisPools:

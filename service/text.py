@@ -32,6 +32,6 @@ def scrub(text: str) -> str:
     """Mask what looks like a phone number or an email inside free text."""
     if "@" in text:
         text = _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
-    if _EIGHT_DIGITS.search(text) is None:
+    if len(text) < 8 or _EIGHT_DIGITS.search(text) is None:
         return text
     return _LONG_DIGITS.sub(lambda m: m.group(1) + "*" * len(m.group(2)) + m.group(3), text)

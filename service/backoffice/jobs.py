@@ -16,6 +16,8 @@ import msgspec
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from service.redis_pool import is_cluster
+
 UploadKind = Literal["coupons", "redemptions"]
 JobStatus = Literal["queued", "running", "finished", "failed"]
 
@@ -200,7 +202,8 @@ class RedisJobStore:
     async def save(self, record: JobRecord, ttl: float) -> None:
         millis = int(ttl * 1000)
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
+            # One MULTI on one Redis; on a Cluster the keys lie on two slots, which no MULTI spans: two writes.
+            async with self._redis.pipeline(transaction=not is_cluster(self._redis)) as pipe:
                 pipe.set(f"{_PREFIX}job:{record.job_id}", _encoder.encode(record), px=millis)
                 if record.upstream_job_id is not None:
                     series = f"{_PREFIX}series:{record.kind}:{record.series_id}"

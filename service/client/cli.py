@@ -51,6 +51,12 @@ _KINDS: Final[Mapping[str, UploadKind]] = {"coupons": "coupons", "redemptions": 
 _SETUP: Final = "export GATEWAY_URL=http://127.0.0.1:8080 GATEWAY_API_KEY=sandbox-admin-key  # once per shell\n"
 
 
+def _wait_options(parser: argparse.ArgumentParser) -> None:
+    """How a command that follows an upload job polls it, and for how long."""
+    parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds between job checks (1)")
+    parser.add_argument("--wait-timeout", type=float, default=3600.0, help="give up waiting after (3600 s)")
+
+
 def _action_adder(subparsers: Any, shared: argparse.ArgumentParser) -> Callable[..., argparse.ArgumentParser]:
     """``add(name, help, *examples)``: one subcommand with the shared options, its help as description, examples."""
 
@@ -137,8 +143,7 @@ def add_parser(commands: Any) -> None:
         parser.add_argument("--series", type=int, required=True, help="the series the file is for")
         parser.add_argument("--dry-run", action="store_true", help="check the file only; upload nothing")
         parser.add_argument("--no-wait", action="store_true", help="do not follow the job until it finishes")
-        parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds between job checks (1)")
-        parser.add_argument("--wait-timeout", type=float, default=3600.0, help="give up waiting after (3600 s)")
+        _wait_options(parser)
 
     upload = action(
         "upload",
@@ -203,8 +208,7 @@ def add_parser(commands: Any) -> None:
     job.add_argument("--series", type=int, help="its series (optional: the id alone finds it)")
     job.add_argument("--kind", choices=tuple(_KINDS), help="its kind (optional: the id alone finds it)")
     job.add_argument("--wait", action="store_true", help="follow the job until it is finished or failed")
-    job.add_argument("--poll-interval", type=float, default=1.0, help="seconds between job checks (1)")
-    job.add_argument("--wait-timeout", type=float, default=3600.0, help="give up waiting after (3600 s)")
+    _wait_options(job)
 
     series = commands.add_parser(
         "series",

@@ -7,28 +7,35 @@ Keys (all under ``pos_coupon:``, all with TTLs):
 - ``rid:<Capillary redemption id>``        -> the ref that owns that redemption (no other may adopt it)
 - ``unresolved``                           -> set of refs in flight or pending, for the sweeper
 
-Every multi-key change is one Lua script or one MULTI, so a crash never leaves half of it. (Scripts touch keys
-they compute; that is fine on one Redis, not on Redis Cluster.)
+Every multi-key change is one Lua script or one MULTI, so a crash never leaves half of it.
 
 A first redeem costs two round trips: ``begin`` (claim the key and lock the codes, one script) and ``resolve``
 (record the answer, bind its redemption ids, unlock: one script). A replay is one: ``begin`` finds the record and
 returns it.
+
+On a Redis Cluster (``redis+cluster://``) a script may only touch keys of one hash slot, so one redemption's own
+keys carry its key's hash as a hash tag and share a slot (``idem:{<hash>}``, ``rdm:{<hash>}:<ref>``), a pointer
+``at:<ref>`` -> hash finds a record by its ref, and the steps that span slots run in an order that a crash
+between any two of them leaves safe (see :class:`_ClusterSteps`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as redis
 import structlog
-from redis.exceptions import NoScriptError, RedisError
+from redis.crc import key_slot
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from service.idempotency.models import Entry, entry_decoder, entry_encoder
 from service.idempotency.store import UNRESOLVED_STATES, Resolution, StoreUnavailable
-from service.redis_pool import connect
+from service.redis_pool import connect, is_cluster, mget
 
 _CLAIM = """
 local function live(key)
@@ -87,13 +94,25 @@ local function final(record)
 end
 """
 
+# The idempotency key (KEYS[1]) once ``ref``'s answer is final (state in ARGV[4]): ``failed`` frees it, ``done``
+# keeps it for ``ttl`` (set again if lost), unless another ref holds it now.
+_KEEP_KEY = """
+local holder = redis.call('GET', KEYS[1])
+if ARGV[4] == 'failed' then
+  if holder == ref then redis.call('DEL', KEYS[1]) end
+elseif (not holder) or holder == ref then
+  redis.call('SET', KEYS[1], ref, 'PX', ttl)
+end
+"""
+
+# KEYS: record, [unresolved set: not on a Cluster, where it lies on another slot]. ARGV: ref, entry, ttl (ms).
 _SAVE_UNRESOLVED = (
     _FINAL
     + """
 local current = redis.call('GET', KEYS[1])
 if final(current) then return current end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-redis.call('SADD', KEYS[2], ARGV[1])
+if #KEYS > 1 then redis.call('SADD', KEYS[2], ARGV[1]) end
 return false
 """
 )
@@ -120,13 +139,9 @@ end
 for i = 1, n do redis.call('SET', KEYS[3 + i], ref, 'PX', ttl) end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
 redis.call('SREM', KEYS[3], ref)
-local holder = redis.call('GET', KEYS[1])
-if ARGV[4] == 'failed' then
-  if holder == ref then redis.call('DEL', KEYS[1]) end
-elseif (not holder) or holder == ref then
-  redis.call('SET', KEYS[1], ref, 'PX', ttl)
-end
-for i = 4 + n, #KEYS do
+"""
+    + _KEEP_KEY
+    + """for i = 4 + n, #KEYS do
   if redis.call('GET', KEYS[i]) == ref then redis.call('DEL', KEYS[i]) end
 end
 return {0, taken}
@@ -150,6 +165,68 @@ for _, key in ipairs(KEYS) do
 end
 return 1
 """
+
+# Cluster: claim the key in its slot. KEYS: idempotency key, record. ARGV: ref, entry, ttl (ms), record prefix of
+# that slot. Returns the live record of another ref (a replay), else claims (a claim sent twice finds itself).
+_CLUSTER_CLAIM = """
+local ref = ARGV[1]
+local existing = redis.call('GET', KEYS[1])
+if existing and existing ~= ref then
+  local record = redis.call('GET', ARGV[4] .. existing)
+  if record then return record end
+end
+redis.call('SET', KEYS[1], ref, 'PX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return false
+"""
+
+# Cluster: the live record another ref holds under a key (a legacy key's), without claiming it.
+_CLUSTER_LIVE = """
+local existing = redis.call('GET', KEYS[1])
+if existing and existing ~= ARGV[1] then return redis.call('GET', ARGV[2] .. existing) end
+return false
+"""
+
+# Cluster: undo a claim whose codes could not be locked. KEYS: idempotency key, record. ARGV: ref.
+_CLUSTER_DROP = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+# Cluster: bind redemption ids of one slot. KEYS: rid keys. ARGV: ref, ttl (ms), force (1/0).
+# Returns {0, taken} (nothing bound: another ref holds one) or {1, taken, fresh}: all bound, ``fresh`` newly.
+_CLUSTER_BIND = """
+local ref = ARGV[1]
+local taken, fresh = {}, {}
+for i, key in ipairs(KEYS) do
+  local owner = redis.call('GET', key)
+  if owner and owner ~= ref then
+    table.insert(taken, i)
+    table.insert(taken, owner)
+  end
+  if owner ~= ref then table.insert(fresh, i) end
+end
+if #taken > 0 and ARGV[3] ~= '1' then return {0, taken} end
+for _, key in ipairs(KEYS) do redis.call('SET', key, ref, 'PX', ARGV[2]) end
+return {1, taken, fresh}
+"""
+
+# Cluster: the record's part of resolve. KEYS: idempotency key, record. ARGV: ref, entry, ttl, state, force.
+_CLUSTER_FINISH = (
+    _FINAL
+    + """
+local ref, ttl = ARGV[1], ARGV[3]
+if ARGV[5] ~= '1' then
+  local current = redis.call('GET', KEYS[2])
+  if final(current) then return current end
+end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
+"""
+    + _KEEP_KEY
+    + """return false
+"""
+)
 
 
 log = structlog.get_logger("service.ledger")
@@ -193,9 +270,13 @@ class RedisStore:
         self._resolve = self._redis.register_script(_RESOLVE)
         self._lock = self._redis.register_script(_LOCK)
         self._unlock = self._redis.register_script(_UNLOCK)
+        self._cluster = _ClusterSteps(self) if is_cluster(client) else None
+        if self._cluster is not None and wait_replicas:
+            raise ValueError("REDIS_WAIT_REPLICAS is not supported on a Redis Cluster")
 
     def _key(self, key: str) -> str:
-        return f"{self._prefix}idem:{hashlib.sha256(key.encode()).hexdigest()}"
+        digest = _digest(key)
+        return f"{self._prefix}idem:{{{digest}}}" if self._cluster else f"{self._prefix}idem:{digest}"
 
     def _record(self, ref: str = "") -> str:
         return f"{self._prefix}rdm:{ref}"
@@ -206,6 +287,9 @@ class RedisStore:
     def _bound(self, redemption_id: int) -> str:
         return f"{self._prefix}rid:{redemption_id}"
 
+    def _pointer(self, ref: str) -> str:
+        return f"{self._prefix}at:{ref}"
+
     @property
     def _unresolved_set(self) -> str:
         return f"{self._prefix}unresolved"
@@ -213,10 +297,12 @@ class RedisStore:
     async def _run(self, call: Any) -> Any:
         try:
             return await call
-        except (RedisError, OSError) as exc:
+        except (RedisError, RedisClusterException, OSError) as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
 
     async def claim(self, entry: Entry, ttl: float, *, legacy_key: str | None = None) -> Entry | None:
+        if self._cluster is not None:
+            return await self._cluster.claim(entry, ttl, legacy_key)
         keys = [self._key(entry.key), self._record(entry.ref), self._unresolved_set]
         if legacy_key is not None:
             keys.append(self._key(legacy_key))
@@ -228,6 +314,8 @@ class RedisStore:
     async def begin(
         self, entry: Entry, ttl: float, lock_ttl: float, *, legacy_key: str | None = None
     ) -> tuple[Entry | None, list[str]]:
+        if self._cluster is not None:
+            return await self._cluster.begin(entry, ttl, lock_ttl, legacy_key)
         codes = entry.command.codes
         keys = [self._key(entry.key), self._record(entry.ref), self._unresolved_set]
         if legacy_key is not None:
@@ -244,6 +332,9 @@ class RedisStore:
         return None, []
 
     async def save(self, entry: Entry, ttl: float) -> None:
+        if self._cluster is not None:
+            await self._cluster.save(entry, ttl)
+            return
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(self._record(entry.ref), entry_encoder.encode(entry), px=_ms(ttl))
             if entry.state in UNRESOLVED_STATES:
@@ -253,6 +344,8 @@ class RedisStore:
             await self._run(pipe.execute())
 
     async def save_unresolved(self, entry: Entry, ttl: float) -> Entry | None:
+        if self._cluster is not None:
+            return await self._cluster.save_unresolved(entry, ttl)
         found = await self._run(
             self._save_unresolved(
                 keys=[self._record(entry.ref), self._unresolved_set],
@@ -263,6 +356,8 @@ class RedisStore:
 
     async def resolve(self, entry: Entry, ttl: float, *, force: bool = False, unlock: bool = True) -> Resolution:
         ids = [i for i in entry.redemption_ids.values() if i > 0] if entry.state == "done" else []
+        if self._cluster is not None:
+            return await self._cluster.resolve(entry, ids, ttl, force=force, unlock=unlock)
         keys = [self._key(entry.key), self._record(entry.ref), self._unresolved_set]
         keys += [self._bound(i) for i in ids]
         if unlock:
@@ -299,17 +394,19 @@ class RedisStore:
                 raise found
             if isinstance(acked, Exception) or int(acked) < self._wait:
                 RedisStore.unreplicated += 1
-                log.warning("redis: a final answer not acknowledged by the replicas in time", wait_replicas=self._wait)
+                log.warning("ledger_answer_unreplicated", wait_replicas=self._wait, wait_ms=self._wait_ms)
             return found
         raise NoScriptError("the resolve script could not be loaded")
 
     async def owners(self, redemption_ids: Sequence[int]) -> dict[int, str]:
         if not redemption_ids:
             return {}
-        found = await self._run(self._redis.mget([self._bound(i) for i in redemption_ids]))
+        found = await self._run(mget(self._redis, [self._bound(i) for i in redemption_ids]))
         return {i: ref.decode() for i, ref in zip(redemption_ids, found, strict=True) if ref is not None}
 
     async def load(self, ref: str) -> Entry | None:
+        if self._cluster is not None:
+            return await self._cluster.load(ref)
         raw = await self._run(self._redis.get(self._record(ref)))
         return None if raw is None else entry_decoder.decode(raw)
 
@@ -318,8 +415,8 @@ class RedisStore:
         if not refs:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:
-            for ref in refs:
-                pipe.exists(self._record(ref))
+            for ref in refs:  # on a Cluster, the pointer to the record (it lives as long)
+                pipe.exists(self._record(ref) if self._cluster is None else self._pointer(ref))
             alive = await self._run(pipe.execute())
         gone = [ref for ref, exists in zip(refs, alive, strict=True) if not exists]
         if gone:  # expired entries leave the set too
@@ -327,10 +424,15 @@ class RedisStore:
         return [ref for ref in refs if ref not in gone]
 
     async def lock(self, codes: Sequence[str], owner: str, ttl: float) -> list[str]:
+        if self._cluster is not None:
+            return await self._cluster.lock(codes, owner, ttl)
         busy = await self._run(self._lock(keys=[self._code(c) for c in codes], args=[owner, _ms(ttl)]))
         return [codes[int(i) - 1] for i in busy]
 
     async def unlock(self, codes: Sequence[str], owner: str) -> None:
+        if self._cluster is not None:
+            await self._cluster.unlock(codes, owner)
+            return
         await self._run(self._unlock(keys=[self._code(c) for c in codes], args=[owner]))
 
     def refusing(self) -> str | None:
@@ -342,3 +444,223 @@ class RedisStore:
     async def close(self) -> None:
         if self._owned is not None:
             await self._owned.aclose()
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class _ClusterSteps:
+    """The ledger's steps on a Redis Cluster, where one script or ``MULTI`` reaches one hash slot only.
+
+    One redemption's key and record share a slot (tagged with the key's hash), so a replay is still one round
+    trip and the record's state changes are still one script each. What spans slots is done in steps, ordered
+    so that a crash (or a Redis error) between two steps leaves nothing unsafe:
+
+    - begin: claim the key (record written, in its slot); list the ref as unresolved and write the pointer
+      ``at:<ref>``; lock the codes, slot by slot in the codes' sorted order, each slot's all or nothing; a busy
+      code rolls back the locks taken and the claim. Nothing is sent upstream before the last step. A crash
+      after the claim leaves an in-flight record: a retry of the request finds it and, past its lease,
+      reconciles it like any crashed request; its locks expire with their TTL.
+    - resolve: bind the redemption ids (per slot, all or nothing, rolled back if a later slot refuses or the
+      record turns out final already); write the record (its slot, one script: the first final answer wins);
+      then leave the unresolved set and release the codes. A crash after the binding leaves ids bound to a
+      request still unresolved: its reconciliation finds them its own. A resolve that stops after the record is
+      completed by the next resolve of that ref (the answer then is final already; the rest is done anyway).
+    - A claim whose next step fails is taken back at once (best effort), so the till's retry is not kept
+      waiting for its lease.
+    """
+
+    def __init__(self, store: RedisStore) -> None:
+        self._store = store
+        self._redis = store._redis
+        scripts = (_CLUSTER_CLAIM, _CLUSTER_LIVE, _CLUSTER_DROP, _CLUSTER_BIND, _CLUSTER_FINISH)
+        self._claim, self._live, self._drop, self._bind, self._finish = map(self._redis.register_script, scripts)
+        # Within one slot, the same scripts as on one Redis.
+        self._unlock, self._save_open = store._unlock, store._save_unresolved
+
+    def _prefix(self, digest: str) -> str:
+        """The record keys of one idempotency key's slot: ``<prefix>rdm:{<hash>}:`` and the ref."""
+        return f"{self._store._prefix}rdm:{{{digest}}}:"
+
+    def _slots(self, keys: Sequence[str]) -> list[list[int]]:
+        """Indexes of ``keys`` grouped by hash slot, in the keys' sorted order (every gateway takes the slots
+        in the same order, so two requests for the same codes do not each hold half of them)."""
+        groups: dict[int, list[int]] = {}
+        for i in sorted(range(len(keys)), key=keys.__getitem__):
+            groups.setdefault(key_slot(keys[i].encode()), []).append(i)
+        return list(groups.values())
+
+    async def _found(self, legacy_key: str | None, ref: str) -> Entry | None:
+        if legacy_key is None:
+            return None
+        digest = _digest(legacy_key)
+        found = await self._store._run(
+            self._live(keys=[self._store._key(legacy_key)], args=[ref, self._prefix(digest)])
+        )
+        return None if found is None else entry_decoder.decode(found)
+
+    async def claim(self, entry: Entry, ttl: float, legacy_key: str | None) -> Entry | None:
+        existing = await self._found(legacy_key, entry.ref)
+        if existing is not None:
+            return existing
+        digest = _digest(entry.key)
+        record = self._prefix(digest) + entry.ref
+        found = await self._store._run(
+            self._claim(
+                keys=[self._store._key(entry.key), record],
+                args=[entry.ref, entry_encoder.encode(entry), _ms(ttl), self._prefix(digest)],
+            )
+        )
+        if found is not None:
+            return entry_decoder.decode(found)
+        async with self._redis.pipeline(transaction=False) as pipe:  # one command per slot, sent together
+            pipe.sadd(self._store._unresolved_set, entry.ref)
+            pipe.set(self._store._pointer(entry.ref), digest, px=_ms(ttl))
+            try:
+                await self._store._run(pipe.execute())
+            except StoreUnavailable:
+                with contextlib.suppress(StoreUnavailable):  # else the till's retry waits out the claim's lease
+                    await self._undo(entry)
+                raise
+        return None
+
+    async def begin(
+        self, entry: Entry, ttl: float, lock_ttl: float, legacy_key: str | None
+    ) -> tuple[Entry | None, list[str]]:
+        existing = await self.claim(entry, ttl, legacy_key)
+        if existing is not None:
+            return existing, []
+        try:
+            busy = await self.lock(entry.command.codes, entry.ref, lock_ttl)
+        except StoreUnavailable:
+            with contextlib.suppress(StoreUnavailable):  # best effort: else the claim's lease runs out
+                await self._undo(entry)
+            raise
+        if busy:
+            await self._undo(entry)
+        return None, busy
+
+    async def _undo(self, entry: Entry) -> None:
+        """Take back a claim whose codes were not locked: nothing was sent, so nothing of it is kept."""
+        digest = _digest(entry.key)
+        await self._store._run(
+            self._drop(keys=[self._store._key(entry.key), self._prefix(digest) + entry.ref], args=[entry.ref])
+        )
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.srem(self._store._unresolved_set, entry.ref)
+            pipe.delete(self._store._pointer(entry.ref))
+            await self._store._run(pipe.execute())
+
+    async def lock(self, codes: Sequence[str], owner: str, ttl: float) -> list[str]:
+        """Slot by slot; a busy code gives back what this call took (not what ``owner`` held before it)."""
+        keys = [self._store._code(c) for c in codes]
+        taken: list[str] = []
+        for group in self._slots(keys):
+            mine = [keys[i] for i in group]
+            try:  # a lock is a binding of the code to its owner: the same script, never forced
+                reply = await self._store._run(self._bind(keys=mine, args=[owner, _ms(ttl), "0"]))
+            except StoreUnavailable:
+                await self._release_ids(taken, owner)
+                raise
+            if int(reply[0]) == 0:
+                await self._release_ids(taken, owner)
+                busy = list(reply[1])[0::2]  # (index, holder) pairs
+                return [codes[group[int(i) - 1]] for i in busy]
+            taken += [mine[int(i) - 1] for i in reply[2] or []]
+        return []
+
+    async def unlock(self, codes: Sequence[str], owner: str) -> None:
+        keys = [self._store._code(c) for c in codes]
+        groups = [[keys[i] for i in group] for group in self._slots(keys)]
+        await asyncio.gather(*(self._store._run(self._unlock(keys=g, args=[owner])) for g in groups))
+
+    async def save(self, entry: Entry, ttl: float) -> None:
+        record = self._prefix(_digest(entry.key)) + entry.ref
+        unresolved = entry.state in UNRESOLVED_STATES
+        if unresolved:  # listed first: an unresolved record is never out of the sweeper's sight
+            await self._store._run(self._redis.sadd(self._store._unresolved_set, entry.ref))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(record, entry_encoder.encode(entry), px=_ms(ttl))
+            pipe.set(self._store._pointer(entry.ref), _digest(entry.key), px=_ms(ttl))
+            await self._store._run(pipe.execute())
+        if not unresolved:
+            await self._store._run(self._redis.srem(self._store._unresolved_set, entry.ref))
+
+    async def save_unresolved(self, entry: Entry, ttl: float) -> Entry | None:
+        record = self._prefix(_digest(entry.key)) + entry.ref
+        args: list[str | bytes | int] = [entry.ref, entry_encoder.encode(entry), _ms(ttl)]
+        found = await self._store._run(self._save_open(keys=[record], args=args))
+        if found is not None:
+            return entry_decoder.decode(found)
+        await self._store._run(self._redis.sadd(self._store._unresolved_set, entry.ref))  # listed since begin
+        return None
+
+    async def resolve(self, entry: Entry, ids: list[int], ttl: float, *, force: bool, unlock: bool) -> Resolution:
+        digest = _digest(entry.key)
+        record = self._prefix(digest) + entry.ref
+        bound, taken = await self._bind_ids(entry.ref, ids, ttl, force)
+        if taken and not force:
+            current = await self.load(entry.ref)
+            if current is not None and current.state in ("done", "failed"):
+                return Resolution(False, current=current)
+            return Resolution(False, taken=taken)
+        args: list[str | bytes | int] = [entry.ref, entry_encoder.encode(entry), _ms(ttl), entry.state]
+        args.append("1" if force else "0")
+        try:
+            found = await self._store._run(self._finish(keys=[self._store._key(entry.key), record], args=args))
+        except StoreUnavailable:
+            await self._release_ids(bound, entry.ref)
+            raise
+        if found is not None:  # another answer was recorded first: it wins, and the ids go back
+            await self._release_ids(bound, entry.ref)
+        # Also after an answer recorded first: its own resolve may have stopped before these steps.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.srem(self._store._unresolved_set, entry.ref)
+            pipe.set(self._store._pointer(entry.ref), digest, px=_ms(ttl))
+            await self._store._run(pipe.execute())
+        if unlock:
+            await self.unlock(entry.command.codes, entry.ref)
+        if found is not None:
+            return Resolution(False, current=entry_decoder.decode(found))
+        return Resolution(True, taken=taken)
+
+    async def _bind_ids(self, ref: str, ids: list[int], ttl: float, force: bool) -> tuple[list[str], dict[int, str]]:
+        """Bind ``ids`` to ``ref``, slot by slot: (the keys newly bound, the ids another ref held). Unless
+        ``force``, an id held by another ref binds none of them (those bound already are released)."""
+        keys = [self._store._bound(i) for i in ids]
+        bound: list[str] = []
+        taken: dict[int, str] = {}
+        for group in self._slots(keys):
+            mine = [keys[i] for i in group]
+            try:
+                reply = await self._store._run(self._bind(keys=mine, args=[ref, _ms(ttl), "1" if force else "0"]))
+            except StoreUnavailable:
+                await self._release_ids(bound, ref)
+                raise
+            pairs = list(reply[1] or [])
+            taken |= {ids[group[int(pairs[i]) - 1]]: pairs[i + 1].decode() for i in range(0, len(pairs), 2)}
+            if int(reply[0]) == 0:
+                await self._release_ids(bound, ref)
+                owners = await self._store.owners(ids)  # every id held by another ref, as one Redis tells
+                return [], {i: o for i, o in owners.items() if o != ref} or taken
+            bound += [mine[int(i) - 1] for i in reply[2] or []]
+        return bound, taken
+
+    async def _release_ids(self, keys: list[str], ref: str) -> None:
+        """Release these keys (redemption ids or code locks) where ``ref`` holds them, slot by slot."""
+        if not keys:
+            return
+        groups: dict[int, list[str]] = {}
+        for key in keys:
+            groups.setdefault(key_slot(key.encode()), []).append(key)
+        for group in groups.values():
+            with contextlib.suppress(StoreUnavailable):  # else they stay held until their TTL
+                await self._store._run(self._unlock(keys=group, args=[ref]))
+
+    async def load(self, ref: str) -> Entry | None:
+        digest = await self._store._run(self._redis.get(self._store._pointer(ref)))
+        if digest is None:
+            return None
+        raw = await self._store._run(self._redis.get(self._prefix(digest.decode()) + ref))
+        return None if raw is None else entry_decoder.decode(raw)

@@ -1,27 +1,34 @@
 """The ledger's port and its in-memory implementation (one process; state lost on restart).
 
-Records are kept encoded, like in Redis, so both backends hand out copies and behave alike.
+Records are kept encoded, like in Redis, so both backends hand out copies and behave alike. In memory a record
+is kept compact, as it is held for the whole TTL (72 hours by default): MessagePack (the answer's bytes as they
+are, not base64), a final one deflated against a dictionary learnt from the first final record (the field names
+and the answer's shape repeat from record to record), and one slotted holder per table row with one heap item.
+``python -m bench.ledger_memory`` measures the bytes per record.
 """
 
 from __future__ import annotations
 
 import collections
 import heapq
-import itertools
+import sys
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
+import msgspec
 import structlog
 
-from service.idempotency.models import Entry, entry_decoder, entry_encoder
+from service.idempotency.models import Entry
 
 UNRESOLVED_STATES = ("in_flight", "pending")
 
 log = structlog.get_logger("service.ledger")
 
 T = TypeVar("T")
+K = TypeVar("K", str, int)
 
 
 class StoreUnavailable(Exception):
@@ -99,46 +106,107 @@ class LedgerStore(Protocol):
     async def close(self) -> None: ...
 
 
-class _Expiring(Generic[T]):
-    """A table whose values expire: a dict, and a heap of expiry times swept as the table is written (each sweep
-    pops only what has expired; a stale heap item, for a value written again or removed, is skipped)."""
+class _Held(Generic[T]):
+    """One value of an :class:`_Expiring` table: the value, when it expires, when the table's heap next looks at
+    it (``due``: never later than ``until``), and ``tag`` (the ledger keeps a record's store there)."""
 
-    def __init__(self, clock: Callable[[], float], on_drop: Callable[[str], None] | None = None) -> None:
-        self.items: dict[str, tuple[T, float]] = {}
-        self._heap: list[tuple[float, int, str]] = []
-        self._seq = itertools.count()
+    __slots__ = ("due", "tag", "until", "value")
+
+    def __init__(self, value: T, until: float, tag: str | None) -> None:
+        self.value = value
+        self.until = until
+        self.due = until
+        self.tag = tag
+
+
+class _Expiring(Generic[K, T]):
+    """A table whose values expire: a dict of :class:`_Held`, and a heap of due times swept as the table is
+    written. A value has one heap item, pushed when it is first written or when a write brings its expiry
+    forward; a write that pushes its expiry back only moves ``until``, and the sweep that pops its due time
+    queues it again for then. So a value written many times costs one heap item, not one per write."""
+
+    def __init__(self, clock: Callable[[], float], on_drop: Callable[[K, str | None], None] | None = None) -> None:
+        self.items: dict[K, _Held[T]] = {}
+        self._heap: list[tuple[float, K]] = []
         self._clock = clock
-        self._on_drop = on_drop
+        self._on_drop: Callable[[K, str | None], None] | None = on_drop
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def get(self, name: str) -> T | None:
+    def held(self, name: K) -> _Held[T] | None:
+        """The live value's holder (an expired one is dropped)."""
         found = self.items.get(name)
-        if found is None:
-            return None
-        if found[1] <= self._clock():
+        if found is not None and found.until <= self._clock():
             self.delete(name)
             return None
-        return found[0]
+        return found
 
-    def put(self, name: str, value: T, ttl: float) -> None:
-        until = self._clock() + ttl
-        self.items[name] = (value, until)
-        heapq.heappush(self._heap, (until, next(self._seq), name))
+    def get(self, name: K) -> T | None:
+        found = self.held(name)
+        return None if found is None else found.value
+
+    def put(self, name: K, value: T, until: float, tag: str | None = None) -> None:
+        """Hold ``value`` under ``name`` until the time ``until`` (``tag``: kept only by the first write)."""
+        found = self.items.get(name)
+        if found is None:
+            self.items[name] = _Held(value, until, tag)
+            heapq.heappush(self._heap, (until, name))
+        else:
+            found.value, found.until = value, until
+            if until < found.due:
+                found.due = until
+                heapq.heappush(self._heap, (until, name))
         self.sweep()
 
-    def delete(self, name: str) -> None:
-        if self.items.pop(name, None) is not None and self._on_drop is not None:
-            self._on_drop(name)
+    def delete(self, name: K) -> None:
+        found = self.items.pop(name, None)
+        if found is not None and self._on_drop is not None:
+            self._on_drop(name, found.tag)
 
     def sweep(self) -> None:
         heap, now = self._heap, self._clock()
         while heap and heap[0][0] <= now:
-            _, _, name = heapq.heappop(heap)
+            due, name = heapq.heappop(heap)
             found = self.items.get(name)
-            if found is not None and found[1] <= now:
+            if found is None or found.due != due:
+                continue  # removed, or queued again for an earlier time
+            if found.until <= now:
                 self.delete(name)
+            else:  # written again meanwhile for longer: looked at again then
+                found.due = found.until
+                heapq.heappush(heap, (found.until, name))
+
+
+class _Codec:
+    """A ledger record's bytes in memory: MessagePack; a final record (kept for the TTL, never written again but
+    by a reversal) also deflated with a preset dictionary: the first final record this store encodes, which is
+    kept as it is and serves as the dictionary from then on (about 160 bytes instead of 900 for a two-code
+    answer, for some 20 us once per redeem). Only this process reads these bytes, so the dictionary need not
+    be stable across runs."""
+
+    _DEFLATED = b"\x00"  # never the first byte of a MessagePack map (an Entry), so it marks a deflated record
+
+    def __init__(self) -> None:
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder = msgspec.msgpack.Decoder(Entry)
+        self._dictionary: bytes | None = None
+
+    def encode(self, entry: Entry) -> bytes:
+        packed = self._encoder.encode(entry)
+        if entry.state not in FINAL_STATES:
+            return packed
+        if self._dictionary is None:
+            self._dictionary = packed
+            return packed
+        deflate = zlib.compressobj(1, zlib.DEFLATED, -15, 8, zlib.Z_DEFAULT_STRATEGY, self._dictionary)
+        return self._DEFLATED + deflate.compress(packed) + deflate.flush()
+
+    def decode(self, blob: bytes) -> Entry:
+        if blob[:1] == self._DEFLATED and self._dictionary is not None:
+            inflate = zlib.decompressobj(-15, self._dictionary)
+            blob = inflate.decompress(memoryview(blob)[1:]) + inflate.flush()
+        return self._decoder.decode(blob)
 
 
 class MemoryStore:
@@ -155,7 +223,7 @@ class MemoryStore:
 
     backend = "memory"
 
-    #: About a kilobyte each: 100 MB or so when full.
+    #: About 1.2 kB each with their indexes (``python -m bench.ledger_memory``): some 150 MB of RSS when full.
     DEFAULT_MAX_ENTRIES = 100_000
     DEFAULT_MAX_PER_STORE = 20_000
 
@@ -172,12 +240,12 @@ class MemoryStore:
         self._max = max_entries
         self._max_per_store = min(max_entries, max_per_store or max_entries)
         self._unresolved: set[str] = set()
-        self._store_of: dict[str, str] = {}  # ref -> store, for the per-store count
         self._per_store: collections.Counter[str] = collections.Counter()
-        self._keys: _Expiring[str] = _Expiring(clock)
-        self._entries: _Expiring[bytes] = _Expiring(clock, self._forget)
-        self._locks: _Expiring[str] = _Expiring(clock)
-        self._bound: _Expiring[str] = _Expiring(clock)  # Capillary redemption id -> ref
+        self._keys: _Expiring[str, str] = _Expiring(clock)  # idempotency key -> ref
+        self._entries: _Expiring[str, bytes] = _Expiring(clock, self._forget)  # ref -> record (tag: its store)
+        self._locks: _Expiring[str, str] = _Expiring(clock)  # code -> owner
+        self._bound: _Expiring[int, str] = _Expiring(clock)  # Capillary redemption id -> ref
+        self._codec = _Codec()
         #: Claims refused, by reason (``full``, ``store_quota``), read by the metrics collector.
         self.refusals: collections.Counter[str] = collections.Counter()
         self._refusing: str | None = None
@@ -186,9 +254,8 @@ class MemoryStore:
         """Ledger records held (entries), for tests and diagnostics."""
         return len(self._entries)
 
-    def _forget(self, ref: str) -> None:
+    def _forget(self, ref: str, store: str | None) -> None:
         self._unresolved.discard(ref)
-        store = self._store_of.pop(ref, None)
         if store is not None:
             self._per_store[store] -= 1
             if self._per_store[store] <= 0:
@@ -201,7 +268,7 @@ class MemoryStore:
     def _refuse(self, reason: str, message: str) -> StoreUnavailable:
         self.refusals[reason] += 1
         if self._refusing != message:  # once per change, not once per refused request
-            log.warning("in-memory ledger refuses new redemptions", reason=message)
+            log.warning("ledger_memory_refusing", reason=message)
             self._refusing = message
         return StoreUnavailable(message)
 
@@ -225,8 +292,9 @@ class MemoryStore:
                 "(LEDGER_MEMORY_MAX_PER_STORE): its new redemptions are refused until records expire",
             )
         self._refusing = None
-        await self.save(entry, ttl)
-        self._keys.put(entry.key, entry.ref, ttl)
+        until = self._clock() + ttl
+        self._save(entry, until)
+        self._keys.put(entry.key, entry.ref, until)
         return None
 
     async def begin(
@@ -256,14 +324,19 @@ class MemoryStore:
         return None
 
     async def save(self, entry: Entry, ttl: float) -> None:
+        self._save(entry, self._clock() + ttl)
+
+    def _save(self, entry: Entry, until: float) -> None:
+        """Write ``entry`` to expire at ``until`` (one float shared with its key's and ids' rows)."""
         if entry.state in UNRESOLVED_STATES:
             self._unresolved.add(entry.ref)
         else:
             self._unresolved.discard(entry.ref)
-        if entry.ref not in self._store_of:
-            store = self._store_of[entry.ref] = entry.command.store or "-"
+        store = None
+        if entry.ref not in self._entries.items:  # counted once per record, until it is dropped
+            store = sys.intern(entry.command.store or "-")  # one string per store, not one per record
             self._per_store[store] += 1
-        self._entries.put(entry.ref, entry_encoder.encode(entry), ttl)
+        self._entries.put(entry.ref, self._codec.encode(entry), until, store)
 
     async def save_unresolved(self, entry: Entry, ttl: float) -> Entry | None:
         current = await self.load(entry.ref)
@@ -274,37 +347,38 @@ class MemoryStore:
 
     async def resolve(self, entry: Entry, ttl: float, *, force: bool = False, unlock: bool = True) -> Resolution:
         ids = [i for i in entry.redemption_ids.values() if i > 0] if entry.state == "done" else []
-        taken = {i: owner for i in ids if (owner := self._bound.get(str(i))) is not None and owner != entry.ref}
+        taken = {i: owner for i in ids if (owner := self._bound.get(i)) is not None and owner != entry.ref}
         if not force:
             current = await self.load(entry.ref)
             if current is not None and current.state in FINAL_STATES:
                 return Resolution(False, current=current)
             if taken:
                 return Resolution(False, taken=taken)
+        until = self._clock() + ttl
         for i in ids:
-            self._bound.put(str(i), entry.ref, ttl)
-        await self.save(entry, ttl)
+            self._bound.put(i, entry.ref, until)
+        self._save(entry, until)
         holder = self._keys.get(entry.key)
         if entry.state == "failed":
             if holder == entry.ref:
                 self._keys.delete(entry.key)
         elif holder is None or holder == entry.ref:
-            self._keys.put(entry.key, entry.ref, ttl)
+            self._keys.put(entry.key, entry.ref, until)
         if unlock:
             await self.unlock(entry.command.codes, entry.ref)
         return Resolution(True, taken=taken)
 
     async def owners(self, redemption_ids: Sequence[int]) -> dict[int, str]:
-        return {i: ref for i in redemption_ids if (ref := self._bound.get(str(i))) is not None}
+        return {i: ref for i in redemption_ids if (ref := self._bound.get(i)) is not None}
 
     def expires_in(self, ref: str) -> float | None:
         """Seconds until the record of ``ref`` expires (None: no such record), for tests and diagnostics."""
         found = self._entries.items.get(ref)
-        return None if found is None else found[1] - self._clock()
+        return None if found is None else found.until - self._clock()
 
     async def load(self, ref: str) -> Entry | None:
         raw = self._entries.get(ref)
-        return None if raw is None else entry_decoder.decode(raw)
+        return None if raw is None else self._codec.decode(raw)
 
     async def unresolved(self) -> list[str]:
         self._entries.sweep()
@@ -315,8 +389,9 @@ class MemoryStore:
     async def lock(self, codes: Sequence[str], owner: str, ttl: float) -> list[str]:
         busy = [c for c in codes if (holder := self._locks.get(c)) is not None and holder != owner]
         if not busy:
+            until = self._clock() + ttl
             for code in codes:
-                self._locks.put(code, owner, ttl)
+                self._locks.put(code, owner, until)
         return busy
 
     async def unlock(self, codes: Sequence[str], owner: str) -> None:

@@ -23,6 +23,7 @@ import redis.asyncio as redis
 from redis.exceptions import LockError, RedisError
 
 from service.redemption.models import IdentifierKind
+from service.redis_pool import connect, is_cluster
 
 T = TypeVar("T")
 
@@ -129,16 +130,28 @@ return 0
 
 
 class RedisJournal:
+    """The journal in Redis under ``pos_coupon:offline:``; on a Redis Cluster under ``{pos_coupon:offline}:``, one
+    hash slot, so its ``MULTI`` writes and reads of several keys stay whole (the journal is small: provisional
+    redemptions of an outage)."""
+
     backend = "redis"
 
-    def __init__(self, url: str, *, timeout: float = 0.5) -> None:
-        self._redis = redis.Redis.from_url(url, socket_timeout=max(timeout, 1.0), socket_connect_timeout=timeout)
+    def __init__(self, url: str | None = None, *, timeout: float = 0.5, client: redis.Redis | None = None) -> None:
+        """``client``: the process's shared one (see :mod:`service.redis_pool`; not closed here), else one of its
+        own for ``url``."""
+        self._owned: redis.Redis | None = None
+        if client is None:
+            if url is None:
+                raise ValueError("a Redis URL or client is needed")
+            client = self._owned = connect(url, timeout=max(timeout, 1.0))
+        self._redis: redis.Redis = client
+        self._prefix = "{pos_coupon:offline}:" if is_cluster(client) else PREFIX
         self._lease = self._redis.register_script(_LEASE)
         self._release = self._redis.register_script(_RELEASE)
 
     @contextlib.asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:
-        lock = self._redis.lock(PREFIX + "mutex", timeout=10.0, blocking_timeout=3.0)
+        lock = self._redis.lock(self._prefix + "mutex", timeout=10.0, blocking_timeout=3.0)
         try:
             if not await lock.acquire():
                 raise JournalUnavailable("the offline journal is busy")
@@ -157,23 +170,23 @@ class RedisJournal:
             raise JournalUnavailable(str(exc)) from None
 
     async def note_valid(self, name: str, record: bytes, ttl: float) -> None:
-        await self._do(self._redis.set(PREFIX + "valid:" + name, record, px=max(1, int(ttl * 1000))))
+        await self._do(self._redis.set(self._prefix + "valid:" + name, record, px=max(1, int(ttl * 1000))))
 
     async def valid_at(self, names: list[str]) -> dict[str, bytes]:
         if not names:
             return {}
-        values = await self._do(self._redis.mget([PREFIX + "valid:" + n for n in names]))
+        values = await self._do(self._redis.mget([self._prefix + "valid:" + n for n in names]))
         assert isinstance(values, list)
         return {n: v for n, v in zip(names, values, strict=True) if isinstance(v, bytes)}
 
     async def outstanding(self) -> list[Provisional]:
-        values = await self._do(self._redis.hgetall(PREFIX + "items"))
+        values = await self._do(self._redis.hgetall(self._prefix + "items"))
         assert isinstance(values, dict)
         return sorted((msgspec.json.decode(v, type=Provisional) for v in values.values()), key=lambda p: p.at)
 
     async def get(self, ref: str) -> Provisional | None:
         for kind in ("items", "conflicts"):
-            value = await self._do(self._redis.hget(PREFIX + kind, ref))
+            value = await self._do(self._redis.hget(self._prefix + kind, ref))
             if value is not None:
                 assert isinstance(value, bytes)
                 return msgspec.json.decode(value, type=Provisional)
@@ -181,37 +194,37 @@ class RedisJournal:
 
     async def put(self, item: Provisional) -> None:
         pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(PREFIX + "items", item.ref, _encoder.encode(item))
-        pipe.hset(PREFIX + "codes", mapping=dict.fromkeys(item.codes, item.ref))
+        pipe.hset(self._prefix + "items", item.ref, _encoder.encode(item))
+        pipe.hset(self._prefix + "codes", mapping=dict.fromkeys(item.codes, item.ref))
         await self._do(pipe.execute())
 
     async def _release_codes(self, pipe: Any, ref: str) -> None:
         item = await self.get(ref)
         if item is not None and item.codes:
-            pipe.hdel(PREFIX + "codes", *item.codes)
+            pipe.hdel(self._prefix + "codes", *item.codes)
 
     async def remove(self, ref: str) -> None:
         pipe = self._redis.pipeline(transaction=True)
         await self._release_codes(pipe, ref)
-        pipe.hdel(PREFIX + "items", ref)
+        pipe.hdel(self._prefix + "items", ref)
         await self._do(pipe.execute())
 
     async def held(self, codes: list[str]) -> dict[str, str]:
         if not codes:
             return {}
-        values = await self._do(self._redis.hmget(PREFIX + "codes", codes))
+        values = await self._do(self._redis.hmget(self._prefix + "codes", codes))
         assert isinstance(values, list)
         return {c: v.decode() for c, v in zip(codes, values, strict=True) if isinstance(v, bytes)}
 
     async def settled(self, ref: str, body: bytes, ttl: float) -> None:
-        await self._do(self._redis.set(PREFIX + "settled:" + ref, body, px=max(1, int(ttl * 1000))))
+        await self._do(self._redis.set(self._prefix + "settled:" + ref, body, px=max(1, int(ttl * 1000))))
 
     async def settled_answer(self, ref: str) -> bytes | None:
-        value = await self._do(self._redis.get(PREFIX + "settled:" + ref))
+        value = await self._do(self._redis.get(self._prefix + "settled:" + ref))
         return value if isinstance(value, bytes) else None
 
     async def conflicts(self) -> list[Provisional]:
-        values = await self._do(self._redis.hgetall(PREFIX + "conflicts"))
+        values = await self._do(self._redis.hgetall(self._prefix + "conflicts"))
         assert isinstance(values, dict)
         items = (msgspec.json.decode(v, type=Provisional) for v in values.values())
         return sorted(items, key=lambda p: (p.resolved_at or 0, p.ref), reverse=True)
@@ -219,32 +232,33 @@ class RedisJournal:
     async def conflict(self, item: Provisional) -> None:
         pipe = self._redis.pipeline(transaction=True)
         await self._release_codes(pipe, item.ref)
-        pipe.hset(PREFIX + "conflicts", item.ref, _encoder.encode(item))
-        pipe.hdel(PREFIX + "items", item.ref)
+        pipe.hset(self._prefix + "conflicts", item.ref, _encoder.encode(item))
+        pipe.hdel(self._prefix + "items", item.ref)
         await self._do(pipe.execute())
 
     async def batches(self) -> list[Batch]:
-        values = await self._do(self._redis.hgetall(PREFIX + "batches"))
+        values = await self._do(self._redis.hgetall(self._prefix + "batches"))
         assert isinstance(values, dict)
         return sorted((msgspec.json.decode(v, type=Batch) for v in values.values()), key=lambda b: b.created_at)
 
     async def put_batch(self, batch: Batch) -> None:
-        await self._do(self._redis.hset(PREFIX + "batches", batch.id, _encoder.encode(batch)))
+        await self._do(self._redis.hset(self._prefix + "batches", batch.id, _encoder.encode(batch)))
 
     async def remove_batch(self, batch_id: str) -> None:
-        await self._do(self._redis.hdel(PREFIX + "batches", batch_id))
+        await self._do(self._redis.hdel(self._prefix + "batches", batch_id))
 
     async def lease(self, name: str, owner: str, seconds: float) -> bool:
         """Take the lease, or extend it when ``owner`` holds it (one atomic step)."""
         args: list[str | int] = [owner, int(seconds * 1000)]
-        return bool(await self._do(self._lease(keys=[PREFIX + "lease:" + name], args=args)))
+        return bool(await self._do(self._lease(keys=[self._prefix + "lease:" + name], args=args)))
 
     async def release(self, name: str, owner: str) -> None:
         with contextlib.suppress(RedisError):
-            await self._release(keys=[PREFIX + "lease:" + name], args=[owner])
+            await self._release(keys=[self._prefix + "lease:" + name], args=[owner])
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        if self._owned is not None:
+            await self._owned.aclose()
 
 
 _INSIDE: contextvars.ContextVar[bool] = contextvars.ContextVar("offline_sqlite_inside", default=False)

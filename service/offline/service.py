@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,17 +18,18 @@ from decimal import Decimal
 from typing import Protocol
 
 import msgspec
+import structlog
 
 from service.idempotency.models import Entry, Reversal, StoredResponse
 from service.idempotency.store import LedgerStore, StoreUnavailable
 from service.offline.journal import Journal, JournalUnavailable, Line, Provisional
-from service.offline.policy import Policy
+from service.offline_policy import Policy
 from service.redemption.catalog import CATALOG
 from service.redemption.checks import bill_failure
 from service.redemption.flow import AMBIENT, CallLimits, UpstreamFailure, price
 from service.redemption.models import CodeOutcome, Failure, Outcome, RedemptionCommand, SeriesSummary
 
-log = logging.getLogger("service.offline")
+log = structlog.get_logger("service.offline")
 
 #: The local errors that mean "Capillary could not be reached", when nothing was sent.
 UNREACHABLE = frozenset({"UPSTREAM_UNAVAILABLE", "UPSTREAM_TIMEOUT", "UPSTREAM_ERROR", "UPSTREAM_BAD_RESPONSE"})
@@ -157,7 +157,7 @@ class Offline:
             try:
                 await self.journal.note_valid(name, record, self.policy.validated_within_seconds)
             except JournalUnavailable as exc:
-                log.warning("offline journal: validation not noted (%s)", exc)
+                log.warning("offline_validation_not_noted", error=str(exc))
                 return
 
     # ---------------------------------------------------------------------------------------- accept
@@ -192,9 +192,7 @@ class Offline:
             await self.journal.remove(item.ref)
             raise
         self.accepted += 1
-        log.warning(
-            "redemption %s accepted provisionally: Capillary unreachable (%s)", item.ref, cause.failure.error.code
-        )
+        log.warning("redemption_accepted_provisionally", ref=item.ref, cause=cause.failure.error.code)
         return response
 
     async def _qualify(
@@ -357,7 +355,7 @@ class Offline:
         await self.ledger.save(entry, self.ttl)
         await self.ledger.unlock(list(item.codes), entry.ref)
         self.settled["reversed"] += 1
-        log.info("provisional redemption %s reversed before settling", entry.ref)
+        log.info("provisional_redemption_reversed", ref=entry.ref)  # before it settled
         return reversed_body
 
     # ---------------------------------------------------------------------------------------- views

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import structlog
 from yarl import URL
 
 from service.capillary.client import CapillaryClient
@@ -38,7 +38,7 @@ from service.offline.service import Offline, provisional_body
 from service.redemption.flow import UpstreamFailure
 from service.redemption.models import CustomerRef
 
-log = logging.getLogger("service.offline.settler")
+log = structlog.get_logger("service.offline.settler")
 
 _IDENTIFIER: dict[str, IdentifierType] = {
     "mobile": "MOBILE",
@@ -132,7 +132,7 @@ class Settler:
             else:
                 await self.client.series([batches[0].series_id])
         except (CapillaryError, UpstreamFailure) as exc:
-            log.info("settler: Capillary not answering yet (%s)", type(exc).__name__)
+            log.info("settler_upstream_not_answering", error=type(exc).__name__)
             return False
         return True
 
@@ -207,7 +207,7 @@ class Settler:
                 filename=batch.id + ".csv",
             )
         except CapillaryError as exc:
-            log.warning("settler: upload %s without answer (%s): the job list will tell", batch.id, type(exc).__name__)
+            log.warning("settler_upload_unanswered", batch=batch.id, error=type(exc).__name__)  # the job list will tell
             return  # reconciled by the job list in the next round, never resent blindly
         job = next(iter(reply.result.jobs), None) if reply.result else None
         if job is not None:
@@ -230,7 +230,7 @@ class Settler:
             try:
                 job = await self._job(batch)
             except CapillaryError as exc:
-                log.info("settler: job list of series %s unavailable (%s)", batch.series_id, type(exc).__name__)
+                log.info("settler_job_list_unavailable", series_id=batch.series_id, error=type(exc).__name__)
                 return
             if job is None:
                 if batch.job_id is None:  # the upload never arrived: its lines go into a later batch
@@ -250,7 +250,7 @@ class Settler:
         try:
             refused = await self._errors(job) if job.error_count else {}
         except (aiohttp.ClientError, TimeoutError) as exc:  # the batch stays: the next round reads it again
-            log.warning("settler: error file of job %s unreadable (%s)", job.job_id, type(exc).__name__)
+            log.warning("settler_error_file_unreadable", job=job.job_id, error=type(exc).__name__)
             return
         await self._settle_lines(batch, refused, done)
 
@@ -324,7 +324,7 @@ class Settler:
                 best = max((r.id for r in found.get(code, ()) if r.id), default=0)
                 ids[code] = best
         except Exception as exc:  # the ids are a nicety: the redemption is recorded either way
-            log.info("settler: redemption ids of %s not found (%s)", item.ref, type(exc).__name__)
+            log.info("settler_redemption_ids_not_found", ref=item.ref, error=type(exc).__name__)
             ids = dict.fromkeys(item.codes, 0)
         answer = self.render_redeemed(item, ids)
         await self.journal.settled(item.ref, item.store.encode() + b"\n" + answer.body, self.offline.ttl)
@@ -335,12 +335,12 @@ class Settler:
             try:
                 await self.offline.ledger.resolve(entry, self.offline.ttl, force=True)
             except StoreUnavailable:
-                log.error("settler: %s settled but the ledger could not record it", item.ref)
+                log.error("settler_settled_not_in_ledger", ref=item.ref)  # the ledger could not record it
                 return
         await self.journal.remove(item.ref)
         self.offline.settled["redeemed"] += 1
         done["redeemed"] = done.get("redeemed", 0) + 1
-        log.info("provisional redemption %s settled in Capillary", item.ref)
+        log.info("provisional_redemption_settled", ref=item.ref)
 
     async def _conflict(self, item: Provisional, reason: str) -> None:
         """Inside the journal's exclusive block: the item becomes a conflict; its ledger answer says so."""
@@ -354,8 +354,8 @@ class Settler:
             try:
                 await self.offline.ledger.resolve(entry, self.offline.ttl, force=True)
             except StoreUnavailable:
-                log.error("settler: conflict %s not recorded in the ledger yet", item.ref)
-        log.warning("provisional redemption %s is a conflict: %s", item.ref, reason)
+                log.error("settler_conflict_not_in_ledger", ref=item.ref)
+        log.warning("provisional_redemption_conflict", ref=item.ref, reason=reason)
 
     async def run(self, interval: float) -> None:
         while True:
@@ -363,6 +363,6 @@ class Settler:
             try:
                 await self.settle()
             except (JournalUnavailable, StoreUnavailable) as exc:
-                log.warning("settler: %s", exc)
+                log.warning("settler_round_skipped", error=str(exc))
             except Exception:
-                log.exception("settler round failed")
+                log.exception("settler_round_failed")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
@@ -31,6 +30,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 import msgspec
+import structlog
 from aiohttp import web
 
 from . import operations as ops
@@ -51,7 +51,7 @@ _UPLOAD_PREFIX: Final = "/coupon/api/v1/"
 _STYLED_OPERATIONS: Final = frozenset({"redeem", "bulk_redeem"})
 _MAX_UPLOAD_BYTES: Final = 160 * 1024 * 1024  # CSV uploads: above the gateway's own default limit (128 MiB)
 
-_log = logging.getLogger(__name__)
+_log = structlog.get_logger("service.sandbox")
 
 _HTML_PAGES: Final[Mapping[int, str]] = MappingProxyType(
     {502: "502 Bad Gateway", 503: "503 Service Temporarily Unavailable", 504: "504 Gateway Time-out"}
@@ -136,7 +136,7 @@ async def _envelope_middleware(
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
     except Exception:
-        _log.exception("sandbox: unexpected error on %s %s", request.method, request.path)
+        _log.exception("sandbox_unexpected_error", method=request.method, path=request.path, request_id=request_id)
         response = _json(500, {"status": False, "code": 500, "message": "Internal Server Error"})
     response.headers["X-Cap-Requestid"] = request_id
     return response

@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, Literal
+from typing import Final, Literal, TypeVar
 
 import msgspec
 
@@ -83,6 +83,9 @@ class SandboxConfig:
             raise ValueError(f"response_style must be one of {', '.join(RESPONSE_STYLES)}, got {self.response_style!r}")
 
 
+_N = TypeVar("_N", int, float)
+
+
 def _string(env: Mapping[str, str], name: str, default: str) -> str:
     if name not in env:
         return default
@@ -92,30 +95,28 @@ def _string(env: Mapping[str, str], name: str, default: str) -> str:
     return value
 
 
-def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+def _number(
+    env: Mapping[str, str], name: str, default: _N, parse: Callable[[str], _N], valid: Callable[[_N], bool], what: str
+) -> _N:
+    """``name`` parsed by ``parse`` and accepted by ``valid``, else ValueError saying it must be ``what``."""
     if name not in env:
         return default
     raw = env[name].strip()
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise ValueError(f"{name} must be a positive integer, got {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
+        raise ValueError(f"{name} must be {what}, got {raw!r}") from None
+    if not valid(value):
+        raise ValueError(f"{name} must be {what}, got {raw!r}")
     return value
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    return _number(env, name, default, int, lambda v: v > 0, "a positive integer")
 
 
 def _non_negative(env: Mapping[str, str], name: str, default: float) -> float:
-    if name not in env:
-        return default
-    raw = env[name].strip()
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a non-negative number, got {raw!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a non-negative number, got {raw!r}")
-    return value
+    return _number(env, name, default, float, lambda v: math.isfinite(v) and v >= 0, "a non-negative number")
 
 
 def _http_status(env: Mapping[str, str], name: str, default: int) -> int:

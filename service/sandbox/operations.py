@@ -30,6 +30,7 @@ from .state import (
     DomainError,
     RedemptionRange,
     Series,
+    UploadKind,
     Verdict,
     is_well_formed,
     message_for,
@@ -254,6 +255,29 @@ class _RedeemRequest:
     bill_amount: Decimal
     transaction_number: str
 
+    def verdicts(self, ctx: OpContext, now: datetime) -> list[Verdict]:
+        """Each code's verdict for this customer, bill and the caller's store."""
+        return ctx.sandbox.state.evaluate(
+            self.customer, self.codes, now=now, store=ctx.store, bill_amount=self.bill_amount
+        )
+
+    def redeem(self, ctx: OpContext, verdicts: list[Verdict], now: datetime, shape: wire.ItemShape) -> list[Redeemed]:
+        """Redeem every code (each verdict ok): each redemption's id and its item in ``shape``."""
+        state = ctx.sandbox.state
+        redemptions = state.redeem(
+            self.customer,
+            verdicts,
+            now=now,
+            store=ctx.store,
+            transaction_number=self.transaction_number,
+            bill_amount=self.bill_amount,
+        )
+        return [(r.id, wire.redeemed_item(r, state.series[r.series_id], shape)) for r in redemptions]
+
+
+#: A redemption made: its id and its item as the reply shows it.
+Redeemed = tuple[int, wire.Json]
+
 
 async def _redeem_request(ctx: OpContext, *, max_codes: int) -> _RedeemRequest:
     body = await json_object(ctx.request)
@@ -330,23 +354,12 @@ async def redeem(ctx: OpContext) -> Prepared:
         if not req.transaction_number:
             return fail(718, message_for(718))
         now = sandbox.now()
-        verdicts = sandbox.state.evaluate(
-            req.customer, req.codes, now=now, store=ctx.store, bill_amount=req.bill_amount
-        )
+        verdicts = req.verdicts(ctx, now)
         bad = [v for v in verdicts if not v.ok]
         if bad:
             items = [wire.failed_item(v.code, v.series, v.status, shape) for v in verdicts]
             return envelope(sandbox.options.failure_http_status, items, bad[0].status)
-        redemptions = sandbox.state.redeem(
-            req.customer,
-            verdicts,
-            now=now,
-            store=ctx.store,
-            transaction_number=req.transaction_number,
-            bill_amount=req.bill_amount,
-        )
-        items = [wire.redeemed_item(r, sandbox.state.series[r.series_id], shape) for r in redemptions]
-        return envelope(200, items, SUCCESS)
+        return envelope(200, [item for _, item in req.redeem(ctx, verdicts, now, shape)], SUCCESS)
 
     def warn(reply: Reply, warning: wire.Json, scope: str) -> Reply:
         body = reply.body
@@ -405,9 +418,7 @@ async def bulk_redeem(ctx: OpContext) -> Prepared:
         if not req.transaction_number:
             return fail(718, message_for(718))
         now = sandbox.now()
-        verdicts = sandbox.state.evaluate(
-            req.customer, req.codes, now=now, store=ctx.store, bill_amount=req.bill_amount
-        )
+        verdicts = req.verdicts(ctx, now)
         if not all(v.ok for v in verdicts):
             entries = []
             for v in verdicts:
@@ -423,21 +434,8 @@ async def bulk_redeem(ctx: OpContext) -> Prepared:
         if dry_run:
             entries = [{"entityId": -1, "result": wire.dry_run_item(v, shape), "errors": []} for v in verdicts]
         else:
-            redemptions = sandbox.state.redeem(
-                req.customer,
-                verdicts,
-                now=now,
-                store=ctx.store,
-                transaction_number=req.transaction_number,
-                bill_amount=req.bill_amount,
-            )
             entries = [
-                {
-                    "entityId": r.id,
-                    "result": wire.redeemed_item(r, sandbox.state.series[r.series_id], shape),
-                    "errors": [],
-                }
-                for r in redemptions
+                {"entityId": rid, "result": item, "errors": []} for rid, item in req.redeem(ctx, verdicts, now, shape)
             ]
         return Reply(200, {"response": entries, "totalCount": len(entries), "failureCount": 0})
 
@@ -899,14 +897,16 @@ def _due(sandbox: Sandbox, now: datetime) -> datetime:
     return now + timedelta(seconds=seconds if math.isfinite(seconds) else 0)
 
 
-async def upload_coupons(ctx: OpContext) -> Prepared:
+async def _upload(
+    ctx: OpContext, kind: UploadKind, documented: tuple[str, ...], settings_of: Callable[..., dict[str, Any]]
+) -> Prepared:
+    """Either upload: the documented form fields only, their settings (``settings_of`` takes the fields' values in
+    ``documented`` order), the CSV's rows; a job of ``kind`` when it applies."""
     series = _path_series(ctx)
     form = await _multipart(ctx.request)
-    _documented_fields(form, _COUPON_UPLOAD_FIELDS)
+    _documented_fields(form, documented)
     try:
-        settings = coupon_upload_settings(
-            form.fields.get("customerIdentifier"), form.fields.get("customerIdentifierColumn")
-        )
+        settings = settings_of(*(form.fields.get(name) for name in documented))
     except UploadError as exc:
         raise _v1_reject(str(exc)) from None
     rows = _rows(form)
@@ -915,7 +915,7 @@ async def upload_coupons(ctx: OpContext) -> Prepared:
     def apply() -> Reply:
         now = sandbox.now()
         job = sandbox.state.new_upload_job(
-            kind="coupons",
+            kind=kind,
             series_id=series.id,
             now=now,
             due_on=_due(sandbox, now),
@@ -923,60 +923,33 @@ async def upload_coupons(ctx: OpContext) -> Prepared:
             rows=rows,
             settings=settings,
         )
-        return Reply(200, wire.upload_envelope(series.id, [job], kind="coupons", file_name=job.uploaded_file_url))
+        return Reply(200, wire.upload_envelope(series.id, [job], kind=kind, file_name=job.uploaded_file_url))
 
     return Prepared(apply, _v1_fail)
 
 
+async def upload_coupons(ctx: OpContext) -> Prepared:
+    return await _upload(ctx, "coupons", _COUPON_UPLOAD_FIELDS, coupon_upload_settings)
+
+
 async def upload_redeemed(ctx: OpContext) -> Prepared:
+    return await _upload(ctx, "redeemed", _REDEEMED_UPLOAD_FIELDS, redeemed_upload_settings)
+
+
+def _jobs(ctx: OpContext, kind: UploadKind) -> Prepared:
+    """The series' upload jobs of ``kind``, as either status operation answers them."""
     series = _path_series(ctx)
-    form = await _multipart(ctx.request)
-    _documented_fields(form, _REDEEMED_UPLOAD_FIELDS)
-    try:
-        settings = redeemed_upload_settings(
-            form.fields.get("customerIdentifier"),
-            form.fields.get("couponIdentifier"),
-            form.fields.get("uploadHeaders"),
-            form.fields.get("Details"),
-        )
-    except UploadError as exc:
-        raise _v1_reject(str(exc)) from None
-    rows = _rows(form)
     sandbox = ctx.sandbox
 
     def apply() -> Reply:
-        now = sandbox.now()
-        job = sandbox.state.new_upload_job(
-            kind="redeemed",
-            series_id=series.id,
-            now=now,
-            due_on=_due(sandbox, now),
-            file_name=form.file_name or "upload.csv",
-            rows=rows,
-            settings=settings,
-        )
-        return Reply(200, wire.upload_envelope(series.id, [job], kind="redeemed", file_name=job.uploaded_file_url))
+        return Reply(200, wire.upload_envelope(series.id, sandbox.state.jobs_of(series.id, kind), kind=kind))
 
     return Prepared(apply, _v1_fail)
 
 
 async def upload_status(ctx: OpContext) -> Prepared:
-    series = _path_series(ctx)
-    sandbox = ctx.sandbox
-
-    def apply() -> Reply:
-        jobs = sandbox.state.jobs_of(series.id, "coupons")
-        return Reply(200, wire.upload_envelope(series.id, jobs, kind="coupons"))
-
-    return Prepared(apply, _v1_fail)
+    return _jobs(ctx, "coupons")
 
 
 async def redeemed_upload_status(ctx: OpContext) -> Prepared:
-    series = _path_series(ctx)
-    sandbox = ctx.sandbox
-
-    def apply() -> Reply:
-        jobs = sandbox.state.jobs_of(series.id, "redeemed")
-        return Reply(200, wire.upload_envelope(series.id, jobs, kind="redeemed"))
-
-    return Prepared(apply, _v1_fail)
+    return _jobs(ctx, "redeemed")

@@ -96,7 +96,7 @@ def test_serve_with_sandbox_answers_healthz_and_stops_cleanly() -> None:
     assert process.returncode == 0, err
     # Not a terminal: JSON log lines only, the start among them as one event with the real bind address.
     events = [json.loads(line) for line in out.splitlines()]
-    (started,) = [e for e in events if e["event"] == "gateway started"]
+    (started,) = [e for e in events if e["event"] == "gateway_started"]
     assert started["listen"] == f"http://127.0.0.1:{gateway}"
     assert started["metrics_listen"] == f"http://127.0.0.1:{metrics}"
     assert {k["key"] for k in started["demo_keys"]} == {"sandbox-till-key", "sandbox-admin-key"}

@@ -126,10 +126,10 @@ def test_entrypoint_cmd_port_and_healthcheck() -> None:
 def test_build_stage_builds_wheels_and_the_runtime_keeps_only_installs() -> None:
     build, runtime = stages()
     copies = build.all("COPY")
-    # the dependencies' layer depends on pyproject.toml only; the source comes after it
-    assert copies[0].split() == ["pyproject.toml", "./"]
+    # the dependencies' layer depends on the lock only (its exact versions); the source comes after it
+    assert copies[0].split() == ["requirements.lock", "./"]
     runs = build.all("RUN")
-    assert any("pip wheel" in r and "-r requirements.txt" in r for r in runs)
+    assert any("pip wheel" in r and "-r requirements.lock" in r for r in runs)
     assert any("pip wheel" in r and "--no-deps" in r and r.endswith(" .") for r in runs)
     # the runtime copies nothing in: wheels come through bind mounts, installed with --no-index
     assert runtime.all("COPY") == []
@@ -184,7 +184,14 @@ def build_context(destination: Path) -> Path:
 
 def test_dockerignore_keeps_the_context_to_what_the_image_needs() -> None:
     patterns = dockerignore()
-    for needed in ("pyproject.toml", "README.md", "openapi.yaml", "service/openapi.yaml", "service/app.py"):
+    for needed in (
+        "pyproject.toml",
+        "requirements.lock",
+        "README.md",
+        "openapi.yaml",
+        "service/openapi.yaml",
+        "service/app.py",
+    ):
         assert not ignored(needed, patterns), needed
     for unwanted in (".git/config", ".venv/bin/python", "tests/helm/checks.py", "helm/pos-coupon-gateway/Chart.yaml"):
         assert ignored(unwanted, patterns), unwanted

@@ -1,5 +1,5 @@
-"""Real ``redis-server`` processes for the Sentinel tests: each on a free port in a temp dir, its start waited
-for (bounded), killed after. Skipped off CI when ``redis-server`` is absent; under CI it must be there."""
+"""Real ``redis-server`` processes for the Sentinel and Cluster tests: each on a free port in a temp dir, its start
+waited for (bounded), killed after. Skipped off CI when ``redis-server`` is absent; under CI it must be there."""
 
 from __future__ import annotations
 
@@ -106,6 +106,30 @@ class Servers:
             f"sentinel failover-timeout {service} 2000\n"
         )
         return self._start([str(config), "--sentinel"], port, directory)
+
+    def cluster(self, primaries: int = 3, *, replicas: int = 0) -> list[Server]:
+        """A Redis Cluster of ``primaries`` primaries (and ``replicas`` replicas each), its slots assigned and
+        every node agreeing before it is returned. Node timeout 1 s: a failover takes a second or two."""
+        binary = str(Path(self._binary).with_name("redis-cli"))
+        if not Path(binary).exists():
+            binary = shutil.which("redis-cli") or "redis-cli"
+        options = ["--cluster-enabled", "yes", "--cluster-node-timeout", "1000", "--cluster-config-file", "nodes.conf"]
+        # The bus port is given: by default it is the port + 10000, past 65535 for a high free port.
+        nodes = [self.redis(*options, "--cluster-port", str(free_port())) for _ in range(primaries * (1 + replicas))]
+        addresses = [f"127.0.0.1:{n.port}" for n in nodes]
+        subprocess.run(
+            [binary, "--cluster", "create", *addresses, "--cluster-replicas", str(replicas), "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        deadline = time.monotonic() + START_WAIT * 2
+        for node in nodes:
+            with node.client() as client:
+                while client.cluster("info").get("cluster_state") != "ok":
+                    assert time.monotonic() < deadline, "the cluster did not come up"
+                    time.sleep(0.05)
+        return nodes
 
     def close(self) -> None:
         for server in self._all:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from service.config import ConfigErrors, load_settings
-from service.offline.policy import Policy, PolicyError, load_policy
+from service.offline_policy import Policy, PolicyError, load_policy
 
 BASE = {
     "CAPILLARY_API_URL": "https://eu.api.capillarytech.com",

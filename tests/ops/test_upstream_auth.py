@@ -184,7 +184,7 @@ async def test_serve_with_a_wrong_secret_is_not_ready_within_ten_seconds(
         out, err = await process.communicate()
     assert status == expected, (status, body, err.decode()[-2000:])
     lines = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
-    (start,) = [line for line in lines if line["event"] == "gateway started"]
+    (start,) = [line for line in lines if line["event"] == "gateway_started"]
     assert start["listen"] == f"http://127.0.0.1:{port}"
     refusals = [line for line in lines if line["event"] == REFUSED_EVENT]
     if expected == 503:

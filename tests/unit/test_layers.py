@@ -20,17 +20,6 @@ import service
 
 ROOT: Final = Path(service.__file__).parent
 
-#: Edges that close a cycle and that work under way elsewhere removes; the cycle check ignores exactly these edges
-#: (and fails if one of them is gone, so the list cannot go stale). Empty: the back office no longer imports the
-#: web layer, nor the Capillary client observability.
-CYCLES_FIXED_ELSEWHERE: Final[frozenset[tuple[str, str]]] = frozenset()
-#: A cycle found while writing this check and not yet assigned: ``config`` validates the offline policy file by
-#: importing ``service.offline.policy`` while ``offline`` reaches ``config`` through ``capillary``. To fix: parse
-#: the policy in ``config`` (or keep its model below ``config``), then empty this.
-CYCLES_NOT_YET_ASSIGNED: Final[frozenset[tuple[str, str]]] = frozenset({("config", "offline")})
-#: ``web`` modules that still import the Capillary adapter: none since the back office moved behind its ports.
-WEB_CAPILLARY_IMPORTS_FIXED_ELSEWHERE: Final[frozenset[str]] = frozenset()
-
 #: What the domain may never import: adapters, I/O, the web and the wiring.
 ADAPTERS: Final = frozenset(
     {"capillary", "idempotency", "web", "app", "sandbox", "client", "offline", "backoffice", "redis_pool", "cache"}
@@ -127,15 +116,7 @@ def imports() -> dict[str, set[str]]:
 
 
 def test_no_package_is_in_an_import_cycle(imports: dict[str, set[str]]) -> None:
-    allowed = CYCLES_FIXED_ELSEWHERE | CYCLES_NOT_YET_ASSIGNED
-    assert cycles(_without(package_graph(imports), allowed)) == []
-
-
-def test_each_allowed_cycle_edge_still_exists(imports: dict[str, set[str]]) -> None:
-    """An allowance outlives its cycle only by mistake: once the edge is gone, empty it from the constant."""
-    graph = package_graph(imports)
-    for source, target in CYCLES_FIXED_ELSEWHERE | CYCLES_NOT_YET_ASSIGNED:
-        assert target in graph.get(source, set()), f"{source} -> {target} is gone: remove it from the allowlist"
+    assert cycles(package_graph(imports)) == []
 
 
 def test_the_domain_imports_no_adapter(imports: dict[str, set[str]]) -> None:
@@ -153,8 +134,7 @@ def test_web_modules_import_nothing_of_capillary(imports: dict[str, set[str]]) -
         for module, names in imports.items()
         if _package(module) == "web" and any(_package(name) == "capillary" for name in names)
     }
-    assert leaks <= WEB_CAPILLARY_IMPORTS_FIXED_ELSEWHERE
-    assert leaks == WEB_CAPILLARY_IMPORTS_FIXED_ELSEWHERE, "an allowance outlived its import: empty it"
+    assert leaks == set()
 
 
 def test_observability_does_not_import_the_web_layer(imports: dict[str, set[str]]) -> None:

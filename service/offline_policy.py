@@ -6,6 +6,8 @@ Read once at startup from ``OFFLINE_POLICY_FILE`` (JSON); every field is optiona
      "maxDiscountPerTransaction": "1000.00", "maxDiscountPerStore": "10000.00", "expireAfterSeconds": 86400,
      "series": {"123": {"excluded": true}, "456": {"maxPerTill": 5, "maxDiscountPerTransaction": "50.00"}}}
 
+It sits beside ``config`` (which reads it once at startup, so a bad file stops the start), below every package.
+
 A series entry may exclude the series or give it its own caps (the count and discount of its own outstanding
 provisional redemptions, per till, per store and per transaction), on top of the global caps.
 """
