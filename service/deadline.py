@@ -1,12 +1,12 @@
-"""The deadline of the work in progress (when the till stops waiting for it), and whether it is urgent.
+"""The deadline of the request in progress: when the till stops waiting for it.
 
-Held in a context variable, written at the edges: per POS request by the web layer
-(:func:`service.web.deadline.deadline_middleware`), per background redeem by the ledger. It is read in one place,
-:func:`current` (:func:`time_left` is built on it): the composition root hands :func:`current` to the Capillary
-client as its ambient source, so every upstream call made on the request's behalf without a deadline of its own
-gets the time that is left and no more. The client itself reads no context variable: its pipeline takes the
-deadline and priority as fields of each call. Monotonic seconds; ``None`` means no deadline (background work
-bounded by its own timeouts).
+Held in a context variable with one writer, the web layer (:func:`service.web.deadline.deadline_middleware`,
+through :func:`set_deadline`), and one reader, :func:`current` (:func:`time_left` is built on it): the composition
+root hands :func:`current` to the Capillary client as its ambient source, so every upstream call made on the
+request's behalf without a deadline of its own gets the time that is left and no more. Work with limits of its own
+passes them with each call (a redeem, which outlives the till's wait and goes first; an upload; the sweeper). The
+client itself reads no context variable. Monotonic seconds; ``None`` means no deadline (background work bounded by
+its own timeouts).
 """
 
 from __future__ import annotations
@@ -16,14 +16,12 @@ import time
 from typing import Final
 
 DEADLINE: Final[contextvars.ContextVar[float | None]] = contextvars.ContextVar("deadline", default=None)
-#: Set for the work of a redeem in progress: all its upstream calls, the check included, go first when Capillary's
-#: request budget runs short (see service.capillary.resilience.OutboundLimiter).
-URGENT: Final[contextvars.ContextVar[bool]] = contextvars.ContextVar("urgent", default=False)
 
 
 def current() -> tuple[float | None, bool]:
-    """The deadline in force (monotonic seconds, ``None``: none) and whether the work is urgent."""
-    return DEADLINE.get(), URGENT.get()
+    """The deadline in force (monotonic seconds, ``None``: none) and whether the work is urgent: never, for a
+    request's own work (urgent work, a redeem's, says so with each call)."""
+    return DEADLINE.get(), False
 
 
 def time_left() -> float | None:

@@ -15,6 +15,8 @@ import asyncio
 import collections
 import contextlib
 import contextvars
+import math
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any, Final
 
@@ -23,10 +25,11 @@ import structlog
 
 from service.cache import Cache, open_cache
 from service.capillary.client import CapillaryClient
-from service.capillary.coupons import upstream_failure
+from service.capillary.coupons import priority_of, upstream_failure
 from service.capillary.errors import CapillaryError, CapillaryTimeoutError
 from service.capillary.series import summarize
 from service.deadline import time_left
+from service.redemption.flow import AMBIENT, CallLimits
 from service.redemption.models import SeriesSummary
 from service.redis_pool import connect
 
@@ -89,9 +92,18 @@ class CountedCache:
             log.warning("cache_write_failed", error=type(exc).__name__, detail=str(exc))
 
 
-async def _within_deadline(future: asyncio.Future[SeriesSummary | None]) -> SeriesSummary | None:
-    """Wait for a shared fetch no longer than the waiting request's own deadline (the fetch goes on for others)."""
-    left = time_left()
+def _left(limits: CallLimits) -> float | None:
+    """Seconds the waiting work may still wait: before its own deadline, else its request's; ``None``: no end."""
+    if limits.deadline is None:
+        return time_left()
+    return None if limits.deadline == math.inf else limits.deadline - time.monotonic()
+
+
+async def _within_deadline(
+    future: asyncio.Future[SeriesSummary | None], limits: CallLimits = AMBIENT
+) -> SeriesSummary | None:
+    """Wait for a shared fetch no longer than the waiting work's own deadline (the fetch goes on for others)."""
+    left = _left(limits)
     if left is None:
         return await asyncio.shield(future)
     try:
@@ -124,8 +136,9 @@ class SeriesCatalog:
 
     # --------------------------------------------------------------------------------------------- series
 
-    async def get_many(self, ids: Iterable[int]) -> dict[int, SeriesSummary]:
-        """Summaries of the series that exist among ``ids``; upstream failures leave them out."""
+    async def get_many(self, ids: Iterable[int], *, limits: CallLimits = AMBIENT) -> dict[int, SeriesSummary]:
+        """Summaries of the series that exist among ``ids``; upstream failures leave them out. ``limits``: how long
+        this work waits for a fetch."""
         wanted = sorted(set(ids))
         cached = await self._series.get([str(i) for i in wanted])
         result = {i: v for i, v in zip(wanted, cached, strict=True) if v is not None}
@@ -136,7 +149,7 @@ class SeriesCatalog:
             waits.update(self._start_fetch(to_fetch))
         for series_id, future in waits.items():
             with contextlib.suppress(CapillaryError):
-                if (summary := await _within_deadline(future)) is not None:
+                if (summary := await _within_deadline(future, limits)) is not None:
                     result[series_id] = summary
         return result
 
@@ -204,13 +217,15 @@ class SeriesCatalog:
         cached = await self._codes.get(codes)
         return {c: v for c, v in zip(codes, cached, strict=True) if v is not None}
 
-    async def series_ids(self, codes: Sequence[str]) -> dict[str, int]:
+    async def series_ids(self, codes: Sequence[str], *, limits: CallLimits = AMBIENT) -> dict[str, int]:
         """Each code's series: from the cache, else one coupon-details call for all the others."""
         known = await self._cached_ids(codes)
         missing = [c for c in codes if c not in known]
         if missing:
             try:
-                reply = await self._client.coupon_details(codes=missing, timeout=self._timeout)
+                reply = await self._client.coupon_details(
+                    codes=missing, timeout=self._timeout, deadline=limits.deadline, priority=priority_of(limits)
+                )
             except CapillaryError as exc:
                 log.warning("coupon_details_failed", detail=str(exc))
                 return known
@@ -219,25 +234,25 @@ class SeriesCatalog:
             await self.remember(learnt)
         return known
 
-    async def for_codes(self, codes: Sequence[str]) -> dict[str, SeriesSummary]:
+    async def for_codes(self, codes: Sequence[str], *, limits: CallLimits = AMBIENT) -> dict[str, SeriesSummary]:
         """The series of each code where it can be learnt; never raises for an upstream or cache failure."""
-        ids = await self.series_ids(codes)
-        summaries = await self.get_many(ids.values())
+        ids = await self.series_ids(codes, limits=limits)
+        summaries = await self.get_many(ids.values(), limits=limits)
         return {code: summaries[sid] for code, sid in ids.items() if sid in summaries}
 
-    async def known(self, codes: Sequence[str]) -> dict[str, SeriesSummary]:
+    async def known(self, codes: Sequence[str], *, limits: CallLimits = AMBIENT) -> dict[str, SeriesSummary]:
         """The series of the codes whose series is already known (learnt from an earlier check, lookup or
         redeem answer): no upstream call to learn a code's series. Never raises for an upstream or cache
         failure."""
         ids = await self._cached_ids(codes)
         if not ids:
             return {}
-        summaries = await self.get_many(ids.values())
+        summaries = await self.get_many(ids.values(), limits=limits)
         return {code: summaries[sid] for code, sid in ids.items() if sid in summaries}
 
-    async def by_ids(self, ids: Iterable[int]) -> dict[int, SeriesSummary]:
+    async def by_ids(self, ids: Iterable[int], *, limits: CallLimits = AMBIENT) -> dict[int, SeriesSummary]:
         """Summaries of the series among ``ids`` that exist (one upstream call for all those not cached)."""
-        return await self.get_many(ids)
+        return await self.get_many(ids, limits=limits)
 
 
 @contextlib.asynccontextmanager

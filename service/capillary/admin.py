@@ -9,6 +9,7 @@ the settings a call lacks).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import IO, Any, Final
@@ -42,7 +43,6 @@ from service.capillary.errors import (
 from service.capillary.models import Coupon as UpstreamCoupon
 from service.capillary.models import SeriesSpec, UploadJob, UploadResponse
 from service.capillary.series import summarize
-from service.deadline import DEADLINE
 from service.redemption.catalog import CATALOG
 from service.redemption.flow import UpstreamFailure
 from service.redemption.models import CustomerRef, Failure, SeriesSummary
@@ -75,7 +75,7 @@ class CapillaryAdmin:
 
     def upload_retry_after(self) -> float:
         # The upload host's breaker is the client's last (the only one when both hosts are the same).
-        return self._client.breakers[-1].retry_after()
+        return self._client.upload_retry_after()
 
     async def issue(self, series_id: int, customer: CustomerRef) -> Coupon:
         with domain_errors():
@@ -117,33 +117,31 @@ class CapillaryAdmin:
         self, kind: UploadKind, series_id: int, file: IO[bytes], file_name: str, request: UploadRequest, report: Report
     ) -> Uploaded:
         rules = request.rules
-        # A large file takes longer than a till's request budget: the upload's own timeout bounds it instead.
-        token = DEADLINE.set(None)
-        try:
-            with domain_errors(upload=True):
-                reply: UploadResponse
-                if isinstance(rules, CouponRules):
-                    reply = await self._client.upload_coupons(
-                        series_id,
-                        file,
-                        identifier_type=rules.identifier_type,
-                        identifier_column=report.columns.get("identifier"),
-                        filename=file_name,
-                        timeout=self._upload_timeout,
-                    )
-                else:
-                    reply = await self._client.upload_redeemed_coupons(
-                        series_id,
-                        file,
-                        customer_identifier=rules.customer_identifier,
-                        coupon_identifier=rules.coupon_identifier,
-                        upload_headers={k: v for k, v in report.columns.items() if k in rules.upload_headers},
-                        details=request.details,
-                        filename=file_name,
-                        timeout=self._upload_timeout,
-                    )
-        finally:
-            DEADLINE.reset(token)
+        # A large file takes longer than a till's request budget: no deadline, the upload's own timeout bounds it.
+        with domain_errors(upload=True):
+            reply: UploadResponse
+            if isinstance(rules, CouponRules):
+                reply = await self._client.upload_coupons(
+                    series_id,
+                    file,
+                    identifier_type=rules.identifier_type,
+                    identifier_column=report.columns.get("identifier"),
+                    filename=file_name,
+                    timeout=self._upload_timeout,
+                    deadline=math.inf,
+                )
+            else:
+                reply = await self._client.upload_redeemed_coupons(
+                    series_id,
+                    file,
+                    customer_identifier=rules.customer_identifier,
+                    coupon_identifier=rules.coupon_identifier,
+                    upload_headers={k: v for k, v in report.columns.items() if k in rules.upload_headers},
+                    details=request.details,
+                    filename=file_name,
+                    timeout=self._upload_timeout,
+                    deadline=math.inf,
+                )
         return _uploaded(kind, series_id, reply)
 
     async def jobs(self, kind: UploadKind, series_id: int) -> list[JobView]:

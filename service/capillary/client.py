@@ -103,8 +103,8 @@ class Limits(TypedDict):
     """What bounds one call, every endpoint method's keyword arguments.
 
     ``timeout``: seconds per attempt (default: the configured upstream timeout); ``deadline``: monotonic seconds
-    by which every attempt must be over; ``priority``: whose turn when the outbound budget runs short (default:
-    the operation's own, or a redeem's for urgent work).
+    by which every attempt must be over (``math.inf``: none, not even the ambient one); ``priority``: whose turn
+    when the outbound budget runs short (default: the operation's own, or a redeem's for urgent work).
     """
 
     timeout: NotRequired[float | None]
@@ -236,6 +236,10 @@ class CapillaryClient:
         """One per upstream host."""
         api, upload = self._hosts["api"].breaker, self._hosts["upload"].breaker
         return (api,) if upload is api else (api, upload)
+
+    def upload_retry_after(self) -> float:
+        """Seconds until the upload host's circuit breaker lets a call through again (0 when it does now)."""
+        return self._hosts["upload"].breaker.retry_after()
 
     async def close(self) -> None:
         await asyncio.gather(*(host.session.close() for host in self._hosts.values()))

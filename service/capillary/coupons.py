@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import structlog
 
 from service.capillary import codes
-from service.capillary.client import CapillaryClient
+from service.capillary.client import CapillaryClient, Limits
 from service.capillary.errors import (
     SUCCESS_CODES,
     UNKNOWN_OUTCOME_CODE,
@@ -20,11 +20,11 @@ from service.capillary.errors import (
     CapillaryUnavailable,
 )
 from service.capillary.models import BulkRedeemResponse, Customer, RedeemItem, RedeemResponse, Said
-from service.capillary.resilience import retry_after_seconds
+from service.capillary.resilience import Priority, retry_after_seconds
 from service.idempotency.models import FoundRedemption, latest_moment
 from service.redemption.catalog import CATALOG
 from service.redemption.discount import DiscountRule
-from service.redemption.flow import Redeemed, UpstreamFailure, Verdict
+from service.redemption.flow import AMBIENT, CallLimits, Redeemed, UpstreamFailure, Verdict
 from service.redemption.models import CustomerRef, Failure, RedemptionCommand
 
 log = structlog.get_logger("service.capillary")
@@ -55,6 +55,16 @@ def upstream_failure(error: CapillaryError) -> UpstreamFailure:
     failure = Failure(codes.for_failure(error), error.code, error.upstream_message)
     retry_after = retry_after_seconds(error.retry_after) if isinstance(error, CapillaryUnavailable) else None
     return UpstreamFailure(failure, maybe_applied=error.maybe_applied, retry_after=retry_after)
+
+
+def priority_of(limits: CallLimits) -> Priority | None:
+    """A redeem's work goes first when the budget runs short; other work keeps each operation's own priority."""
+    return Priority.REDEEM if limits.urgent else None
+
+
+def client_limits(limits: CallLimits) -> Limits:
+    """The client's keyword arguments for work under ``limits`` (``None``: the client's ambient deadline)."""
+    return {"deadline": limits.deadline, "priority": priority_of(limits)}
 
 
 def _rule(item: RedeemItem | None) -> tuple[DiscountRule | None, bool]:
@@ -128,12 +138,16 @@ class CapillaryCoupons:
         #: and logged, never a refusal.
         self.warnings: dict[str, int] = {}
 
-    async def check(self, customer: CustomerRef, codes: Sequence[str], *, store: str | None) -> dict[str, Verdict]:
+    async def check(
+        self, customer: CustomerRef, codes: Sequence[str], *, store: str | None, limits: CallLimits = AMBIENT
+    ) -> dict[str, Verdict]:
         """``is_redeemable`` with ``details=true`` (the series' details, where the answer carries them). A code
         the answer gives no verdict for, when it names none at all, makes the answer unusable: a 502 the till
         may retry (``UPSTREAM_BAD_RESPONSE``)."""
         try:
-            reply = await self._client.is_redeemable(customer_of(customer), codes, details=True, store=store)
+            reply = await self._client.is_redeemable(
+                customer_of(customer), codes, details=True, store=store, **client_limits(limits)
+            )
         except CapillaryError as exc:
             raise upstream_failure(exc) from exc
         verdicts = {}
@@ -149,25 +163,27 @@ class CapillaryCoupons:
                 verdicts[item.code] = Verdict(False, failure, series_id=item.series_id)
         return verdicts
 
-    async def redeem(self, command: RedemptionCommand, codes: Sequence[str]) -> dict[str, Redeemed]:
-        customer = customer_of(command.customer)
-        bill, number = command.bill_amount, command.transaction_number or ""
-        time, store = command.redemption_time, command.store
+    async def redeem(
+        self, command: RedemptionCommand, codes: Sequence[str], *, limits: CallLimits = AMBIENT
+    ) -> dict[str, Redeemed]:
+        buyer = customer_of(command.customer)
+        bill, txn = command.bill_amount, command.transaction_number or ""
+        at, store, bound = command.redemption_time, command.store, client_limits(limits)
         try:
             if len(codes) == 1:
                 single = await self._client.redeem(
-                    customer, codes[0], bill_amount=bill, transaction_number=number, redemption_time=time, store=store
+                    buyer, codes[0], bill_amount=bill, transaction_number=txn, redemption_time=at, store=store, **bound
                 )
                 return _single(single, self.warnings)
             bulk = await self._client.bulk_redeem(
-                customer, codes, bill_amount=bill, transaction_number=number, redemption_time=time, store=store
+                buyer, codes, bill_amount=bill, transaction_number=txn, redemption_time=at, store=store, **bound
             )
             return _bulk(bulk, codes, self.warnings)
         except CapillaryError as exc:
             raise upstream_failure(exc) from exc
 
     async def find_redemptions(
-        self, customer: CustomerRef, codes: Sequence[str], transaction_number: str
+        self, customer: CustomerRef, codes: Sequence[str], transaction_number: str, *, limits: CallLimits = AMBIENT
     ) -> dict[str, list[FoundRedemption]]:
         """The redemptions Capillary shows for each of ``codes`` in this transaction, with their ids and dates.
 
@@ -176,11 +192,12 @@ class CapillaryCoupons:
         "already used" (711/716/747) went through with us (its redemption id and date then unknown).
         """
         try:
-            reply = await self._client.customer_coupons(customer_of(customer))
+            reply = await self._client.customer_coupons(customer_of(customer), **client_limits(limits))
         except CapillaryError as exc:
             if exc.maybe_applied or (exc.http_status or 0) >= 500 or exc.http_status in (None, 429):
                 raise upstream_failure(exc) from exc
-            return {c: [FoundRedemption(i)] for c, i in (await self._find_by_verdicts(customer, codes)).items()}
+            found_ids = await self._find_by_verdicts(customer, codes, limits)
+            return {c: [FoundRedemption(i)] for c, i in found_ids.items()}
         found: dict[str, list[FoundRedemption]] = {}
         for coupon in reply.data:
             if coupon.code is not None and coupon.code in codes:
@@ -190,16 +207,18 @@ class CapillaryCoupons:
                         found.setdefault(coupon.code, []).append(FoundRedemption(redemption.id or 0, latest))
         return found
 
-    async def reactivate(self, redemption_ids: list[int]) -> None:
+    async def reactivate(self, redemption_ids: list[int], *, limits: CallLimits = AMBIENT) -> None:
         """Undo redemptions; a refusal (510 unknown ids, 661 none) or an unanswered call raises UpstreamFailure."""
         try:
-            reply = await self._client.reactivate(redemption_ids)
+            reply = await self._client.reactivate(redemption_ids, **client_limits(limits))
         except CapillaryError as exc:
             raise upstream_failure(exc) from exc
         if not reply.success:
             first = reply.errors[0] if reply.errors else None
             raise UpstreamFailure(failure_of(first.code if first else None, first.message if first else None))
 
-    async def _find_by_verdicts(self, customer: CustomerRef, codes: Sequence[str]) -> dict[str, int]:
-        verdicts = await self.check(customer, codes, store=None)
+    async def _find_by_verdicts(
+        self, customer: CustomerRef, codes: Sequence[str], limits: CallLimits
+    ) -> dict[str, int]:
+        verdicts = await self.check(customer, codes, store=None, limits=limits)
         return {c: 0 for c, v in verdicts.items() if v.failure is not None and v.failure.upstream_code in USED_CODES}

@@ -27,6 +27,7 @@ import asyncio
 import collections
 import contextlib
 import functools
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -36,11 +37,11 @@ from typing import Any, Protocol
 import msgspec
 import structlog
 
-from service.deadline import DEADLINE, URGENT, time_left
+from service.deadline import time_left
 from service.idempotency.models import Entry, FoundRedemption, Reversal, StoredCommand, StoredResponse, is_natural
 from service.idempotency.store import LedgerStore, Resolution, StoreUnavailable
 from service.redemption.catalog import CATALOG, LocalError
-from service.redemption.flow import RedemptionFlow, SeriesLookup, UpstreamFailure, new_ref, price
+from service.redemption.flow import AMBIENT, CallLimits, RedemptionFlow, SeriesLookup, UpstreamFailure, new_ref, price
 from service.redemption.models import CodeOutcome, CustomerRef, Failure, Outcome, RedemptionCommand
 
 log = structlog.get_logger("service.idempotency")
@@ -83,13 +84,13 @@ class Reconciling(Protocol):
     """What reconciliation asks the upstream and the series cache."""
 
     async def find_redemptions(
-        self, customer: CustomerRef, codes: tuple[str, ...], transaction_number: str
+        self, customer: CustomerRef, codes: tuple[str, ...], transaction_number: str, *, limits: CallLimits = AMBIENT
     ) -> dict[str, list[FoundRedemption]]:
         """The redemptions Capillary shows for each of ``codes`` in this transaction (several for a multi-use
         code redeemed more than once in it)."""
         ...
 
-    async def reactivate(self, redemption_ids: list[int]) -> None: ...
+    async def reactivate(self, redemption_ids: list[int], *, limits: CallLimits = AMBIENT) -> None: ...
 
 
 class OfflineAcceptance(Protocol):
@@ -98,9 +99,10 @@ class OfflineAcceptance(Protocol):
     def applies(self, failure: Failure) -> bool: ...
 
     async def accept(
-        self, entry: Entry, command: RedemptionCommand, till: str | None, cause: UpstreamFailure
+        self, entry: Entry, command: RedemptionCommand, till: str | None, cause: UpstreamFailure, limits: CallLimits
     ) -> StoredResponse:
-        """The provisional answer, journaled and recorded; raises the cause (with why) when it does not apply."""
+        """The provisional answer, journaled and recorded; raises the cause (with why) when it does not apply.
+        ``limits``: the redeem's own."""
         ...
 
     async def reverse(self, entry: Entry, key: str | None, reversed_body: StoredResponse) -> StoredResponse | None: ...
@@ -194,6 +196,8 @@ class _Unwritten:
 
 
 WRITE_RESULTS = ("deferred", "written", "gave_up")
+#: The sweeper's work answers no request: no deadline, each call bounded by its own timeout.
+BACKGROUND = CallLimits(math.inf)
 
 
 @dataclass
@@ -307,18 +311,18 @@ class ExactlyOnce:
             sent = True
 
         # This task outlives the till's wait when it must (the till then has 202 pending): its upstream calls are
-        # bounded by the redeem's own hard limit, not by the request's deadline, so a redeem sent is not cut short.
+        # bounded by the redeem's own hard limit, not by the request's deadline, so a redeem sent is not cut short;
+        # and they are urgent, first when Capillary's request budget runs short.
         limit = self.timing.hard_limit - self.timing.lease_margin
-        DEADLINE.set(time.monotonic() + limit)  # the deadline's own clock: the upstream client reads it so
-        URGENT.set(True)
+        limits = CallLimits(time.monotonic() + limit, urgent=True)  # the deadline's own clock, the client's
         try:
             async with asyncio.timeout(limit):
-                outcome = await self.flow.redeem(command, ref=entry.ref, on_send=on_send)
+                outcome = await self.flow.redeem(command, ref=entry.ref, on_send=on_send, limits=limits)
         except UpstreamFailure as exc:
             if sent and exc.maybe_applied:
                 async with self._guard(entry.ref):
                     return await self._pend(entry)
-            if (reply := await self._provisional(entry, command, till, exc, sent)) is not None:
+            if (reply := await self._provisional(entry, command, till, exc, sent, limits)) is not None:
                 return reply
             await self._drop(entry)  # nothing was applied: the till may simply try again
             raise
@@ -327,7 +331,7 @@ class ExactlyOnce:
                 async with self._guard(entry.ref):
                     return await self._pend(entry)
             timeout = UpstreamFailure(Failure(CATALOG["UPSTREAM_TIMEOUT"]))
-            if (reply := await self._provisional(entry, command, till, timeout, sent)) is not None:
+            if (reply := await self._provisional(entry, command, till, timeout, sent, limits)) is not None:
                 return reply
             await self._drop(entry)
             raise timeout from None
@@ -337,7 +341,13 @@ class ExactlyOnce:
         return Reply(response, ref=entry.ref, **_summary(outcome))
 
     async def _provisional(
-        self, entry: Entry, command: RedemptionCommand, till: str | None, cause: UpstreamFailure, sent: bool
+        self,
+        entry: Entry,
+        command: RedemptionCommand,
+        till: str | None,
+        cause: UpstreamFailure,
+        sent: bool,
+        limits: CallLimits,
     ) -> Reply | None:
         """Offline acceptance, when Capillary could not be reached before anything was sent (a redeem call refused
         at connect counts as not sent). Declined: the entry is dropped and the cause raised, saying why."""
@@ -347,7 +357,7 @@ class ExactlyOnce:
             return None
         try:
             async with self._guard(entry.ref):
-                response = await self.offline.accept(entry, command, till, cause)
+                response = await self.offline.accept(entry, command, till, cause, limits)
         except UpstreamFailure:
             await self._drop(entry)
             raise
@@ -520,8 +530,9 @@ class ExactlyOnce:
             return Refused(CATALOG["TRANSACTION_REUSED"], message)
         return Refused(CATALOG["IDEMPOTENCY_KEY_REUSED"])
 
-    async def reconcile(self, entry: Entry) -> Entry:
-        """Ask Capillary whether this pending redemption went through; record what it says."""
+    async def reconcile(self, entry: Entry, *, limits: CallLimits = AMBIENT) -> Entry:
+        """Ask Capillary whether this pending redemption went through; record what it says. ``limits``: those of
+        the request that asks (a replay, a lookup, a reversal), or the sweeper's (none)."""
         if entry.ref in self._running or entry.ref in self._unwritten:
             return entry  # this very process is still at work on it, or holds its answer: nothing to conclude
         now = self.clock()
@@ -539,7 +550,7 @@ class ExactlyOnce:
         entry.checked_at = now
         try:
             found = await self.upstream.find_redemptions(
-                command.customer, command.codes, command.transaction_number or ""
+                command.customer, command.codes, command.transaction_number or "", limits=limits
             )
         except UpstreamFailure as exc:
             log.warning("reconcile_upstream_unavailable", ref=entry.ref, error_code=exc.failure.error.code)
@@ -547,7 +558,7 @@ class ExactlyOnce:
             return await self._save_if_unresolved(entry)
         ours = await self._ours(entry, found)
         if ours:
-            outcome = await self._found_outcome(entry, command, ours)
+            outcome = await self._found_outcome(entry, command, ours, limits)
             response = self.render.outcome(outcome, command, entry.request_id)
             resolution = await self._finish(entry, outcome, response, force=False)
             if resolution.current is not None:
@@ -597,8 +608,10 @@ class ExactlyOnce:
         current = await self.store.save_unresolved(entry, self.timing.ttl)
         return entry if current is None else current
 
-    async def _found_outcome(self, entry: Entry, command: RedemptionCommand, found: dict[str, int]) -> Outcome:
-        series = await self.series.for_codes(command.codes)
+    async def _found_outcome(
+        self, entry: Entry, command: RedemptionCommand, found: dict[str, int], limits: CallLimits
+    ) -> Outcome:
+        series = await self.series.for_codes(command.codes, limits=limits)
         not_here = Failure(CATALOG["COUPON_NOT_REDEEMABLE"], None, "Not redeemed in this transaction")
         codes = []
         for code in command.codes:
@@ -651,7 +664,7 @@ class ExactlyOnce:
                 continue
             looked += 1
             try:
-                await self.reconcile(entry)
+                await self.reconcile(entry, limits=BACKGROUND)
             except Exception:
                 log.exception("reconcile_failed", ref=ref)
         return looked

@@ -26,7 +26,7 @@ from service.offline.journal import Journal, JournalUnavailable, Line, Provision
 from service.offline_policy import Policy
 from service.redemption.catalog import CATALOG
 from service.redemption.checks import bill_failure
-from service.redemption.flow import UpstreamFailure, price
+from service.redemption.flow import AMBIENT, CallLimits, UpstreamFailure, price
 from service.redemption.models import CodeOutcome, Failure, Outcome, RedemptionCommand, SeriesSummary
 
 log = structlog.get_logger("service.offline")
@@ -45,7 +45,7 @@ class OfflineDeclined(UpstreamFailure):
 
 
 class SeriesKnown(Protocol):
-    async def known(self, codes: Sequence[str]) -> dict[str, SeriesSummary]: ...
+    async def known(self, codes: Sequence[str], *, limits: CallLimits = AMBIENT) -> dict[str, SeriesSummary]: ...
 
 
 class _Coupon(msgspec.Struct, rename="camel", kw_only=True):
@@ -167,10 +167,11 @@ class Offline:
         return failure.error.code in UNREACHABLE
 
     async def accept(
-        self, entry: Entry, command: RedemptionCommand, till: str | None, cause: UpstreamFailure
+        self, entry: Entry, command: RedemptionCommand, till: str | None, cause: UpstreamFailure, limits: CallLimits
     ) -> StoredResponse:
-        """Journal ``command`` as provisional and record its answer in the ledger; or raise OfflineDeclined."""
-        item = await self._qualify(entry, command, till, cause)
+        """Journal ``command`` as provisional and record its answer in the ledger; or raise OfflineDeclined.
+        ``limits``: the redeem's, bounding the wait for its series."""
+        item = await self._qualify(entry, command, till, cause, limits)
         try:
             async with self.journal.exclusive():
                 refusal = self._capped(item, await self.journal.outstanding())
@@ -195,7 +196,7 @@ class Offline:
         return response
 
     async def _qualify(
-        self, entry: Entry, command: RedemptionCommand, till: str | None, cause: UpstreamFailure
+        self, entry: Entry, command: RedemptionCommand, till: str | None, cause: UpstreamFailure, limits: CallLimits
     ) -> Provisional:
         if command.store is None:
             raise OfflineDeclined(cause, "the API key names no store")
@@ -206,7 +207,7 @@ class Offline:
             raise OfflineDeclined(cause, f"the offline journal is unavailable ({exc})") from None
         valid = {c: msgspec.json.decode(found[n], type=Validated) for c, n in names.items() if n in found}
         unknown = [c for c in command.codes if c in valid and valid[c].series is None]
-        known = await self.series.known(unknown) if unknown else {}
+        known = await self.series.known(unknown, limits=limits) if unknown else {}
         now, window = self.clock(), self.policy.validated_within_seconds
         outcomes = []
         for code in command.codes:

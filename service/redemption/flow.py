@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Protocol
+from typing import Final, Protocol
 
 from service.redemption.catalog import CATALOG
 from service.redemption.checks import bill_failure
@@ -72,24 +72,47 @@ class UpstreamFailure(Exception):
         self.retry_after = retry_after  # seconds, when the upstream said when to come back (breaker, rate budget)
 
 
-class CouponUpstream(Protocol):
-    async def check(self, customer: CustomerRef, codes: Sequence[str], *, store: str | None) -> dict[str, Verdict]: ...
+@dataclass(frozen=True, slots=True)
+class CallLimits:
+    """What bounds the upstream calls made for one piece of work, given by whoever owns that work.
 
-    async def redeem(self, command: RedemptionCommand, codes: Sequence[str]) -> dict[str, Redeemed]:
+    ``deadline``: monotonic seconds by which the calls must be over; ``None``: the request's own (the one the web
+    layer set, or none in the background); ``math.inf``: none at all. ``urgent``: a redeem's work, served first
+    when Capillary's request budget runs short."""
+
+    deadline: float | None = None
+    urgent: bool = False
+
+
+#: The limits of work that gives none of its own: the request's deadline, and no urgency.
+AMBIENT: Final = CallLimits()
+
+
+class CouponUpstream(Protocol):
+    async def check(
+        self, customer: CustomerRef, codes: Sequence[str], *, store: str | None, limits: CallLimits = AMBIENT
+    ) -> dict[str, Verdict]: ...
+
+    async def redeem(
+        self, command: RedemptionCommand, codes: Sequence[str], *, limits: CallLimits = AMBIENT
+    ) -> dict[str, Redeemed]:
         """Raises UpstreamFailure with ``maybe_applied`` when the answer never came (or said 748)."""
         ...
 
 
 class SeriesLookup(Protocol):
-    async def known(self, codes: Sequence[str]) -> dict[str, SeriesSummary]:
+    """The series of codes and ids. ``limits`` bounds the wait for a lookup made for this work (a shared fetch goes
+    on for others)."""
+
+    async def known(self, codes: Sequence[str], *, limits: CallLimits = AMBIENT) -> dict[str, SeriesSummary]:
         """The series of the codes whose series is already known (no upstream call to learn a code's series)."""
         ...
 
-    async def for_codes(self, codes: Sequence[str]) -> dict[str, SeriesSummary]:
+    async def for_codes(self, codes: Sequence[str], *, limits: CallLimits = AMBIENT) -> dict[str, SeriesSummary]:
         """The series of each code where it can be learnt (one batched upstream call for those not known)."""
         ...
 
-    async def by_ids(self, ids: Iterable[int]) -> dict[int, SeriesSummary]: ...
+    async def by_ids(self, ids: Iterable[int], *, limits: CallLimits = AMBIENT) -> dict[int, SeriesSummary]: ...
 
     async def remember(self, code_series: dict[str, int]) -> None: ...
 
@@ -183,22 +206,24 @@ class RedemptionFlow:
         #: beside the check, so the lookup costs no latency; once one does, after it, and only where still needed.
         self.checks_name_series = False
 
-    async def _assess(self, command: RedemptionCommand, *, learn: bool) -> list[CodeOutcome]:
+    async def _assess(self, command: RedemptionCommand, *, learn: bool, limits: CallLimits) -> list[CodeOutcome]:
         """The upstream check beside the series already known; with ``learn``, the series of passing codes not
         yet known are learnt after it. Then each code's verdict: Capillary's, then the bill against its series."""
         ahead = learn and not self.checks_name_series
         try:
             async with asyncio.TaskGroup() as group:
-                checking = group.create_task(self._upstream.check(command.customer, command.codes, store=command.store))
+                checking = group.create_task(
+                    self._upstream.check(command.customer, command.codes, store=command.store, limits=limits)
+                )
                 lookup = self._series.for_codes if ahead else self._series.known
-                looking = group.create_task(lookup(command.codes))
+                looking = group.create_task(lookup(command.codes, limits=limits))
         except* UpstreamFailure as failures:
             raise failures.exceptions[0] from None
         verdicts, known = checking.result(), looking.result()
         if any(v.series_id is not None for v in verdicts.values()):
             self.checks_name_series = True
         if learn and not ahead:
-            known.update(await self._learn(command.codes, verdicts, known))
+            known.update(await self._learn(command.codes, verdicts, known, limits))
         outcomes = []
         for code in command.codes:
             series = known.get(code)
@@ -216,7 +241,7 @@ class RedemptionFlow:
         return outcomes
 
     async def _learn(
-        self, codes: Sequence[str], verdicts: dict[str, Verdict], known: dict[str, SeriesSummary]
+        self, codes: Sequence[str], verdicts: dict[str, Verdict], known: dict[str, SeriesSummary], limits: CallLimits
     ) -> dict[str, SeriesSummary]:
         """The series of the passing codes not yet known: from the series the check named, else from a lookup."""
         wanted = [c for c in codes if c not in known and (v := verdicts.get(c)) is not None and v.ok]
@@ -224,11 +249,11 @@ class RedemptionFlow:
         found: dict[str, SeriesSummary] = {}
         if named:
             await self._series.remember({c: i for c, i in named.items() if i is not None})
-            summaries = await self._series.by_ids(i for i in named.values() if i is not None)
+            summaries = await self._series.by_ids((i for i in named.values() if i is not None), limits=limits)
             found = {c: summaries[i] for c, i in named.items() if i in summaries}
         rest = [c for c in wanted if c not in named]
         if rest:
-            found.update(await self._series.for_codes(rest))
+            found.update(await self._series.for_codes(rest, limits=limits))
         return found
 
     @staticmethod
@@ -237,9 +262,10 @@ class RedemptionFlow:
         codes = [CodeOutcome(code, failure=failure) for code in command.codes]
         return Outcome(codes, failure=failure, ref=ref)
 
-    async def validate(self, command: RedemptionCommand) -> Outcome:
+    async def validate(self, command: RedemptionCommand, *, limits: CallLimits = AMBIENT) -> Outcome:
+        """Each code's verdict and its discount on this bill, nothing redeemed."""
         try:
-            outcomes = await self._assess(command, learn=True)
+            outcomes = await self._assess(command, learn=True, limits=limits)
         except UpstreamFailure as exc:
             if not refuses_request(exc):
                 raise
@@ -248,22 +274,27 @@ class RedemptionFlow:
         return Outcome(outcomes, total_discount=total)
 
     async def redeem(
-        self, command: RedemptionCommand, *, ref: str | None = None, on_send: Callable[[], None] | None = None
+        self,
+        command: RedemptionCommand,
+        *,
+        ref: str | None = None,
+        on_send: Callable[[], None] | None = None,
+        limits: CallLimits = AMBIENT,
     ) -> Outcome:
         """The check, then the redeem call(s) the plan asks for, then the answers read into each code's outcome.
         ``on_send`` is called just before each upstream redeem call: from then on, a failure without an answer
-        leaves the outcome unknown."""
+        leaves the outcome unknown. ``limits`` bounds every upstream call and lookup made for it."""
         ref = ref or new_ref()
         try:
-            outcomes = await self._assess(command, learn=False)
+            outcomes = await self._assess(command, learn=False, limits=limits)
         except UpstreamFailure as exc:
             if not refuses_request(exc):
                 raise
             return self._refused(exc.failure, command, ref)
         sending = plan_redeem(command.mode, outcomes)
         hold_back(outcomes, sending)
-        answers = await self._send(command, outcomes, sending, on_send)
-        await self._apply_answers(outcomes, answers)
+        answers = await self._send(command, outcomes, sending, on_send, limits)
+        await self._apply_answers(outcomes, answers, limits)
         return conclude(outcomes, command.bill_amount, ref)
 
     async def _send(
@@ -272,6 +303,7 @@ class RedemptionFlow:
         outcomes: Sequence[CodeOutcome],
         sending: tuple[str, ...],
         on_send: Callable[[], None] | None,
+        limits: CallLimits,
     ) -> dict[str, Redeemed]:
         """The redeem call for ``sending``, and in ``partial`` mode at most one more for the codes refused only
         because of others (see :func:`plan_retry`). Returns the answer for each code that got one."""
@@ -282,13 +314,15 @@ class RedemptionFlow:
                 break
             if on_send is not None:
                 on_send()
-            results = await self._upstream.redeem(command, sending)
+            results = await self._upstream.redeem(command, sending, limits=limits)
             answers.update({c: r for c in sending if (r := results.get(c)) is not None})
             siblings = read_answer(by_code, sending, results)
             sending = plan_retry(command.mode, by_code, sending, siblings) if attempt == 0 else ()
         return answers
 
-    async def _apply_answers(self, outcomes: list[CodeOutcome], answers: dict[str, Redeemed]) -> None:
+    async def _apply_answers(
+        self, outcomes: list[CodeOutcome], answers: dict[str, Redeemed], limits: CallLimits
+    ) -> None:
         """Each code's series and discount as the redeem answer states them. Where the answer gives a percent
         without its cap (the documented "Redeem Coupons" shape), the cap is the series': known before the
         redeem, or fetched once for all such series (then cached). A cap that cannot be learnt leaves that
@@ -309,7 +343,7 @@ class RedemptionFlow:
             )
 
         wanted = {i for o in outcomes if cap_missing(o) and (i := answers[o.code].series_id or o.series_id)}
-        fetched = await self._series.by_ids(wanted) if wanted else {}
+        fetched = await self._series.by_ids(wanted, limits=limits) if wanted else {}
         for outcome in outcomes:
             result = answers.get(outcome.code)
             if result is None:

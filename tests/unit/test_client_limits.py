@@ -3,15 +3,19 @@ callers that give none. Against the embedded sandbox."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from service.capillary.client import Ambient, CapillaryClient
+from service.capillary.coupons import CapillaryCoupons
 from service.capillary.errors import CapillaryTimeoutError
 from service.capillary.resilience import Priority
-from service.deadline import DEADLINE, URGENT, current
+from service.deadline import DEADLINE, current
+from service.redemption.flow import CallLimits, UpstreamFailure
+from service.redemption.models import CustomerRef
 from service.sandbox import DEMO, Fault, FaultKind
 from tests.conftest import Upstream
 
@@ -75,13 +79,12 @@ async def test_the_ambient_source_serves_calls_given_none(open_client: OpenClien
 async def test_without_an_ambient_source_the_client_reads_no_context(
     open_client: OpenClient, upstream: Upstream
 ) -> None:
-    deadline, urgent = DEADLINE.set(past()), URGENT.set(True)
+    deadline = DEADLINE.set(past())
     try:
-        assert current()[1] is True
+        assert current()[0] is not None
         reply = await open_client().series([ABS])
     finally:
         DEADLINE.reset(deadline)
-        URGENT.reset(urgent)
     assert [s.id for s in reply.entity] == [ABS]
 
 
@@ -97,3 +100,21 @@ async def test_the_request_deadline_reaches_the_client_through_current(
         DEADLINE.reset(token)
     assert client.rejections["no_time", Priority.CHECK] == 1
     assert [s.id for s in (await client.series([ABS])).entity] == [ABS]  # no deadline: the call's own limit
+
+
+async def test_the_adapter_gives_the_client_a_redeems_limits(open_client: OpenClient, upstream: Upstream) -> None:
+    """Urgent work goes first even on an operation of lower priority (the check), under the deadline it gives;
+    work that gives none keeps the ambient deadline and each operation's own priority."""
+    client = open_client(ambient=lambda: (past(), False))
+    coupons = CapillaryCoupons(client)
+    alice = CustomerRef("mobile", DEMO.customer("alice").mobile)
+    with pytest.raises(UpstreamFailure) as caught:
+        await coupons.check(alice, ["ABS-ALICE-1"], store=None, limits=CallLimits(past(), urgent=True))
+    assert caught.value.failure.error.code == "UPSTREAM_TIMEOUT"
+    assert client.rejections["no_time", Priority.REDEEM] == 1
+    with pytest.raises(UpstreamFailure):
+        await coupons.check(alice, ["ABS-ALICE-1"], store=None)  # the ambient deadline, already spent
+    assert client.rejections["no_time", Priority.CHECK] == 1
+    assert upstream.sandbox.call_count() == 0
+    verdicts = await coupons.check(alice, ["ABS-ALICE-1"], store=None, limits=CallLimits(math.inf))  # no deadline
+    assert verdicts["ABS-ALICE-1"].ok

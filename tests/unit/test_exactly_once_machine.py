@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from service.idempotency.models import (
 from service.idempotency.service import ExactlyOnce, Refused, Reply, Timing
 from service.idempotency.store import MemoryStore, StoreUnavailable
 from service.redemption.catalog import CATALOG
-from service.redemption.flow import Redeemed, RedemptionFlow, UpstreamFailure, Verdict, new_ref
+from service.redemption.flow import AMBIENT, CallLimits, Redeemed, RedemptionFlow, UpstreamFailure, Verdict, new_ref
 from service.redemption.models import CustomerRef, Failure, RedemptionCommand, SeriesSummary
 from service.web.redemptions import JsonRenderer, answer_status
 
@@ -71,6 +72,7 @@ class ScriptedUpstream:
         self.sent = asyncio.Event()
         self.release = asyncio.Event()
         self.redeems = 0
+        self.limits: list[tuple[str, CallLimits]] = []  # each call's name and the limits it was given
 
     def _apply(self, codes: Sequence[str]) -> dict[str, Redeemed]:
         self.redeems += 1
@@ -79,10 +81,16 @@ class ScriptedUpstream:
             self.applied.setdefault(code, []).append(FoundRedemption(rid))
         return {c: Redeemed(True, redemption_id=i) for c, i in ids.items()}
 
-    async def check(self, customer: CustomerRef, codes: Sequence[str], *, store: str | None) -> dict[str, Verdict]:
+    async def check(
+        self, customer: CustomerRef, codes: Sequence[str], *, store: str | None, limits: CallLimits = AMBIENT
+    ) -> dict[str, Verdict]:
+        self.limits.append(("check", limits))
         return {c: Verdict(True) for c in codes}
 
-    async def redeem(self, command: RedemptionCommand, codes: Sequence[str]) -> dict[str, Redeemed]:
+    async def redeem(
+        self, command: RedemptionCommand, codes: Sequence[str], *, limits: CallLimits = AMBIENT
+    ) -> dict[str, Redeemed]:
+        self.limits.append(("redeem", limits))
         self.sent.set()
         match self.redeem_as:
             case "ok":
@@ -101,11 +109,13 @@ class ScriptedUpstream:
                 return self._apply(codes)
 
     async def find_redemptions(
-        self, customer: CustomerRef, codes: tuple[str, ...], transaction_number: str
+        self, customer: CustomerRef, codes: tuple[str, ...], transaction_number: str, *, limits: CallLimits = AMBIENT
     ) -> dict[str, list[FoundRedemption]]:
+        self.limits.append(("find_redemptions", limits))
         return {c: list(self.applied[c]) for c in codes if c in self.applied}
 
-    async def reactivate(self, redemption_ids: list[int]) -> None:
+    async def reactivate(self, redemption_ids: list[int], *, limits: CallLimits = AMBIENT) -> None:
+        self.limits.append(("reactivate", limits))
         match self.reactivate_as:
             case "ok":
                 self.reactivated += redemption_ids
@@ -117,13 +127,13 @@ class ScriptedUpstream:
 
 
 class NoSeries:
-    async def known(self, codes: Sequence[str]) -> dict[str, SeriesSummary]:
+    async def known(self, codes: Sequence[str], *, limits: CallLimits = AMBIENT) -> dict[str, SeriesSummary]:
         return {}
 
-    async def by_ids(self, ids: Iterable[int]) -> dict[int, SeriesSummary]:
+    async def by_ids(self, ids: Iterable[int], *, limits: CallLimits = AMBIENT) -> dict[int, SeriesSummary]:
         return {}
 
-    async def for_codes(self, codes: Sequence[str]) -> dict[str, SeriesSummary]:
+    async def for_codes(self, codes: Sequence[str], *, limits: CallLimits = AMBIENT) -> dict[str, SeriesSummary]:
         return {}
 
     async def remember(self, code_series: dict[str, int]) -> None:
@@ -598,3 +608,52 @@ async def test_every_record_this_release_writes_replays_on_a_replica_of_the_prev
             assert (previous.status, previous.body) == (answer_status(entry.response), entry.response.body)
         finally:
             await m.close()
+
+
+# ------------------------------------------------------------------------------------------ the calls' limits
+
+
+async def test_a_redeem_calls_upstream_under_its_own_deadline_and_goes_first() -> None:
+    """The redeem outlives its till's wait when it must: its calls get its own limit, not the request's deadline
+    (here almost spent), and are urgent."""
+    m = Machine()
+    own = TIMING.hard_limit - TIMING.lease_margin
+    token = DEADLINE.set(time.monotonic() + 0.5)  # the request's deadline, far sooner than the redeem's own
+    try:
+        before = time.monotonic()
+        reply = await m.redeem()
+        after = time.monotonic()
+    finally:
+        DEADLINE.reset(token)
+        await m.close()
+    assert reply.outcome == "redeemed"
+    assert [name for name, _ in m.upstream.limits] == ["check", "redeem"]
+    for _, limits in m.upstream.limits:
+        assert limits.urgent is True
+        assert limits.deadline is not None
+        assert before + own <= limits.deadline <= after + own
+
+
+async def test_the_sweeper_reconciles_with_no_deadline_and_a_request_with_its_own() -> None:
+    m = Machine()
+    try:
+        await _pending(m)
+        m.upstream.limits.clear()
+        await m.ledger.sweep()
+        assert m.upstream.limits == [("find_redemptions", CallLimits(math.inf))]  # no request: no deadline
+        m.upstream.limits.clear()
+        await status(m)
+        assert m.upstream.limits == [("find_redemptions", AMBIENT)]  # the request's deadline, through the client
+    finally:
+        await m.close()
+
+
+async def test_a_reversal_reactivates_under_its_requests_deadline() -> None:
+    m = Machine()
+    try:
+        await _done(m)
+        m.upstream.limits.clear()
+        await reverse_as("ok")(m)
+        assert m.upstream.limits == [("reactivate", AMBIENT)]
+    finally:
+        await m.close()

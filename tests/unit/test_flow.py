@@ -9,7 +9,7 @@ import pytest
 
 from service.redemption.catalog import CATALOG
 from service.redemption.discount import DiscountRule
-from service.redemption.flow import Redeemed, RedemptionFlow, UpstreamFailure, Verdict
+from service.redemption.flow import AMBIENT, CallLimits, Redeemed, RedemptionFlow, UpstreamFailure, Verdict
 from service.redemption.models import CustomerRef, Failure, Mode, RedemptionCommand, SeriesSummary
 
 USED = Failure(CATALOG["COUPON_ALREADY_REDEEMED"], 711, "Coupon is already used")
@@ -29,11 +29,15 @@ class FakeUpstream:
         self.checked: list[tuple[str, ...]] = []
         self.redeemed: list[tuple[str, ...]] = []
 
-    async def check(self, customer: CustomerRef, codes: Sequence[str], *, store: str | None) -> dict[str, Verdict]:
+    async def check(
+        self, customer: CustomerRef, codes: Sequence[str], *, store: str | None, limits: CallLimits = AMBIENT
+    ) -> dict[str, Verdict]:
         self.checked.append(tuple(codes))
         return {c: Verdict(False, USED) if c.startswith("USED") else Verdict(True) for c in codes}
 
-    async def redeem(self, command: RedemptionCommand, codes: Sequence[str]) -> dict[str, Redeemed]:
+    async def redeem(
+        self, command: RedemptionCommand, codes: Sequence[str], *, limits: CallLimits = AMBIENT
+    ) -> dict[str, Redeemed]:
         self.redeemed.append(tuple(codes))
         if any(c in self.bad_at_redeem for c in codes):
             return {c: Redeemed(False, self.bad_at_redeem.get(c, SIBLING)) for c in codes}
@@ -50,14 +54,14 @@ class FakeSeries:
         self.looked_up: list[tuple[str, ...]] = []
         self.fetched: list[tuple[int, ...]] = []
 
-    async def known(self, codes: Sequence[str]) -> dict[str, SeriesSummary]:
+    async def known(self, codes: Sequence[str], *, limits: CallLimits = AMBIENT) -> dict[str, SeriesSummary]:
         return {c: SERIES[c] for c in codes if c in SERIES and (c in self.cached or c in self.learnt)}
 
-    async def for_codes(self, codes: Sequence[str]) -> dict[str, SeriesSummary]:
+    async def for_codes(self, codes: Sequence[str], *, limits: CallLimits = AMBIENT) -> dict[str, SeriesSummary]:
         self.looked_up.append(tuple(codes))
         return {c: SERIES[c] for c in codes if c in SERIES}
 
-    async def by_ids(self, ids: Iterable[int]) -> dict[int, SeriesSummary]:
+    async def by_ids(self, ids: Iterable[int], *, limits: CallLimits = AMBIENT) -> dict[int, SeriesSummary]:
         wanted = tuple(sorted(set(ids)))
         self.fetched.append(wanted)
         return {s.id: s for s in SERIES.values() if s.id in wanted}
@@ -131,7 +135,9 @@ async def test_mode_all_never_resends() -> None:
 
 async def test_a_business_refusal_of_the_whole_request_names_every_code() -> None:
     class UnknownCustomer(FakeUpstream):
-        async def check(self, customer: CustomerRef, codes: Sequence[str], *, store: str | None) -> dict[str, Verdict]:
+        async def check(
+            self, customer: CustomerRef, codes: Sequence[str], *, store: str | None, limits: CallLimits = AMBIENT
+        ) -> dict[str, Verdict]:
             raise UpstreamFailure(Failure(CATALOG["CUSTOMER_NOT_FOUND"], 701, "not found"))
 
     outcome = await _flow(UnknownCustomer()).redeem(_command("A", "B"))
@@ -142,7 +148,9 @@ async def test_a_business_refusal_of_the_whole_request_names_every_code() -> Non
 
 async def test_an_upstream_outage_is_raised_not_hidden() -> None:
     class Down(FakeUpstream):
-        async def check(self, customer: CustomerRef, codes: Sequence[str], *, store: str | None) -> dict[str, Verdict]:
+        async def check(
+            self, customer: CustomerRef, codes: Sequence[str], *, store: str | None, limits: CallLimits = AMBIENT
+        ) -> dict[str, Verdict]:
             raise UpstreamFailure(Failure(CATALOG["UPSTREAM_UNAVAILABLE"]))
 
     with pytest.raises(UpstreamFailure):
@@ -151,7 +159,9 @@ async def test_an_upstream_outage_is_raised_not_hidden() -> None:
 
 async def test_series_learnt_from_the_redeem_answer_is_remembered() -> None:
     class WithSeries(FakeUpstream):
-        async def redeem(self, command: RedemptionCommand, codes: Sequence[str]) -> dict[str, Redeemed]:
+        async def redeem(
+            self, command: RedemptionCommand, codes: Sequence[str], *, limits: CallLimits = AMBIENT
+        ) -> dict[str, Redeemed]:
             return {c: Redeemed(True, redemption_id=7, series_id=42) for c in codes}
 
     series = FakeSeries()
@@ -183,7 +193,9 @@ async def test_validate_learns_the_series_of_passing_codes_once_for_all() -> Non
 
 async def test_validate_takes_the_series_the_check_names() -> None:
     class Detailed(FakeUpstream):
-        async def check(self, customer: CustomerRef, codes: Sequence[str], *, store: str | None) -> dict[str, Verdict]:
+        async def check(
+            self, customer: CustomerRef, codes: Sequence[str], *, store: str | None, limits: CallLimits = AMBIENT
+        ) -> dict[str, Verdict]:
             return {c: Verdict(True, series_id=SERIES[c].id) for c in codes}
 
     series = FakeSeries(cached=set())
@@ -205,7 +217,9 @@ class StatedDiscounts(FakeUpstream):
         super().__init__()
         self.rules = rules
 
-    async def redeem(self, command: RedemptionCommand, codes: Sequence[str]) -> dict[str, Redeemed]:
+    async def redeem(
+        self, command: RedemptionCommand, codes: Sequence[str], *, limits: CallLimits = AMBIENT
+    ) -> dict[str, Redeemed]:
         self.redeemed.append(tuple(codes))
         return {
             c: Redeemed(True, redemption_id=9, series_id=self.rules[c][0], rule=self.rules[c][1], cap_stated=False)

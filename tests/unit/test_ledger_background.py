@@ -18,7 +18,7 @@ from decimal import Decimal as D
 from service.idempotency.models import Entry, FoundRedemption, natural_key
 from service.idempotency.service import ExactlyOnce, Timing
 from service.idempotency.store import MemoryStore
-from service.redemption.flow import Redeemed, RedemptionFlow, Verdict
+from service.redemption.flow import AMBIENT, CallLimits, Redeemed, RedemptionFlow, Verdict
 from service.redemption.models import CustomerRef, RedemptionCommand, SeriesSummary
 from service.web.redemptions import JsonRenderer, answer_status
 
@@ -40,33 +40,37 @@ class HeldUpstream:
         self.applied: dict[str, list[FoundRedemption]] = {}
         self.asked = 0
 
-    async def check(self, customer: CustomerRef, codes: Sequence[str], *, store: str | None) -> dict[str, Verdict]:
+    async def check(
+        self, customer: CustomerRef, codes: Sequence[str], *, store: str | None, limits: CallLimits = AMBIENT
+    ) -> dict[str, Verdict]:
         return {c: Verdict(True) for c in codes}
 
-    async def redeem(self, command: RedemptionCommand, codes: Sequence[str]) -> dict[str, Redeemed]:
+    async def redeem(
+        self, command: RedemptionCommand, codes: Sequence[str], *, limits: CallLimits = AMBIENT
+    ) -> dict[str, Redeemed]:
         self.sent.set()
         await self.release.wait()
         self.applied = {c: [FoundRedemption(700 + i)] for i, c in enumerate(codes)}
         return {c: Redeemed(True, redemption_id=700 + i) for i, c in enumerate(codes)}
 
     async def find_redemptions(
-        self, customer: CustomerRef, codes: tuple[str, ...], transaction_number: str
+        self, customer: CustomerRef, codes: tuple[str, ...], transaction_number: str, *, limits: CallLimits = AMBIENT
     ) -> dict[str, list[FoundRedemption]]:
         self.asked += 1
         return dict(self.applied)
 
-    async def reactivate(self, redemption_ids: list[int]) -> None:
+    async def reactivate(self, redemption_ids: list[int], *, limits: CallLimits = AMBIENT) -> None:
         raise AssertionError("not reversed here")
 
 
 class NoSeries:
-    async def known(self, codes: Sequence[str]) -> dict[str, SeriesSummary]:
+    async def known(self, codes: Sequence[str], *, limits: CallLimits = AMBIENT) -> dict[str, SeriesSummary]:
         return {}
 
-    async def by_ids(self, ids: Iterable[int]) -> dict[int, SeriesSummary]:
+    async def by_ids(self, ids: Iterable[int], *, limits: CallLimits = AMBIENT) -> dict[int, SeriesSummary]:
         return {}
 
-    async def for_codes(self, codes: Sequence[str]) -> dict[str, SeriesSummary]:
+    async def for_codes(self, codes: Sequence[str], *, limits: CallLimits = AMBIENT) -> dict[str, SeriesSummary]:
         return {}
 
     async def remember(self, code_series: dict[str, int]) -> None:
