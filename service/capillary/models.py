@@ -451,17 +451,10 @@ class CouponRedemption(Upstream):
     redeemed_at: Any = None
 
 
-class CustomerCoupon(Upstream):
+class CustomerCoupon(Coupon):
     """A customer's coupon with its redemptions (``/v2/customers/coupons``): how reconciliation finds a
-    transaction's redemption."""
+    transaction's redemption. The same coupon entity coupon details return, with its redemption history."""
 
-    code: str | None = None
-    id: int | None = None
-    series_id: int | None = None
-    discount_type: str | None = None
-    discount_value: Decimal | None = None
-    valid_till: str | None = None
-    redemption_count: int | None = None
     redemptions: list[CouponRedemption] = []
 
 

@@ -57,6 +57,16 @@ def _wait_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait-timeout", type=float, default=3600.0, help="give up waiting after (3600 s)")
 
 
+def _command_group(
+    commands: Any, shared: argparse.ArgumentParser, name: str, help: str, *examples: str
+) -> Callable[..., argparse.ArgumentParser]:
+    """Add the command ``name`` (taking the shared options, its examples as epilog) whose subcommand is the
+    required ACTION; returns the adder of its actions (see :func:`_action_adder`)."""
+    group = commands.add_parser(name, parents=[shared], help=help, formatter_class=_Help, epilog=_examples(*examples))
+    actions = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+    return _action_adder(actions, shared)
+
+
 def _action_adder(subparsers: Any, shared: argparse.ArgumentParser) -> Callable[..., argparse.ArgumentParser]:
     """``add(name, help, *examples)``: one subcommand with the shared options, its help as description, examples."""
 
@@ -94,20 +104,15 @@ def add_parser(commands: Any) -> None:
     shared.add_argument(
         "--json", action="store_const", const="json", dest="output", default=argparse.SUPPRESS, help="--output json"
     )
-    coupons = commands.add_parser(
+    action = _command_group(
+        commands,
+        shared,
         "coupons",
-        parents=[shared],
-        help="back office: issue, look up and upload coupons via a gateway",
-        formatter_class=_Help,
-        epilog=_examples(
-            "coupon-gateway coupons issue --series 10001 --mobile 919900000002",
-            "coupon-gateway coupons details ABS-ALICE-1 --output tsv",
-            "coupon-gateway coupons job upl_0123456789abcdef01234567 --wait",
-        ),
+        "back office: issue, look up and upload coupons via a gateway",
+        "coupon-gateway coupons issue --series 10001 --mobile 919900000002",
+        "coupon-gateway coupons details ABS-ALICE-1 --output tsv",
+        "coupon-gateway coupons job upl_0123456789abcdef01234567 --wait",
     )
-    subparsers = coupons.add_subparsers(dest="action", required=True, metavar="ACTION")
-
-    action = _action_adder(subparsers, shared)
 
     def customer(parser: argparse.ArgumentParser) -> None:
         group = parser.add_mutually_exclusive_group(required=True)
@@ -210,19 +215,14 @@ def add_parser(commands: Any) -> None:
     job.add_argument("--wait", action="store_true", help="follow the job until it is finished or failed")
     _wait_options(job)
 
-    series = commands.add_parser(
+    series_action = _command_group(
+        commands,
+        shared,
         "series",
-        parents=[shared],
-        help="back office: look up and create coupon series via a gateway",
-        formatter_class=_Help,
-        epilog=_examples(
-            "coupon-gateway series show 10003",
-            "coupon-gateway series create --description 'Spring 50 off' --discount-type ABS --discount-value 50",
-        ),
+        "back office: look up and create coupon series via a gateway",
+        "coupon-gateway series show 10003",
+        "coupon-gateway series create --description 'Spring 50 off' --discount-type ABS --discount-value 50",
     )
-    series_actions = series.add_subparsers(dest="action", required=True, metavar="ACTION")
-
-    series_action = _action_adder(series_actions, shared)
 
     show = series_action(
         "show",

@@ -25,10 +25,12 @@ from .sandbox import Sandbox
 from .state import (
     IDENTIFIER_KINDS,
     SUCCESS,
+    Coupon,
     Customer,
     CustomerRef,
     DomainError,
     RedemptionRange,
+    SandboxState,
     Series,
     UploadKind,
     Verdict,
@@ -702,6 +704,26 @@ def _listing_failure(code: int, message: str) -> Reply:
     return Reply(400, {"data": [], "warnings": [], "errors": [wire.status_entry(code, message)]})
 
 
+def _coupon_by_code(state: SandboxState, code: str) -> list[Coupon] | int:
+    """The coupon of one ``couponCodes`` value, or its error: 702 malformed, 780 unknown."""
+    if not is_well_formed(code):
+        return 702
+    coupon = state.coupon_by_code(code)
+    return 780 if coupon is None else [coupon]
+
+
+def _coupon_by_id(state: SandboxState, raw: str) -> list[Coupon] | int:
+    """The coupon of one ``couponIds`` value, or 780 when it is not a known id."""
+    coupon = state.coupons.get(int(raw)) if raw.isdigit() else None
+    return 780 if coupon is None else [coupon]
+
+
+def _coupons_of_owner(state: SandboxState, raw: str) -> list[Coupon] | int:
+    """The coupons issued to one ``issuedToIds`` customer (by id), or 701 when there is no such customer."""
+    owner = state.customers.get(int(raw)) if raw.isdigit() else None
+    return 701 if owner is None else sorted(state.coupons_of(owner.id), key=lambda c: c.id)
+
+
 async def coupon_details(ctx: OpContext) -> Prepared:
     query = ctx.request.query
     codes = [c for c in split_values(query, "couponCodes") if c != ""]
@@ -713,26 +735,15 @@ async def coupon_details(ctx: OpContext) -> Prepared:
 
     def apply() -> Reply:
         state = sandbox.state
-        found = []
+        found: list[Coupon] = []
         errors: list[wire.Json] = []
-        for code in codes:
-            by_code = state.coupon_by_code(code) if is_well_formed(code) else None
-            if by_code is None:
-                errors.append(wire.status_entry(702 if not is_well_formed(code) else 780))
-            else:
-                found.append(by_code)
-        for raw in ids:
-            by_id = state.coupons.get(int(raw)) if raw.isdigit() else None
-            if by_id is None:
-                errors.append(wire.status_entry(780))
-            else:
-                found.append(by_id)
-        for raw in owners:
-            owner = state.customers.get(int(raw)) if raw.isdigit() else None
-            if owner is None:
-                errors.append(wire.status_entry(701))
-            else:
-                found.extend(sorted(state.coupons_of(owner.id), key=lambda c: c.id))
+        for values, find in ((codes, _coupon_by_code), (ids, _coupon_by_id), (owners, _coupons_of_owner)):
+            for value in values:
+                got = find(state, value)
+                if isinstance(got, int):
+                    errors.append(wire.status_entry(got))
+                else:
+                    found.extend(got)
         data, seen = [], set()
         for coupon in found:
             if coupon.id in seen:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Literal
 
+from . import wire
 from .config import ResponseStyle, SandboxConfig, Style, Till
 from .faults import Fault, FaultQueue
 from .seed import seed_state
@@ -66,19 +67,7 @@ class Call:
     style: Style | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "seq": self.seq,
-            "operation": self.operation,
-            "method": self.method,
-            "path": self.path,
-            "requestId": self.request_id,
-            "at": self.at.isoformat(),
-            "auth": self.auth,
-            "store": self.store,
-            "fault": self.fault,
-            "status": self.status,
-            "style": self.style,
-        }
+        return wire.record_json(self)
 
 
 class RuleViolation(Exception):

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Final, Literal, TypeVar
 
+from . import wire
 from .config import DEFAULT_TILLS, SandboxConfig, Till
 from .state import ORG_ID, Customer, RedemptionRange, SandboxState, Series
 
@@ -95,7 +96,7 @@ class DemoData:
             "clientKey": self.client_key,
             "clientSecret": self.client_secret,
             "defaultStore": self.default_store,
-            "tills": [{"username": t.username, "password": t.password, "store": t.store} for t in self.tills],
+            "tills": [wire.record_json(t) for t in self.tills],
             "customers": [
                 {
                     "key": c.key,
@@ -107,30 +108,9 @@ class DemoData:
                 }
                 for c in self.customers
             ],
-            "series": [
-                {"key": s.key, "id": s.id, "description": s.description, "demonstrates": s.demonstrates}
-                for s in self.series
-            ],
-            "coupons": [
-                {
-                    "code": c.code,
-                    "id": c.id,
-                    "seriesId": c.series_id,
-                    "customerId": c.customer_id,
-                    "demonstrates": c.demonstrates,
-                }
-                for c in self.coupons
-            ],
-            "redemptions": [
-                {
-                    "id": r.id,
-                    "code": r.code,
-                    "customerId": r.customer_id,
-                    "transactionNumber": r.transaction_number,
-                    "store": r.store,
-                }
-                for r in self.redemptions
-            ],
+            "series": [wire.record_json(s) for s in self.series],
+            "coupons": [wire.record_json(c) for c in self.coupons],
+            "redemptions": [wire.record_json(r) for r in self.redemptions],
         }
 
     def describe(self) -> str:

@@ -85,6 +85,17 @@ async def test_admin_calls_record_operations(kit):
     assert kit.sandbox.call_count() == 0
 
 
+async def test_admin_call_record_fields_in_camel_case(kit):
+    await kit.token()
+    (call,) = (await (await kit.client.get("/__sandbox/calls")).json())["calls"]
+    assert list(call) == [
+        "seq", "operation", "method", "path", "requestId", "at", "auth", "store", "fault", "status", "style",
+    ]  # fmt: skip
+    assert (call["operation"], call["method"], call["status"], call["style"]) == ("token", "POST", 200, None)
+    assert datetime.fromisoformat(call["at"]) == kit.sandbox.calls[0].at
+    assert call["requestId"] == kit.sandbox.calls[0].request_id
+
+
 async def test_admin_reset_reseeds(kit):
     kit.sandbox.faults.add(Fault(FaultKind.RESET, operation="series_get"))
     await kit.redeem("ABS-ALICE-1")
@@ -131,6 +142,20 @@ async def test_admin_demo_endpoint(kit):
     body = await (await kit.client.get("/__sandbox/demo")).json()
     assert body == DEMO.to_json()
     assert body["clientKey"] == "sandbox-client-key"
+    assert body["tills"][0] == {"username": "till.s001", "password": "s001-secret", "store": "S001"}
+    assert body["series"][0] == {
+        "key": "abs",
+        "id": 10001,
+        "description": "Flat 100 off",
+        "demonstrates": "ABS discount of 100; also 710/711/713/723 via its special codes",
+    }
+    untagged = DEMO.coupon("ABS-UNTAGGED-1")
+    assert {"code": "ABS-UNTAGGED-1", "id": untagged.id, "seriesId": 10001, "customerId": None} == {
+        k: v
+        for k, v in next(c for c in body["coupons"] if c["code"] == "ABS-UNTAGGED-1").items()
+        if k != "demonstrates"
+    }
+    assert list(body["redemptions"][0]) == ["id", "code", "customerId", "transactionNumber", "store"]
 
 
 # ---- config ----------------------------------------------------------------------------------------------------

@@ -227,6 +227,25 @@ async def test_coupon_details_unknown_codes_are_errors(kit):
     assert body["errors"] == [{"status": False, "code": 780, "message": "Coupon not found"}]
 
 
+async def test_coupon_details_errors_per_parameter_in_order_and_one_entry_per_coupon(kit):
+    alice_1 = DEMO.coupon("ABS-ALICE-1").id
+    status, body = await kit.get(
+        "/v2/coupon",
+        [
+            ("couponCodes", "ABS ALICE"),  # malformed: 702
+            ("couponCodes", "ABS-ALICE-1"),
+            ("couponIds", "999999"),  # unknown id: 780
+            ("couponIds", "x1"),  # not an id: 780
+            ("couponIds", str(alice_1)),  # the same coupon again: listed once
+            ("issuedToIds", "123"),  # no such customer: 701
+            ("issuedToIds", str(DEMO.customer("dave").id)),  # a customer with no coupons
+        ],
+    )
+    assert status == 200
+    assert [c["code"] for c in body["data"]] == ["ABS-ALICE-1"]
+    assert [e["code"] for e in body["errors"]] == [702, 780, 780, 701]
+
+
 async def test_coupon_details_without_parameters_781(kit):
     status, body = await kit.get("/v2/coupon")
     assert (status, body["code"]) == (400, 781)
