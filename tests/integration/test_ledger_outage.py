@@ -22,7 +22,7 @@ from service.config import StateSettings
 from service.sandbox import Fault, FaultKind
 from tests.conftest import GatewayClient, StartGateway, Upstream, free_port
 from tests.integration.conftest import FAST
-from tests.integration.test_exactly_once import REDEEM, _body
+from tests.integration.test_exactly_once import REDEEM, _body, _until
 
 MULTI = "MULTI-ALICE-1"  # multi-use: a second redeem would be applied, so a replay that runs again shows
 
@@ -77,10 +77,7 @@ async def _redeem_while_redis_dies(
 ) -> tuple[int, dict[str, Any]]:
     """Send a redeem; once Capillary has it (and holds its answer), kill Redis; return what the till got."""
     request = asyncio.create_task(gateway.post(REDEEM, json=_body(MULTI), headers={"Idempotency-Key": key}))
-    for _ in range(500):
-        if upstream.sandbox.call_count("redeem"):
-            break
-        await asyncio.sleep(0.01)
+    await _until(lambda: upstream.sandbox.call_count("redeem") > 0, budget=10.0)  # by the clock, not by a count
     assert upstream.sandbox.call_count("redeem") == 1
     await server.kill()
     response = await request
@@ -137,7 +134,9 @@ async def test_past_the_deadline_the_till_gets_its_ref_not_a_503(
     start_gateway: StartGateway, upstream: Upstream, own_redis: RedisServer
 ) -> None:
     state = StateSettings(redis_url=own_redis.url, timeout=0.2, **{**FAST, "redeem_deadline": 0.5})
-    gateway = await start_gateway(upstream, timeout=2.0, state=state)
+    # The till's answer comes at the 0.5 s deadline; the redeem goes on behind it for up to deadline + upstream
+    # timeout (5.7 s): room for a busy machine to send it before the gateway gives up on it.
+    gateway = await start_gateway(upstream, timeout=5.0, state=state)
     upstream.sandbox.add_fault(Fault(FaultKind.LATENCY, "redeem", delay_seconds=1.0))
     status, payload = await _redeem_while_redis_dies(gateway, upstream, own_redis, "till-9-b")
     assert (status, payload["status"]) == (202, "pending")  # not 503 "paused" with no ref
