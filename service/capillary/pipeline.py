@@ -90,12 +90,34 @@ class Call(Generic[M]):
         return self.value
 
 
-Stage = Callable[[Call[Any], ClientRequest, ClientHandlerType], Any]
+class Stage(Protocol):
+    """A stage: handles one call's request, sending it on through ``handler`` (the next stage, or aiohttp)."""
+
+    def __call__(self, call: Call[Any], request: ClientRequest, handler: ClientHandlerType) -> Any: ...
+
+
+class _Stages:
+    """The stages of one call as a single aiohttp middleware. aiohttp wraps every middleware of a request in a
+    closure and a coroutine of its own, built anew on each request; here each stage is handed the next one
+    directly (bound to the call), so an attempt runs one coroutine per stage and the chain is built once per
+    call, outermost stage first."""
+
+    __slots__ = ("_call", "_stages")
+
+    def __init__(self, call: Call[Any], stages: Sequence[Stage]) -> None:
+        self._call = call
+        self._stages = stages
+
+    def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> Any:
+        call = self._call
+        for stage in reversed(self._stages):
+            handler = partial(stage, call, handler=handler)
+        return handler(request)
 
 
 def bind(call: Call[Any], stages: Sequence[Stage], tail: Sequence[ClientMiddlewareType]) -> tuple[Any, ...]:
-    """The middlewares of one call: each stage bound to it, then the session's own (``tail``)."""
-    return (*[partial(stage, call) for stage in stages], *tail)
+    """The middlewares of one call: its stages, bound to it, as one middleware, then the session's own (``tail``)."""
+    return (_Stages(call, stages), *tail)
 
 
 # ------------------------------------------------------------------------------------------------- stages

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -121,7 +121,18 @@ class Metrics:
         self.build_info = Gauge(f"{PREFIX}_build_info", "Build information.", ["version"], registry=r)
         self.build_info.labels(__version__).set(1)
         ProcessCollector(registry=r)
+        # Labelled children of the per-event instruments, by (instrument, label values): prometheus_client's
+        # ``labels()`` validates and looks its arguments up under a lock on every call; the label sets are few.
+        self._children: dict[tuple[object, ...], Any] = {}
         self._initialise()
+
+    def _child(self, metric: Counter | Histogram, *values: str) -> Any:
+        """``metric.labels(*values)``, looked up once."""
+        key = (id(metric), *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def _counter(self, name: str, text: str, *labels: str) -> Counter:
         """``pos_coupon_<name>_total`` on this registry (the client adds ``_total``)."""
@@ -168,25 +179,27 @@ class Metrics:
     def upstream_call(
         self, operation: str, seconds: float, outcome: str, code: int | None, exemplar: dict[str, str] | None = None
     ) -> None:
-        self.upstream_calls.labels(operation, outcome).inc()
-        self.upstream_duration.labels(operation).observe(seconds, exemplar)
+        child = self._child
+        child(self.upstream_calls, operation, outcome).inc()
+        child(self.upstream_duration, operation).observe(seconds, exemplar)
         if code is not None:
-            self.upstream_codes.labels(operation, str(code) if code in CAPILLARY_CODES else "other").inc()
+            child(self.upstream_codes, operation, str(code) if code in CAPILLARY_CODES else "other").inc()
 
     def redeemed(self, outcome: str, error_code: str | None, coupons: int = 0, discount: Decimal | None = None) -> None:
-        self.redemptions.labels(outcome, error_code or NO_ERROR).inc()
+        self._child(self.redemptions, outcome, error_code or NO_ERROR).inc()
         if coupons:
             self.coupons_redeemed.inc(coupons)
         if discount:
             self.discount.inc(float(discount))
 
     def validated(self, outcome: str, error_code: str | None, coupons: Iterable[Verdict] = ()) -> None:
-        self.validations.labels(outcome, error_code or NO_ERROR).inc()
+        child = self._child
+        child(self.validations, outcome, error_code or NO_ERROR).inc()
         for coupon in coupons:
             if coupon.failure is None:
-                self.validated_coupons.labels("redeemable", NO_ERROR).inc()
+                child(self.validated_coupons, "redeemable", NO_ERROR).inc()
             else:
-                self.validated_coupons.labels("refused", coupon.failure.error.code).inc()
+                child(self.validated_coupons, "refused", coupon.failure.error.code).inc()
 
     def render(self, *, openmetrics: bool = False) -> bytes:
         """The exposition: Prometheus' text format, or OpenMetrics (which alone carries exemplars)."""

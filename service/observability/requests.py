@@ -87,7 +87,8 @@ def observe_middleware(metrics: Metrics, redis: RedisCollector | None = None) ->
                     upstream_request_ids=upstream_ids,
                 )
             UPSTREAM_IDS.reset(token)
-            structlog.contextvars.clear_contextvars()
+            # No clearing of the bindings after the line: aiohttp runs each request in a task of its own, whose
+            # context ends with it (clearing walked every context variable once more per request).
 
     return observe
 
