@@ -26,6 +26,7 @@ from aiohttp import ClientMiddlewareType
 from multidict import CIMultiDict
 from yarl import URL
 
+from service.aio import AsyncClosing
 from service.capillary import operations as ops
 from service.capillary.auth import BasicAuth, OAuthTokens
 from service.capillary.errors import CapillaryError, CapillaryNotConfigured
@@ -143,7 +144,7 @@ class _Host:
         self.base, self.session, self.breaker, self.stages, self.tail = base, session, breaker, stages, tail
 
 
-class CapillaryClient:
+class CapillaryClient(AsyncClosing):
     """Async client for Capillary's coupon APIs. Create inside a running event loop; :meth:`close` after.
 
     Every endpoint method takes :class:`Limits` as keyword arguments (``timeout``, ``deadline``, ``priority``)."""
@@ -243,12 +244,6 @@ class CapillaryClient:
 
     async def close(self) -> None:
         await asyncio.gather(*(host.session.close() for host in self._hosts.values()))
-
-    async def __aenter__(self) -> CapillaryClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     # ------------------------------------------------------------------------------------------ plumbing
 

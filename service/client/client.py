@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
@@ -22,6 +23,7 @@ import aiohttp
 import msgspec
 from yarl import URL
 
+from service.aio import AsyncClosing
 from service.backoffice.jobs import UploadKind
 from service.redemption.models import SeriesSummary
 from service.web.backoffice_schemas import (
@@ -66,30 +68,22 @@ _envelope: Final = msgspec.json.Decoder(_EnvelopeIn)
 _encoder: Final = msgspec.json.Encoder(decimal_format="string")
 
 
+@dataclass(eq=False, repr=False)
 class GatewayError(Exception):
     """The gateway refused a request: its HTTP status and the error envelope's fields."""
 
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        retryable: bool = False,
-        upstream: UpstreamDetail | None = None,
-        request_id: str | None = None,
-        retry_after: float | None = None,
-        report: ReportOut | None = None,
-    ) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-        self.retryable = retryable
-        self.upstream = upstream
-        self.request_id = request_id
-        self.retry_after = retry_after
-        self.report = report
+    status: int
+    code: str
+    message: str
+    _: KW_ONLY
+    retryable: bool = False
+    upstream: UpstreamDetail | None = None
+    request_id: str | None = None
+    retry_after: float | None = None
+    report: ReportOut | None = None
+
+    def __post_init__(self) -> None:
+        super().__init__(f"{self.status} {self.code}: {self.message}")
 
 
 class GatewayUnavailable(GatewayError):
@@ -117,7 +111,7 @@ def _error(status: int, raw: bytes, headers: Mapping[str, str]) -> GatewayError:
     )
 
 
-class GatewayClient:
+class GatewayClient(AsyncClosing):
     """The gateway's API as async methods. Use as ``async with GatewayClient(url, api_key) as gateway: ...``."""
 
     def __init__(
@@ -143,12 +137,6 @@ class GatewayClient:
     async def close(self) -> None:
         if self._own_session:
             await self._session.close()
-
-    async def __aenter__(self) -> GatewayClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     # ------------------------------------------------------------------------------------------ plumbing
 

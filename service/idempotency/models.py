@@ -42,15 +42,10 @@ class StoredCommand(msgspec.Struct, frozen=True, kw_only=True):
         )
 
     def command(self) -> RedemptionCommand:
-        return RedemptionCommand(
-            customer=CustomerRef(self.customer_kind, self.customer),
-            codes=self.codes,
-            bill_amount=self.bill_amount,
-            transaction_number=self.transaction_number,
-            redemption_time=self.redemption_time,
-            mode=self.mode,
-            store=self.store,
-        )
+        """The domain command back: every field but the flattened customer carries over by name."""
+        fields = msgspec.structs.asdict(self)
+        customer = CustomerRef(fields.pop("customer_kind"), fields.pop("customer"))
+        return RedemptionCommand(customer=customer, **fields)
 
     def fingerprint(self) -> str:
         """Same request, same fingerprint: the codes' order does not matter."""

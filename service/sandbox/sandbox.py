@@ -239,14 +239,16 @@ class Sandbox:
         last_name: str = "Customer",
         customer_id: int | None = None,
     ) -> Customer:
-        return self.state.new_customer(
-            first_name=first_name,
-            last_name=last_name,
-            mobile=mobile,
-            email=email,
-            external_id=external_id,
-            customer_id=customer_id,
-            now=self.now(),
+        return self.state.add_customer(
+            Customer(
+                id=customer_id if customer_id is not None else self.state.new_customer_id(),
+                first_name=first_name,
+                last_name=last_name,
+                mobile=mobile,
+                email=email,
+                external_id=external_id,
+                updated_on=self.now(),
+            )
         )
 
     def add_series(

@@ -456,6 +456,11 @@ class SandboxState:
         self._next_series_id += 1
         return series_id
 
+    def new_customer_id(self) -> int:
+        customer_id = self._next_customer_id
+        self._next_customer_id += 1
+        return customer_id
+
     def add_customer(self, customer: Customer) -> Customer:
         if customer.id in self.customers:
             raise ValueError(f"customer id {customer.id} already exists")
@@ -476,29 +481,6 @@ class SandboxState:
                 self._customer_keys[(kind, value.lower() if kind == "email" else value)] = customer.id
         self._next_customer_id = max(self._next_customer_id, customer.id + 1)
         return customer
-
-    def new_customer(
-        self,
-        *,
-        first_name: str,
-        last_name: str,
-        now: datetime,
-        mobile: str | None = None,
-        email: str | None = None,
-        external_id: str | None = None,
-        customer_id: int | None = None,
-    ) -> Customer:
-        return self.add_customer(
-            Customer(
-                id=customer_id if customer_id is not None else self._next_customer_id,
-                first_name=first_name,
-                last_name=last_name,
-                mobile=mobile,
-                email=email,
-                external_id=external_id,
-                updated_on=now,
-            )
-        )
 
     def add_series(self, series: Series) -> Series:
         """Register a series; 751 when its seriesCode, or its discountCode + description, is already taken."""
@@ -592,43 +574,39 @@ class SandboxState:
     ) -> list[Verdict]:
         """Check every code as if the previous ones in the list had been redeemed (bulk semantics)."""
         verdicts: list[Verdict] = []
-        pending: list[tuple[Coupon, Series]] = []
-        seen: set[str] = set()
         for code in codes:
-            verdict = self._check(
-                customer,
-                code,
-                now=now,
-                store=store,
-                bill_amount=bill_amount,
-                pending=pending,
-                seen=seen,
-                not_issued_code=not_issued_code,
+            verdicts.append(
+                self._check(
+                    customer,
+                    code,
+                    verdicts,
+                    now=now,
+                    store=store,
+                    bill_amount=bill_amount,
+                    not_issued_code=not_issued_code,
+                )
             )
-            seen.add(code)
-            if verdict.ok and verdict.coupon is not None and verdict.series is not None:
-                pending.append((verdict.coupon, verdict.series))
-            verdicts.append(verdict)
         return verdicts
 
     def _check(
         self,
         customer: Customer,
         code: str,
+        earlier: Sequence[Verdict],
         *,
         now: datetime,
         store: str,
         bill_amount: Decimal | None,
-        pending: Sequence[tuple[Coupon, Series]],
-        seen: set[str],
         not_issued_code: int,
     ) -> Verdict:
+        """One code's verdict, counting the ``earlier`` codes of the same request as redeemed when they passed."""
         if not is_well_formed(code):
             return Verdict(code, 702)
         coupon = self.coupon_by_code(code)
         if coupon is None:
             return Verdict(code, 719)
         series = self.series[coupon.series_id]
+        pending = [(v.coupon, v.series) for v in earlier if v.ok and v.coupon is not None and v.series is not None]
 
         # Counters, not scans: a benchmark may pile up many redemptions in one series.
         of_coupon = self.active_redemptions(coupon_id=coupon.id)
@@ -644,7 +622,7 @@ class SandboxState:
             discount = series.discount_for(bill_amount) if status == SUCCESS else Decimal(0)
             return Verdict(code, status, coupon, series, discount, by_user, left)
 
-        if code in seen:
+        if any(v.code == code for v in earlier):
             return verdict(716)
         if not series.any_user:
             if coupon.customer_id is None:
