@@ -34,7 +34,9 @@ async def test_a_primary_lost_mid_burst_loses_no_answered_redemption(
         replica = group.replica_of(primary)
         sentinel = group.sentinel(primary, SERVICE)
         url = f"redis+sentinel://127.0.0.1:{sentinel.port}/{SERVICE}"
-        state = StateSettings(redis_url=url, wait_replicas=1, **FAST)  # type: ignore[arg-type]
+        # Once the replica is promoted it has no replica of its own: each answer then waits WAIT's half of the Redis
+        # timeout for nobody. A second gives a busy machine room to finish that round trip before it times out.
+        state = StateSettings(redis_url=url, wait_replicas=1, timeout=1.0, **FAST)  # type: ignore[arg-type]
         gateway = await start_gateway(upstream, state=state, timeout=2.0)
 
         answered: dict[int, tuple[int, bytes]] = {}
