@@ -421,6 +421,9 @@ def _start_all(
         # The in-memory ledger keeps every redemption until its TTL and refuses new ones when full (it never
         # forgets one early): replays are kept a minute here, so a run of several 100,000 redemptions fits.
         "IDEMPOTENCY_TTL_SECONDS": "60",
+        # Every request comes from one store: its quota (20,000 records by default) would refuse the long run's
+        # redemptions past it (a minute at more than 333/s); let it hold the whole ledger, as the key's rate limit.
+        "LEDGER_MEMORY_MAX_PER_STORE": "100000",
     }
     gateway_env.pop("CACHE_URL", None)
     gateway_env.pop("REDIS_URL", None)
