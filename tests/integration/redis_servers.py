@@ -1,11 +1,13 @@
 """Real ``redis-server`` processes for the Sentinel and Cluster tests: each on a free port in a temp dir, its start
-waited for (bounded), killed after. Skipped off CI when ``redis-server`` is absent; under CI it must be there."""
+waited for (bounded), killed after. Skipped off CI when ``redis-server`` is absent; under CI it must be there.
+``KEEP_REDIS_DIRS=1`` keeps their directories (and logs) after the test."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -37,8 +39,19 @@ class Server:
 
     def kill(self) -> None:
         if self.process.poll() is None:
+            self.resume()  # a stopped process takes its SIGKILL too, but say it plainly
             self.process.kill()
             self.process.wait(5)
+
+    def pause(self) -> None:
+        """Stop the process (SIGSTOP): connected, silent. A paused replica acknowledges nothing, so ``WAIT`` on its
+        primary times out, every time."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
 
 
 @contextlib.contextmanager
@@ -134,5 +147,8 @@ class Servers:
     def close(self) -> None:
         for server in self._all:
             server.kill()
+        if os.environ.get("KEEP_REDIS_DIRS"):  # each server's directory and log, for a post-mortem
+            print("redis-server directories kept:", *self._dirs)
+            return
         for directory in self._dirs:
             shutil.rmtree(directory, ignore_errors=True)
