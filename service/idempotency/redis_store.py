@@ -33,7 +33,7 @@ from typing import Any
 import redis.asyncio as redis
 import structlog
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from service.idempotency.models import Entry, entry_decoder, entry_encoder
 from service.idempotency.store import (
@@ -421,7 +421,13 @@ class RedisStore:
         if time.monotonic() - self._read_at < REPLICATION_READ_EVERY:
             return self._replicas
         with untallied():
-            info = await self._redis.info("replication")
+            try:
+                info = await self._redis.info("replication")
+            except ResponseError as exc:  # INFO refused (a managed Redis's ACL): WAIT on every answer, as asked
+                if self._short_logged is not False:
+                    log.warning("ledger_replication_unreadable", error=str(exc))
+                self._short_logged, self._replicas, self._read_at = False, self._wait, time.monotonic()
+                return self._replicas
         self._primary = str(info.get("master_replid") or "") or None
         self._replicas = int(info.get("connected_slaves") or 0)
         self._read_at = time.monotonic()

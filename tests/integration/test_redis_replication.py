@@ -110,3 +110,25 @@ async def test_a_primary_without_a_replica_is_not_waited_on_and_its_answers_are_
         assert (await response.json())["status"] == "redeemed"
         assert await _unreplicated_total(gateway) == before + 1  # honest: no replica holds it
         assert gateway.app[LEDGER].unreplicated_count == 0  # nothing to fail over to: not kept
+
+
+async def test_a_primary_that_refuses_info_is_waited_on_for_every_answer(
+    start_gateway: StartGateway, upstream: Upstream
+) -> None:
+    """Some managed Redis services refuse ``INFO``: the gateway then cannot tell how many replicas there are, and
+    sends ``WAIT`` with every answer, as configured, rather than failing the write."""
+    with servers() as group:
+        primary = group.redis("--rename-command", "INFO", "")
+        group.replica_of(primary)
+        state = StateSettings(
+            redis_url=f"redis://127.0.0.1:{primary.port}/0",
+            wait_replicas=1,
+            timeout=1.0,
+            **{**FAST, "redeem_deadline": 10.0},  # type: ignore[arg-type]
+        )
+        gateway = await start_gateway(upstream, state=state, timeout=2.0)
+        response = await gateway.post(REDEEM, json=_body(MULTI), headers={"Idempotency-Key": "till-7-noinfo"})
+        assert response.status == 200
+        replay = await gateway.post(REDEEM, json=_body(MULTI), headers={"Idempotency-Key": "till-7-noinfo"})
+        assert (replay.status, replay.headers["Idempotent-Replayed"]) == (200, "true")
+        assert len(upstream.sandbox.redemptions_of(MULTI)) == 1
