@@ -289,11 +289,6 @@ async def test_the_series_cache_reads_series_on_several_slots(
     assert response.status == 200
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open (issue 16): now and then an answer given during the failover stays 'in progress' (409) for over 20 s "
-    "after the replica took the slots; no double redemption seen",
-)
 async def test_a_primary_lost_mid_burst_makes_no_double_redemption(
     start_gateway: StartGateway, upstream: Upstream
 ) -> None:
