@@ -227,14 +227,18 @@ for _, key in ipairs(KEYS) do redis.call('SET', key, ref, 'PX', ARGV[2]) end
 return {1, taken, fresh}
 """
 
-# Cluster: the record's part of resolve. KEYS: idempotency key, record. ARGV: ref, entry, ttl, state, force.
+# Cluster: the record's part of resolve. KEYS: idempotency key, record. ARGV: ref, entry, ttl, state, mode (as in
+# ``_RESOLVE``; the ids are bound before, slot by slot).
 _CLUSTER_FINISH = (
     _FINAL
     + """
 local ref, ttl = ARGV[1], ARGV[3]
 if ARGV[5] ~= '1' then
   local current = redis.call('GET', KEYS[2])
-  if final(current) then return current end
+  if final(current) then
+    if ARGV[5] == '2' then redis.call('SET', KEYS[2], current, 'KEEPTTL') end
+    return current
+  end
 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
 """
@@ -303,8 +307,6 @@ class RedisStore:
         self._lock = self._redis.register_script(_LOCK)
         self._unlock = self._redis.register_script(_UNLOCK)
         self._cluster = _ClusterSteps(self) if is_cluster(client) else None
-        if self._cluster is not None and wait_replicas:
-            raise ValueError("REDIS_WAIT_REPLICAS is not supported on a Redis Cluster")
 
     def _key(self, key: str) -> str:
         digest = _digest(key)
@@ -405,15 +407,19 @@ class RedisStore:
             len(ids),
         ]
         (status, detail), unreplicated, (primary, replicas) = await self._run(self._resolve_replicated(keys, args))
-        if unreplicated is not None and not keep_final:  # counted once per answer, not per writing again
-            RedisStore.unreplicated += 1
-            if unreplicated == UNACKNOWLEDGED:
-                log.warning("ledger_answer_unreplicated", ref=entry.ref, replicas=replicas, wait_ms=self._wait_ms)
+        self._note(entry, unreplicated, replicas, keep_final)
         if int(status) == 1:
             return Resolution(False, entry_decoder.decode(detail), unreplicated=unreplicated, primary=primary)
         pairs = list(detail or [])
         taken = {ids[int(pairs[i]) - 1]: pairs[i + 1].decode() for i in range(0, len(pairs), 2)}
         return Resolution(int(status) == 0, taken=taken, unreplicated=unreplicated, primary=primary)
+
+    def _note(self, entry: Entry, unreplicated: str | None, replicas: int, keep_final: bool) -> None:
+        """Count (once per answer, not per writing it again) and log an answer the replicas do not hold."""
+        if unreplicated is not None and not keep_final:
+            RedisStore.unreplicated += 1
+            if unreplicated == UNACKNOWLEDGED:
+                log.warning("ledger_answer_unreplicated", ref=entry.ref, replicas=replicas, wait_ms=self._wait_ms)
 
     async def _replication(self) -> int:
         """The primary's connected replicas, read (``INFO replication``, one round trip shared by the requests of
@@ -553,6 +559,7 @@ class _ClusterSteps:
         self._claim, self._live, self._drop, self._bind, self._finish = map(self._redis.register_script, scripts)
         # Within one slot, the same scripts as on one Redis.
         self._unlock, self._save_open = store._unlock, store._save_unresolved
+        self._read: dict[str, tuple[float, int]] = {}  # node name -> (when read, its connected replicas)
 
     def _prefix(self, digest: str) -> str:
         """The record keys of one idempotency key's slot: ``<prefix>rdm:{<hash>}:`` and the ref."""
@@ -683,12 +690,15 @@ class _ClusterSteps:
                 return Resolution(False, current=current)
             return Resolution(False, taken=taken)
         args: list[str | bytes | int] = [entry.ref, entry_encoder.encode(entry), _ms(ttl), entry.state]
-        args.append("1" if force and not keep_final else "0")
+        args.append(_mode(force, keep_final))
         try:
-            found = await self._store._run(self._finish(keys=[self._store._key(entry.key), record], args=args))
+            found, unreplicated, (primary, replicas) = await self._finish_replicated(
+                [self._store._key(entry.key), record], args
+            )
         except StoreUnavailable:
             await self._release_ids(bound, entry.ref)
             raise
+        self._store._note(entry, unreplicated, replicas, keep_final)
         if found is not None:  # another answer was recorded first: it wins, and the ids go back
             await self._release_ids(bound, entry.ref)
         # Also after an answer recorded first: its own resolve may have stopped before these steps.
@@ -699,8 +709,64 @@ class _ClusterSteps:
         if unlock:
             await self.unlock(entry.command.codes, entry.ref)
         if found is not None:
-            return Resolution(False, current=entry_decoder.decode(found))
-        return Resolution(True, taken=taken)
+            return Resolution(False, entry_decoder.decode(found), unreplicated=unreplicated, primary=primary)
+        return Resolution(True, taken=taken, unreplicated=unreplicated, primary=primary)
+
+    async def _finish_replicated(
+        self, keys: list[str], args: list[str | bytes | int]
+    ) -> tuple[Any, str | None, tuple[str | None, int]]:
+        """The record's script and, with ``wait_replicas``, ``WAIT`` after it on the node that serves the record's
+        slot, in one pipeline: the cluster client sends one node's commands on one connection, so ``WAIT`` waits
+        for this very write. As :meth:`RedisStore._resolve_replicated`, with the node's name as the primary (a
+        failover puts another node in its place) and its connected replicas read at most once a second."""
+        store = self._store
+        if not store._wait:
+            return await store._run(self._finish(keys=keys, args=args)), None, (None, 0)
+        cluster: Any = self._redis
+        node = cluster.get_node_from_key(keys[1])  # the primary of the record's slot, as this client knows it
+        replicas = await self._replicas_of(node)
+        reading = (str(node.name), replicas)
+        if replicas < store._wait:
+            return await store._run(self._finish(keys=keys, args=args)), SHORT_OF_REPLICAS, reading
+        for _ in range(2):
+            async with cluster.pipeline() as pipe:  # both to ``node``, on one connection, not redirected
+                pipe.execute_command("EVALSHA", self._finish.sha, len(keys), *keys, *args, target_nodes=node)
+                pipe.execute_command("WAIT", store._wait, store._wait_ms, target_nodes=node)
+                found, acked = await store._run(pipe.execute(raise_on_error=False, allow_redirections=False))
+            if isinstance(found, NoScriptError):
+                await store._run(cluster.script_load(_CLUSTER_FINISH))
+                continue
+            if isinstance(found, Exception):
+                # Not that node's slot any more (MOVED, a failover): written the ordinary way, which follows the
+                # cluster and learns its slots again; WAIT there would count nothing of this write, so it is kept
+                # and written again later, WAIT and all.
+                found = await store._run(self._finish(keys=keys, args=args))
+                self._read.pop(str(node.name), None)
+                return found, UNACKNOWLEDGED, reading
+            if isinstance(acked, Exception) or int(acked) < store._wait:
+                self._read.pop(str(node.name), None)  # a replica gone, or a failover: read this node again
+                return found, UNACKNOWLEDGED, reading
+            return found, None, reading
+        raise StoreUnavailable("redis: the finish script could not be loaded")
+
+    async def _replicas_of(self, node: Any) -> int:
+        """The connected replicas of ``node`` (``INFO replication`` there), read at most every
+        :data:`REPLICATION_READ_EVERY`; a node that refuses ``INFO`` is taken to have as many as asked."""
+        name, now = str(node.name), time.monotonic()
+        read = self._read.get(name)
+        if read is not None and now - read[0] < REPLICATION_READ_EVERY:
+            return read[1]
+        cluster: Any = self._redis
+        with untallied():
+            try:
+                info = await self._store._run(cluster.info("replication", target_nodes=node))
+                replicas = int(info.get("connected_slaves") or 0)
+            except StoreUnavailable as exc:
+                if not isinstance(exc.__cause__, ResponseError):
+                    raise
+                replicas = self._store._wait
+        self._read[name] = (now, replicas)
+        return replicas
 
     async def _bind_ids(self, ref: str, ids: list[int], ttl: float, force: bool) -> tuple[list[str], dict[int, str]]:
         """Bind ``ids`` to ``ref``, slot by slot: (the keys newly bound, the ids another ref held). Unless
