@@ -699,8 +699,8 @@ class _ClusterSteps:
             await self._release_ids(bound, entry.ref)
             raise
         self._store._note(entry, unreplicated, replicas, keep_final)
-        if found is not None:  # another answer was recorded first: it wins, and the ids go back
-            await self._release_ids(bound, entry.ref)
+        if found is not None and not keep_final:  # another answer was recorded first: it wins, and the ids go back
+            await self._release_ids(bound, entry.ref)  # (written again, the record found is this answer: kept)
         # Also after an answer recorded first: its own resolve may have stopped before these steps.
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.srem(self._store._unresolved_set, entry.ref)
