@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
-from service.redis_pool import is_cluster_url, parse_cluster_url, parse_sentinel_url
+from service.redis_pool import parse_cluster_url, parse_sentinel_url
 from service.text import digits
 
 AuthScheme = Literal["oauth", "basic"]
@@ -323,8 +323,6 @@ def state_from_env(env: Mapping[str, str], problems: list[ConfigError] | None = 
     refused_ttl = read.number("LEDGER_REFUSED_TTL_SECONDS", 900.0, minimum=10, maximum=30 * 24 * 3600)
     redis_url = read.redis_url("REDIS_URL")
     wait_replicas = int(read.number("REDIS_WAIT_REPLICAS", 0, minimum=0, maximum=10, integer=True))
-    if wait_replicas and is_cluster_url(redis_url):
-        read.fail("REDIS_WAIT_REPLICAS", "is not supported with a redis+cluster:// REDIS_URL (leave it 0)")
     return StateSettings(
         redis_url=redis_url,
         redeem_deadline=read.number("REDEEM_DEADLINE_SECONDS", 10.0, minimum=0.5, maximum=120),

@@ -171,6 +171,17 @@ def is_cluster(client: object) -> bool:
     return isinstance(client, RedisCluster)
 
 
+def socket_timeout(client: object, default: float) -> float:
+    """The read timeout ``client``'s connections are made with (:func:`connect` sets it), else ``default``: a
+    command that blocks on the server (``WAIT``) must answer well within it."""
+    if isinstance(client, RedisCluster):
+        options = client.nodes_manager.connection_kwargs
+    else:
+        options = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+    found = options.get("socket_timeout")
+    return float(found) if found else default
+
+
 async def mget(client: redis.Redis, keys: list[str]) -> list[Any]:
     """``MGET``: one command on one Redis; on a Cluster, one per hash slot (not atomic across slots)."""
     found: Any = client

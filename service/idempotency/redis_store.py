@@ -25,17 +25,25 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as redis
 import structlog
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from service.idempotency.models import Entry, entry_decoder, entry_encoder
-from service.idempotency.store import UNRESOLVED_STATES, Resolution, StoreUnavailable
-from service.redis_pool import connect, is_cluster, mget
+from service.idempotency.store import (
+    SHORT_OF_REPLICAS,
+    UNACKNOWLEDGED,
+    UNRESOLVED_STATES,
+    Resolution,
+    StoreUnavailable,
+)
+from service.redis_pool import connect, is_cluster, mget, socket_timeout, untallied
 
 _CLAIM = """
 local function live(key)
@@ -118,7 +126,9 @@ return false
 )
 
 # KEYS: idempotency key, record, unresolved set, then n ``rid:`` keys, then the codes' lock keys.
-# ARGV: ref, entry, ttl (ms), state, force (1/0), n.
+# ARGV: ref, entry, ttl (ms), state, mode, n. Mode 0: a final record wins, a taken id refuses; 1 (force): written
+# whatever is there; 2 (the same answer written again): a final record wins (and is itself written again, as it
+# is), the ids are bound whoever held them.
 _RESOLVE = (
     _FINAL
     + """
@@ -133,8 +143,13 @@ for i = 1, n do
 end
 if ARGV[5] ~= '1' then
   local current = redis.call('GET', KEYS[2])
-  if final(current) then return {1, current} end
-  if #taken > 0 then return {2, taken} end
+  if final(current) then
+    -- Written again as it is (mode 2): a WAIT after this script then waits for this very record to reach the
+    -- replicas (after a script that wrote nothing, WAIT would count an earlier write of the connection's).
+    if ARGV[5] == '2' then redis.call('SET', KEYS[2], current, 'KEEPTTL') end
+    return {1, current}
+  end
+  if #taken > 0 and ARGV[5] == '0' then return {2, taken} end
 end
 for i = 1, n do redis.call('SET', KEYS[3 + i], ref, 'PX', ttl) end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
@@ -212,14 +227,18 @@ for _, key in ipairs(KEYS) do redis.call('SET', key, ref, 'PX', ARGV[2]) end
 return {1, taken, fresh}
 """
 
-# Cluster: the record's part of resolve. KEYS: idempotency key, record. ARGV: ref, entry, ttl, state, force.
+# Cluster: the record's part of resolve. KEYS: idempotency key, record. ARGV: ref, entry, ttl, state, mode (as in
+# ``_RESOLVE``; the ids are bound before, slot by slot).
 _CLUSTER_FINISH = (
     _FINAL
     + """
 local ref, ttl = ARGV[1], ARGV[3]
 if ARGV[5] ~= '1' then
   local current = redis.call('GET', KEYS[2])
-  if final(current) then return current end
+  if final(current) then
+    if ARGV[5] == '2' then redis.call('SET', KEYS[2], current, 'KEEPTTL') end
+    return current
+  end
 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
 """
@@ -234,6 +253,16 @@ log = structlog.get_logger("service.ledger")
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
+
+
+#: How long a reading of the primary's replication (``INFO replication``) is trusted: read again after this, and
+#: at once after a ``WAIT`` that was not acknowledged (a replica gone, or a failover).
+REPLICATION_READ_EVERY = 1.0
+
+
+def _mode(force: bool, keep_final: bool) -> str:
+    """The resolve scripts' mode (see ``_RESOLVE``)."""
+    return "2" if keep_final else "1" if force else "0"
 
 
 class RedisStore:
@@ -263,7 +292,14 @@ class RedisStore:
         self._redis: redis.Redis = client
         self._prefix = prefix
         self._wait = wait_replicas
-        self._wait_ms = max(1, int(timeout * 500))  # half the call's time for the replicas to acknowledge
+        # Half the client's own read timeout for the replicas to acknowledge (the client's, not ``timeout``: a
+        # shared client was made with the process's REDIS_TIMEOUT_SECONDS, and WAIT must answer within it).
+        self._wait_ms = max(1, int(socket_timeout(client, timeout) * 500))
+        # The primary as last read: its replication id (a failover changes it) and its connected replicas.
+        self._primary: str | None = None
+        self._replicas = 0
+        self._read_at = -math.inf
+        self._short_logged: bool | None = None
         self._begin = self._redis.register_script(_BEGIN)
         self._claim = self._redis.register_script(_CLAIM)
         self._save_unresolved = self._redis.register_script(_SAVE_UNRESOLVED)
@@ -271,8 +307,6 @@ class RedisStore:
         self._lock = self._redis.register_script(_LOCK)
         self._unlock = self._redis.register_script(_UNLOCK)
         self._cluster = _ClusterSteps(self) if is_cluster(client) else None
-        if self._cluster is not None and wait_replicas:
-            raise ValueError("REDIS_WAIT_REPLICAS is not supported on a Redis Cluster")
 
     def _key(self, key: str) -> str:
         digest = _digest(key)
@@ -354,10 +388,12 @@ class RedisStore:
         )
         return None if found is None else entry_decoder.decode(found)
 
-    async def resolve(self, entry: Entry, ttl: float, *, force: bool = False, unlock: bool = True) -> Resolution:
+    async def resolve(
+        self, entry: Entry, ttl: float, *, force: bool = False, unlock: bool = True, keep_final: bool = False
+    ) -> Resolution:
         ids = [i for i in entry.redemption_ids.values() if i > 0] if entry.state == "done" else []
         if self._cluster is not None:
-            return await self._cluster.resolve(entry, ids, ttl, force=force, unlock=unlock)
+            return await self._cluster.resolve(entry, ids, ttl, force=force, unlock=unlock, keep_final=keep_final)
         keys = [self._key(entry.key), self._record(entry.ref), self._unresolved_set]
         keys += [self._bound(i) for i in ids]
         if unlock:
@@ -367,21 +403,66 @@ class RedisStore:
             entry_encoder.encode(entry),
             _ms(ttl),
             entry.state,
-            "1" if force else "0",
+            _mode(force, keep_final),
             len(ids),
         ]
-        status, detail = await self._run(self._resolve_replicated(keys, args))
+        (status, detail), unreplicated, (primary, replicas) = await self._run(self._resolve_replicated(keys, args))
+        self._note(entry, unreplicated, replicas, keep_final)
         if int(status) == 1:
-            return Resolution(False, current=entry_decoder.decode(detail))
+            return Resolution(False, entry_decoder.decode(detail), unreplicated=unreplicated, primary=primary)
         pairs = list(detail or [])
         taken = {ids[int(pairs[i]) - 1]: pairs[i + 1].decode() for i in range(0, len(pairs), 2)}
-        return Resolution(int(status) == 0, taken=taken)
+        return Resolution(int(status) == 0, taken=taken, unreplicated=unreplicated, primary=primary)
 
-    async def _resolve_replicated(self, keys: list[str], args: list[str | bytes | int]) -> Any:
-        """The resolve script; with ``wait_replicas``, followed by ``WAIT`` in the same round trip (a pipeline),
-        so the till gets an answer the replicas hold: a failover right after it does not lose it."""
+    def _note(self, entry: Entry, unreplicated: str | None, replicas: int, keep_final: bool) -> None:
+        """Count (once per answer, not per writing it again) and log an answer the replicas do not hold."""
+        if unreplicated is not None and not keep_final:
+            RedisStore.unreplicated += 1
+            if unreplicated == UNACKNOWLEDGED:
+                log.warning("ledger_answer_unreplicated", ref=entry.ref, replicas=replicas, wait_ms=self._wait_ms)
+
+    async def _replication(self) -> int:
+        """The primary's connected replicas, read (``INFO replication``, one round trip shared by the requests of
+        a second, so not counted for any one of them) at most every :data:`REPLICATION_READ_EVERY`."""
+        if time.monotonic() - self._read_at < REPLICATION_READ_EVERY:
+            return self._replicas
+        with untallied():
+            try:
+                info = await self._redis.info("replication")
+            except ResponseError as exc:  # INFO refused (a managed Redis's ACL): WAIT on every answer, as asked
+                if self._short_logged is not False:
+                    log.warning("ledger_replication_unreadable", error=str(exc))
+                self._short_logged, self._replicas, self._read_at = False, self._wait, time.monotonic()
+                return self._replicas
+        self._primary = str(info.get("master_replid") or "") or None
+        self._replicas = int(info.get("connected_slaves") or 0)
+        self._read_at = time.monotonic()
+        short = self._replicas < self._wait
+        if short != self._short_logged:  # once per change, not once per answer
+            self._short_logged = short
+            if short:
+                log.warning("ledger_primary_short_of_replicas", replicas=self._replicas, wait_replicas=self._wait)
+            else:
+                log.info("ledger_primary_replicated", replicas=self._replicas, wait_replicas=self._wait)
+        return self._replicas
+
+    async def _resolve_replicated(
+        self, keys: list[str], args: list[str | bytes | int]
+    ) -> tuple[Any, str | None, tuple[str | None, int]]:
+        """The resolve script's reply; why its record is not known to be replicated (None: it is, or no replicas
+        are asked for); and the reading of the primary it was sent under (its replication id and connected
+        replicas, read before the write: never of a primary later than the one written to).
+
+        With ``wait_replicas``, ``WAIT`` follows in the same round trip (a pipeline), so the till gets an answer
+        the replicas hold and a failover right after it does not lose it. A primary with fewer replicas than
+        asked (a promoted one, its old primary gone) is not waited on: ``WAIT`` would spend its whole timeout on
+        every answer for replicas that are not there."""
         if not self._wait:
-            return await self._resolve(keys=keys, args=args)
+            return await self._resolve(keys=keys, args=args), None, (None, 0)
+        replicas = await self._replication()
+        reading = (self._primary, replicas)  # as read (no await since): of the primary written to, or an earlier one
+        if replicas < self._wait:
+            return await self._resolve(keys=keys, args=args), SHORT_OF_REPLICAS, reading
         for _ in range(2):
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.evalsha(self._resolve.sha, len(keys), *keys, *args)
@@ -393,9 +474,9 @@ class RedisStore:
             if isinstance(found, Exception):
                 raise found
             if isinstance(acked, Exception) or int(acked) < self._wait:
-                RedisStore.unreplicated += 1
-                log.warning("ledger_answer_unreplicated", wait_replicas=self._wait, wait_ms=self._wait_ms)
-            return found
+                self._read_at = -math.inf  # a replica gone, or a failover: read the primary again next time
+                return found, UNACKNOWLEDGED, reading
+            return found, None, reading
         raise NoScriptError("the resolve script could not be loaded")
 
     async def owners(self, redemption_ids: Sequence[int]) -> dict[int, str]:
@@ -478,6 +559,7 @@ class _ClusterSteps:
         self._claim, self._live, self._drop, self._bind, self._finish = map(self._redis.register_script, scripts)
         # Within one slot, the same scripts as on one Redis.
         self._unlock, self._save_open = store._unlock, store._save_unresolved
+        self._read: dict[str, tuple[float, int]] = {}  # node name -> (when read, its connected replicas)
 
     def _prefix(self, digest: str) -> str:
         """The record keys of one idempotency key's slot: ``<prefix>rdm:{<hash>}:`` and the ref."""
@@ -596,24 +678,29 @@ class _ClusterSteps:
         await self._store._run(self._redis.sadd(self._store._unresolved_set, entry.ref))  # listed since begin
         return None
 
-    async def resolve(self, entry: Entry, ids: list[int], ttl: float, *, force: bool, unlock: bool) -> Resolution:
+    async def resolve(
+        self, entry: Entry, ids: list[int], ttl: float, *, force: bool, unlock: bool, keep_final: bool
+    ) -> Resolution:
         digest = _digest(entry.key)
         record = self._prefix(digest) + entry.ref
-        bound, taken = await self._bind_ids(entry.ref, ids, ttl, force)
-        if taken and not force:
+        bound, taken = await self._bind_ids(entry.ref, ids, ttl, force or keep_final)
+        if taken and not (force or keep_final):
             current = await self.load(entry.ref)
             if current is not None and current.state in ("done", "failed"):
                 return Resolution(False, current=current)
             return Resolution(False, taken=taken)
         args: list[str | bytes | int] = [entry.ref, entry_encoder.encode(entry), _ms(ttl), entry.state]
-        args.append("1" if force else "0")
+        args.append(_mode(force, keep_final))
         try:
-            found = await self._store._run(self._finish(keys=[self._store._key(entry.key), record], args=args))
+            found, unreplicated, (primary, replicas) = await self._finish_replicated(
+                [self._store._key(entry.key), record], args
+            )
         except StoreUnavailable:
             await self._release_ids(bound, entry.ref)
             raise
-        if found is not None:  # another answer was recorded first: it wins, and the ids go back
-            await self._release_ids(bound, entry.ref)
+        self._store._note(entry, unreplicated, replicas, keep_final)
+        if found is not None and not keep_final:  # another answer was recorded first: it wins, and the ids go back
+            await self._release_ids(bound, entry.ref)  # (written again, the record found is this answer: kept)
         # Also after an answer recorded first: its own resolve may have stopped before these steps.
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.srem(self._store._unresolved_set, entry.ref)
@@ -622,8 +709,64 @@ class _ClusterSteps:
         if unlock:
             await self.unlock(entry.command.codes, entry.ref)
         if found is not None:
-            return Resolution(False, current=entry_decoder.decode(found))
-        return Resolution(True, taken=taken)
+            return Resolution(False, entry_decoder.decode(found), unreplicated=unreplicated, primary=primary)
+        return Resolution(True, taken=taken, unreplicated=unreplicated, primary=primary)
+
+    async def _finish_replicated(
+        self, keys: list[str], args: list[str | bytes | int]
+    ) -> tuple[Any, str | None, tuple[str | None, int]]:
+        """The record's script and, with ``wait_replicas``, ``WAIT`` after it on the node that serves the record's
+        slot, in one pipeline: the cluster client sends one node's commands on one connection, so ``WAIT`` waits
+        for this very write. As :meth:`RedisStore._resolve_replicated`, with the node's name as the primary (a
+        failover puts another node in its place) and its connected replicas read at most once a second."""
+        store = self._store
+        if not store._wait:
+            return await store._run(self._finish(keys=keys, args=args)), None, (None, 0)
+        cluster: Any = self._redis
+        node = cluster.get_node_from_key(keys[1])  # the primary of the record's slot, as this client knows it
+        replicas = await self._replicas_of(node)
+        reading = (str(node.name), replicas)
+        if replicas < store._wait:
+            return await store._run(self._finish(keys=keys, args=args)), SHORT_OF_REPLICAS, reading
+        for _ in range(2):
+            async with cluster.pipeline() as pipe:  # both to ``node``, on one connection, not redirected
+                pipe.execute_command("EVALSHA", self._finish.sha, len(keys), *keys, *args, target_nodes=node)
+                pipe.execute_command("WAIT", store._wait, store._wait_ms, target_nodes=node)
+                found, acked = await store._run(pipe.execute(raise_on_error=False, allow_redirections=False))
+            if isinstance(found, NoScriptError):
+                await store._run(cluster.script_load(_CLUSTER_FINISH))
+                continue
+            if isinstance(found, Exception):
+                # Not that node's slot any more (MOVED, a failover): written the ordinary way, which follows the
+                # cluster and learns its slots again; WAIT there would count nothing of this write, so it is kept
+                # and written again later, WAIT and all.
+                found = await store._run(self._finish(keys=keys, args=args))
+                self._read.pop(str(node.name), None)
+                return found, UNACKNOWLEDGED, reading
+            if isinstance(acked, Exception) or int(acked) < store._wait:
+                self._read.pop(str(node.name), None)  # a replica gone, or a failover: read this node again
+                return found, UNACKNOWLEDGED, reading
+            return found, None, reading
+        raise StoreUnavailable("redis: the finish script could not be loaded")
+
+    async def _replicas_of(self, node: Any) -> int:
+        """The connected replicas of ``node`` (``INFO replication`` there), read at most every
+        :data:`REPLICATION_READ_EVERY`; a node that refuses ``INFO`` is taken to have as many as asked."""
+        name, now = str(node.name), time.monotonic()
+        read = self._read.get(name)
+        if read is not None and now - read[0] < REPLICATION_READ_EVERY:
+            return read[1]
+        cluster: Any = self._redis
+        with untallied():
+            try:
+                info = await self._store._run(cluster.info("replication", target_nodes=node))
+                replicas = int(info.get("connected_slaves") or 0)
+            except StoreUnavailable as exc:
+                if not isinstance(exc.__cause__, ResponseError):
+                    raise
+                replicas = self._store._wait
+        self._read[name] = (now, replicas)
+        return replicas
 
     async def _bind_ids(self, ref: str, ids: list[int], ttl: float, force: bool) -> tuple[list[str], dict[int, str]]:
         """Bind ``ids`` to ``ref``, slot by slot: (the keys newly bound, the ids another ref held). Unless

@@ -19,6 +19,10 @@
 - An answer Capillary gave goes to the till even when the ledger cannot record it at that moment: the write is
   retried in the background (bounded), and until it lands a replay of the same key in this process is answered
   "in progress", never run again.
+- With ``REDIS_WAIT_REPLICAS``, an answer whose record the replicas did not acknowledge is kept too, and written
+  again (the same record; a final one already there is left as it is) until they do, or until it is found or
+  written on a primary a failover put in place; meanwhile a replay of its key is answered from the ledger's final
+  record, or "in progress" while the ledger lacks it, never run again.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import structlog
 
 from service.deadline import time_left
 from service.idempotency.models import Entry, FoundRedemption, Reversal, StoredCommand, StoredResponse, is_natural
-from service.idempotency.store import LedgerStore, Resolution, StoreUnavailable
+from service.idempotency.store import FINAL_STATES, UNACKNOWLEDGED, LedgerStore, Resolution, StoreUnavailable
 from service.redemption.catalog import CATALOG, LocalError
 from service.redemption.flow import AMBIENT, CallLimits, RedemptionFlow, SeriesLookup, UpstreamFailure, new_ref, price
 from service.redemption.models import CodeOutcome, CustomerRef, Failure, Outcome, RedemptionCommand
@@ -184,15 +188,25 @@ async def _stop(task: asyncio.Task[None] | None) -> None:
         log.error("background_task_failed", task=task.get_name(), error=type(error).__name__)
 
 
+#: The writer's backoff, per answer: from this, doubled after each failure up to :data:`WRITE_PAUSE_MAX`.
+WRITE_PAUSE = 0.05
+WRITE_PAUSE_MAX = 2.0
+
+
 @dataclass
 class _Unwritten:
-    """An answer given to a till but not yet in the ledger: written again when the store is back."""
+    """An answer given to a till but not yet in the ledger (written again when the store is back), or, with
+    ``written``, in the ledger but not acknowledged by its replicas (written again until they hold it)."""
 
     entry: Entry
     ttl: float
     final: bool  # a final answer (resolve), or a pending one (save unless resolved)
     force: bool
     since: float  # when it was first deferred (monotonic)
+    written: bool = False  # the primary took it; its replicas did not acknowledge it
+    primary: str | None = None  # written: the primary that took it last (its replication id)
+    due: float = 0.0  # when it is tried next (time.monotonic: the backoff is real time)
+    pause: float = WRITE_PAUSE
 
 
 WRITE_RESULTS = ("deferred", "written", "gave_up")
@@ -227,7 +241,13 @@ class ExactlyOnce:
 
     @property
     def unwritten_count(self) -> int:
-        return len(self._unwritten)
+        """Answers given and not in the ledger yet."""
+        return sum(not item.written for item in self._unwritten.values())
+
+    @property
+    def unreplicated_count(self) -> int:
+        """Answers in the ledger that its replicas have not acknowledged yet, kept to be written again."""
+        return sum(item.written for item in self._unwritten.values())
 
     # ------------------------------------------------------------------------------------------ redeem
 
@@ -242,9 +262,12 @@ class ExactlyOnce:
     ) -> Reply:
         """``legacy_key``: the key earlier releases recorded this same request under (a record there is
         replayed too)."""
-        if key in self._unwritten_keys:  # answered, not yet recorded: never run it again meanwhile
-            raise Refused(CATALOG["REQUEST_IN_PROGRESS"], retry_after=1)
         stored = StoredCommand.of(command)
+        if (kept := self._unwritten.get(self._unwritten_keys.get(key, ""))) is not None:
+            # answered here, not yet recorded (or replicated): never run again meanwhile
+            reply = await self._replay_kept(kept, stored.fingerprint(), request_id)
+            if reply is not None:
+                return reply
         now = self.clock()
         entry = Entry(
             ref=new_ref(),
@@ -423,7 +446,8 @@ class ExactlyOnce:
 
     async def _resolve(self, entry: Entry, *, force: bool, unlock: bool = True) -> Resolution:
         """Record a final answer; when the ledger is down, the till still gets the answer and the record is
-        written when the store is back (meanwhile this process answers replays of its key "in progress")."""
+        written when the store is back (meanwhile this process answers replays of its key "in progress"). A record
+        the replicas did not acknowledge is kept and written again until they do (see :meth:`_write`)."""
         try:
             resolution = await self.store.resolve(entry, self._ttl(entry), force=force, unlock=unlock)
         except StoreUnavailable:
@@ -431,6 +455,12 @@ class ExactlyOnce:
             self._defer(_Unwritten(entry, self._ttl(entry), final=True, force=force, since=self.monotonic()))
             return Resolution(False)
         self._written(entry.ref)  # an older answer still waiting for the store is superseded
+        if resolution.unreplicated == UNACKNOWLEDGED and (resolution.written or resolution.current is not None):
+            # The answer given (ours, or the one recorded first) is on the primary only: a failover now loses it.
+            answer = resolution.current or entry
+            item = _Unwritten(answer, self._ttl(answer), final=True, force=force, since=self.monotonic())
+            item.written, item.primary = True, resolution.primary
+            self._defer(item)
         if resolution.taken:
             # Written anyway (forced: Capillary answered this very request with these ids), but another record
             # holds one of them: that record adopted a redemption that was not its own.
@@ -451,59 +481,120 @@ class ExactlyOnce:
             return  # a final answer waiting already: a pending one adds nothing
         if previous is not None:
             item.since = previous.since
+        item.due = time.monotonic() + item.pause
         self._unwritten[item.entry.ref] = item
         self._unwritten_keys[item.entry.key] = item.entry.ref
-        self.deferred_writes["deferred"] += 1
+        if not item.written:
+            self.deferred_writes["deferred"] += 1
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_unwritten())
 
     async def _write_unwritten(self) -> None:
-        """Write what the ledger missed, oldest first, with a backoff; each for at most ``write_retry``."""
-        pause = 0.05
+        """Write what the ledger missed, or its replicas do not hold yet, oldest first, each on a backoff of its
+        own and for at most ``write_retry``: one that keeps failing (a Redis Cluster node gone that serves its
+        slot) waits alone, and does not hold back the answers behind it."""
         while self._unwritten:
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 2.0)
-            for ref, item in list(self._unwritten.items()):
+            now = time.monotonic()
+            for item in [i for i in self._unwritten.values() if i.due <= now]:
+                ref = item.entry.ref
+                if self._unwritten.get(ref) is not item:
+                    continue  # written, or replaced by a later answer, meanwhile
                 try:
-                    await self._write(item)
+                    done = await self._write(item)
                 except StoreUnavailable:
-                    if self.monotonic() - item.since < self.timing.write_retry:
-                        break  # still down: wait, then try again from the oldest
-                    self.deferred_writes["gave_up"] += 1
-                    log.error(
-                        "redemption_not_recorded",
-                        ref=ref,
-                        gave_up_after=self.timing.write_retry,
-                        state=item.entry.state,
-                        codes=list(item.entry.command.codes),
-                        redemption_ids=item.entry.redemption_ids,
-                    )
-                else:
-                    self.deferred_writes["written"] += 1
-                    log.info("redemption_recorded_late", ref=ref)
-                    pause = 0.05
-                if self._unwritten.get(ref) is item:  # not replaced by a later answer meanwhile
+                    done = False
+                except Exception as exc:  # one answer's write must not end the writer for all the others
+                    log.error("ledger_write_failed", ref=ref, error=type(exc).__name__)
+                    done = False
+                if self._unwritten.get(ref) is not item:
+                    continue
+                if done:
                     self._written(ref)
+                elif self.monotonic() - item.since >= self.timing.write_retry:
+                    self._give_up(item)
+                    self._written(ref)
+                else:
+                    item.pause = min(item.pause * 2, WRITE_PAUSE_MAX)
+                    item.due = time.monotonic() + item.pause
+            if self._unwritten:
+                wake = min(item.due for item in self._unwritten.values())
+                await asyncio.sleep(max(0.0, wake - time.monotonic()))
+
+    def _give_up(self, item: _Unwritten) -> None:
+        entry = item.entry
+        if item.written:  # recorded on the primary, which may still hold it: not lost, not replicated
+            log.warning("redemption_left_unreplicated", ref=entry.ref, after=self.timing.write_retry)
+            return
+        self.deferred_writes["gave_up"] += 1
+        log.error(
+            "redemption_not_recorded",
+            ref=entry.ref,
+            gave_up_after=self.timing.write_retry,
+            state=entry.state,
+            codes=list(entry.command.codes),
+            redemption_ids=entry.redemption_ids,
+        )
 
     def _written(self, ref: str) -> None:
         item = self._unwritten.pop(ref, None)
         if item is not None and self._unwritten_keys.get(item.entry.key) == ref:
             del self._unwritten_keys[item.entry.key]
 
-    async def _write(self, item: _Unwritten) -> None:
+    async def _write(self, item: _Unwritten) -> bool:
+        """One try at writing ``item``; True once nothing more is to be done for it. A final answer is written
+        as the same record again (``keep_final``: a final record already there, this one or another answer
+        recorded first, is left as it is). Done when the replicas acknowledge it, or when it is on a primary that
+        a failover put in place and that has no replica to acknowledge it (it holds the record now, and a
+        replica that joins it later copies the whole ledger)."""
         entry = item.entry
-        if item.final:
-            await self.store.resolve(entry, item.ttl, force=item.force)
-        elif await self.store.save_unresolved(entry, item.ttl) is None:
-            await self.store.lock(entry.command.codes, entry.ref, item.ttl)
+        if not item.final:
+            if await self.store.save_unresolved(entry, item.ttl) is None:
+                await self.store.lock(entry.command.codes, entry.ref, item.ttl)
+            self._recorded_late(item)
+            return True
+        resolution = await self.store.resolve(entry, item.ttl, force=item.force, keep_final=item.written)
+        current = resolution.current
+        if current is not None and (current.state, current.response) != (entry.state, entry.response):
+            log.warning("ledger_holds_another_answer", ref=entry.ref, state=current.state)  # recorded first: it stands
+        if not resolution.written and current is None:  # refused: its redemption ids are another record's
+            self._recorded_late(item)
+            return True
+        if resolution.unreplicated is None:
+            self._recorded_late(item)
+            return True
+        if resolution.unreplicated == UNACKNOWLEDGED:  # on this primary only: written again until replicated
+            item.written, item.primary = True, resolution.primary
+            return False
+        # A primary short of replicas: done if it took the record first, or if a failover put it in place.
+        done = not item.written or resolution.primary != item.primary
+        if done:
+            self._recorded_late(item)
+        return done
+
+    def _recorded_late(self, item: _Unwritten) -> None:
+        if item.written:
+            log.info("redemption_replicated_late", ref=item.entry.ref)
+        else:
+            self.deferred_writes["written"] += 1
+            log.info("redemption_recorded_late", ref=item.entry.ref)
 
     # -------------------------------------------------------------------------------- replay, reconcile
+
+    async def _replay_kept(self, kept: _Unwritten, fingerprint: str, request_id: str) -> Reply | None:
+        """A replay of a key whose answer this process holds, not yet in the ledger (or not replicated): the
+        ledger's final record when it has one, else "in progress" until the answer is written back."""
+        if kept.written:
+            with contextlib.suppress(StoreUnavailable):
+                record = await self.store.load(kept.entry.ref)
+                if record is not None and record.state in FINAL_STATES:
+                    return await self._replay(record, fingerprint, request_id)
+        raise Refused(CATALOG["REQUEST_IN_PROGRESS"], retry_after=1)
 
     async def _replay(self, entry: Entry, fingerprint: str, request_id: str) -> Reply | None:
         """The answer for a request whose key is taken; None when it turned out free to run again."""
         if entry.fingerprint != fingerprint:
             raise self._reused(entry)
-        if entry.ref in self._unwritten:
+        if entry.ref in self._unwritten and entry.state not in FINAL_STATES:  # its answer is here, not there yet
             raise Refused(CATALOG["REQUEST_IN_PROGRESS"], retry_after=1)
         if entry.state == "in_flight" and self.clock() < entry.lease_until:
             raise Refused(CATALOG["REQUEST_IN_PROGRESS"], retry_after=1)
@@ -630,11 +721,19 @@ class ExactlyOnce:
         only a redemption of that store is found."""
         unwritten, away = self._unwritten.get(ref), False
         try:
-            entry = unwritten.entry if unwritten is not None else await self.store.load(ref)  # the answer we hold
+            if unwritten is not None and not unwritten.written:
+                entry: Entry | None = unwritten.entry  # the answer we hold
+            else:
+                entry = await self.store.load(ref)
         except StoreUnavailable:
-            if ref not in self._running:
+            if unwritten is None and ref not in self._running:
                 raise
-            entry, away = self._running[ref], True  # the ledger is away; this process is still at work on it
+            entry = None
+            away = unwritten is None
+            if away:
+                entry = self._running[ref]  # the ledger is away; this process is still at work on it
+        if unwritten is not None and (entry is None or entry.state not in FINAL_STATES):
+            entry = unwritten.entry  # not (or not yet again) in the ledger: the answer we hold
         if entry is None and self.offline is not None and (body := await self.offline.answer(ref, store)):
             return Reply(StoredResponse("provisional", body), ref=ref, lookup=True)
         if entry is None or (store is not None and entry.command.store != store):
@@ -694,8 +793,10 @@ class ExactlyOnce:
         if writer is not None and self._unwritten:
             await asyncio.wait([writer], timeout=self.timing.lease_margin)
         await _stop(writer)
-        if self._unwritten:
-            log.error("shutdown_with_answers_not_recorded", count=len(self._unwritten), refs=sorted(self._unwritten))
+        if unwritten := sorted(r for r, i in self._unwritten.items() if not i.written):
+            log.error("shutdown_with_answers_not_recorded", count=len(unwritten), refs=unwritten)
+        if unreplicated := sorted(r for r, i in self._unwritten.items() if i.written):
+            log.warning("shutdown_with_answers_not_replicated", count=len(unreplicated), refs=unreplicated)
 
     # ------------------------------------------------------------------------------------------- reversal
 

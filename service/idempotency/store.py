@@ -38,6 +38,11 @@ class StoreUnavailable(Exception):
 FINAL_STATES = ("done", "failed")
 
 
+#: Why a final answer is not known to be held by ``REDIS_WAIT_REPLICAS`` replicas (see :class:`Resolution`).
+UNACKNOWLEDGED = "unacknowledged"  # replicas are connected but did not acknowledge it in time: a failover may lose it
+SHORT_OF_REPLICAS = "short_of_replicas"  # the primary has fewer replicas than asked: none waited for
+
+
 @dataclass(frozen=True)
 class Resolution:
     """What :meth:`LedgerStore.resolve` did."""
@@ -45,6 +50,11 @@ class Resolution:
     written: bool
     current: Entry | None = None  # not written: the final entry already recorded (its answer wins)
     taken: dict[int, str] = field(default_factory=dict)  # redemption ids already bound to another ref
+    #: With ``REDIS_WAIT_REPLICAS``: None when the replicas acknowledged the record (written, or found final),
+    #: else why not (:data:`UNACKNOWLEDGED`, :data:`SHORT_OF_REPLICAS`); and the primary that holds it (its
+    #: replication id, which a failover changes), as last read.
+    unreplicated: str | None = None
+    primary: str | None = None
 
 
 class LedgerStore(Protocol):
@@ -71,11 +81,15 @@ class LedgerStore(Protocol):
     async def save_unresolved(self, entry: Entry, ttl: float) -> Entry | None:
         """Store an in-flight or pending ``entry`` unless its record is already final: then return that."""
 
-    async def resolve(self, entry: Entry, ttl: float, *, force: bool = False, unlock: bool = True) -> Resolution:
+    async def resolve(
+        self, entry: Entry, ttl: float, *, force: bool = False, unlock: bool = True, keep_final: bool = False
+    ) -> Resolution:
         """Record a final answer (``done`` or ``failed``), all at once:
 
         - unless ``force``, a record already final is left as it is and returned (the first answer wins), and a
           redemption id already bound to another ref refuses the whole write (returned in ``taken``);
+        - ``keep_final``: the same answer written again (it was given, but its first write may have been lost): a
+          record already final is left as it is and returned, whatever ``force`` says; its ids are bound anyway;
         - each redemption id of a ``done`` entry is bound to its ref (``redemption id -> ref``), so no other
           record can adopt it;
         - the idempotency key: ``failed`` frees it (the same request may run again); ``done`` keeps it for
@@ -345,14 +359,16 @@ class MemoryStore:
         await self.save(entry, ttl)
         return None
 
-    async def resolve(self, entry: Entry, ttl: float, *, force: bool = False, unlock: bool = True) -> Resolution:
+    async def resolve(
+        self, entry: Entry, ttl: float, *, force: bool = False, unlock: bool = True, keep_final: bool = False
+    ) -> Resolution:
         ids = [i for i in entry.redemption_ids.values() if i > 0] if entry.state == "done" else []
         taken = {i: owner for i in ids if (owner := self._bound.get(i)) is not None and owner != entry.ref}
-        if not force:
+        if not force or keep_final:
             current = await self.load(entry.ref)
             if current is not None and current.state in FINAL_STATES:
                 return Resolution(False, current=current)
-            if taken:
+            if taken and not keep_final:
                 return Resolution(False, taken=taken)
         until = self._clock() + ttl
         for i in ids:
