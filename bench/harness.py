@@ -387,20 +387,8 @@ def _write_keys(directory: Path) -> Path:
     return path
 
 
-def _start_all(
-    opts: Options, procs: Processes, progress: Progress, customers: int
-) -> tuple[Child, str, dict[str, tuple[Child, str]], Child]:
-    python = sys.executable
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    upstream = procs.start(
-        "upstream",
-        [python, "-m", "bench.upstream", "--latency-ms", f"{opts.latency_ms:g}", "--customers", str(customers)],
-        env=env,
-        cwd=ROOT,
-    )
-    port = int(upstream.wait_for_line("READY", timeout=120).split()[1])
-    upstream_url = f"http://127.0.0.1:{port}"
-    progress(f"upstream (sandbox, {opts.latency_ms:g} ms per call) on {upstream_url}, {customers} customers seeded")
+def gateway_environment(opts: Options, env: dict[str, str], upstream_url: str, log_dir: Path) -> dict[str, str]:
+    """The environment of a gateway under test: the sandbox as Capillary, one API key, limits out of the way."""
     gateway_env = {
         **env,
         "CAPILLARY_API_URL": upstream_url,
@@ -414,7 +402,7 @@ def _start_all(
         "GATEWAY_SHUTDOWN_TIMEOUT_SECONDS": "2",
         # One API key for the generator; its rate limit and Capillary's outbound budget far above any rate the
         # benchmark sends (they are still checked on every request: their cost is measured, not their refusals).
-        "GATEWAY_API_KEYS_FILE": str(_write_keys(procs.log_dir)),
+        "GATEWAY_API_KEYS_FILE": str(_write_keys(log_dir)),
         "GATEWAY_RATE_LIMIT_PER_SECOND": "100000",
         "GATEWAY_RATE_LIMIT_BURST": "100000",
         "CAPILLARY_RATE_LIMIT_PER_MINUTE": "10000000",
@@ -429,6 +417,24 @@ def _start_all(
     gateway_env.pop("REDIS_URL", None)
     if opts.redis:  # the series cache and the redemption ledger
         gateway_env["CACHE_URL"] = gateway_env["REDIS_URL"] = REDIS_URL
+    return gateway_env
+
+
+def _start_all(
+    opts: Options, procs: Processes, progress: Progress, customers: int
+) -> tuple[Child, str, dict[str, tuple[Child, str]], Child]:
+    python = sys.executable
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    upstream = procs.start(
+        "upstream",
+        [python, "-m", "bench.upstream", "--latency-ms", f"{opts.latency_ms:g}", "--customers", str(customers)],
+        env=env,
+        cwd=ROOT,
+    )
+    port = int(upstream.wait_for_line("READY", timeout=120).split()[1])
+    upstream_url = f"http://127.0.0.1:{port}"
+    progress(f"upstream (sandbox, {opts.latency_ms:g} ms per call) on {upstream_url}, {customers} customers seeded")
+    gateway_env = gateway_environment(opts, env, upstream_url, procs.log_dir)
     gateway_argv = [python, "-m", "service", "serve"]
     baseline_argv = [python, "-m", "bench.baseline", "--upstream", upstream_url]
     if opts.uvloop:

@@ -166,6 +166,8 @@ class CapillaryClient(AsyncClosing):
         self._ambient = ambient
         self._api_url = URL(settings.api_url)
         self._upload_url = URL(settings.upload_url)
+        #: Each API operation's URL, built on its first call (joining paths builds a new URL object each time).
+        self._v2_urls: dict[str, URL] = {}
         self.tokens: OAuthTokens | None = None
         auth: BasicAuth | OAuthTokens
         if settings.auth == "oauth" or (settings.client_key and settings.client_secret):
@@ -312,7 +314,10 @@ class CapillaryClient(AsyncClosing):
             raise transport_error(call.op.name, exc) from exc
 
     def _v2(self, op: Operation[Any]) -> URL:
-        return self._api_url / "v2" / op.path
+        url = self._v2_urls.get(op.name)
+        if url is None:
+            url = self._v2_urls[op.name] = self._api_url / "v2" / op.path
+        return url
 
     def _v1_upload(self, op: Operation[Any], series_id: int) -> URL:
         return self._upload_url / "coupon/api/v1/upload" / op.path / str(series_id)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, Final, Generic, Protocol, TypeVar
 
@@ -96,19 +96,35 @@ class Stage(Protocol):
     def __call__(self, call: Call[Any], request: ClientRequest, handler: ClientHandlerType) -> Any: ...
 
 
+class _Then:
+    """A middleware with the handler it hands the request on to: called with the request alone."""
+
+    __slots__ = ("_handler", "_middleware")
+
+    def __init__(self, middleware: ClientMiddlewareType, handler: ClientHandlerType) -> None:
+        self._middleware = middleware
+        self._handler = handler
+
+    def __call__(self, request: ClientRequest) -> Awaitable[ClientResponse]:
+        return self._middleware(request, self._handler)
+
+
 class _Stages:
-    """The stages of one call as a single aiohttp middleware. aiohttp wraps every middleware of a request in a
-    closure and a coroutine of its own, built anew on each request; here each stage is handed the next one
-    directly (bound to the call), so an attempt runs one coroutine per stage and the chain is built once per
-    call, outermost stage first."""
+    """The stages of one call, then the session's own middlewares (auth, traces), as a single aiohttp middleware.
+    aiohttp wraps every middleware of a request in a closure and a coroutine of its own, built anew on each
+    request; here each stage is handed the next one directly (bound to the call), so an attempt runs one coroutine
+    per stage and the chain is built once per call, outermost stage first."""
 
-    __slots__ = ("_call", "_stages")
+    __slots__ = ("_call", "_stages", "_tail")
 
-    def __init__(self, call: Call[Any], stages: Sequence[Stage]) -> None:
+    def __init__(self, call: Call[Any], stages: Sequence[Stage], tail: Sequence[ClientMiddlewareType]) -> None:
         self._call = call
         self._stages = stages
+        self._tail = tail
 
     def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> Any:
+        for middleware in reversed(self._tail):
+            handler = _Then(middleware, handler)
         call = self._call
         for stage in reversed(self._stages):
             handler = partial(stage, call, handler=handler)
@@ -116,8 +132,8 @@ class _Stages:
 
 
 def bind(call: Call[Any], stages: Sequence[Stage], tail: Sequence[ClientMiddlewareType]) -> tuple[Any, ...]:
-    """The middlewares of one call: its stages, bound to it, as one middleware, then the session's own (``tail``)."""
-    return (_Stages(call, stages), *tail)
+    """The middlewares of one call: its stages, bound to it, then the session's own (``tail``), as one middleware."""
+    return (_Stages(call, stages, tail),)
 
 
 # ------------------------------------------------------------------------------------------------- stages

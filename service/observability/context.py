@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Final
+from collections.abc import Mapping, MutableMapping
+from contextvars import ContextVar
+from types import MappingProxyType
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -17,6 +20,36 @@ REQUEST_ID: Final = web.RequestKey("request_id", str)
 #: What a caller's ``X-Request-ID`` may be to be echoed and logged as it is: anything else is replaced by one of ours
 #: (no spaces, quotes, control or non-ASCII characters can reach a header we send or a log line).
 SAFE_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+#: The log fields of the work in progress (a request): bound by each layer that handles it, merged into each of its
+#: lines by :func:`merge_fields`. One variable holding the whole mapping, replaced (never changed in place) on each
+#: binding, so that a task started meanwhile keeps the fields as they were then, as with structlog's own context
+#: variables; but one variable set per binding where structlog sets one per field, and one read per line where
+#: structlog's merge walks every variable of the context.
+_FIELDS: Final[ContextVar[Mapping[str, Any]]] = ContextVar("log_fields", default=MappingProxyType({}))
+
+
+def start_fields(**fields: Any) -> None:
+    """The first log fields of a piece of work (a request): whatever was bound before is not carried over."""
+    _FIELDS.set(fields)
+
+
+def bind_fields(**fields: Any) -> None:
+    """Add log fields (or replace their values) for the rest of the work in progress."""
+    _FIELDS.set({**_FIELDS.get(), **fields})
+
+
+def log_fields() -> Mapping[str, Any]:
+    """The log fields bound so far."""
+    return _FIELDS.get()
+
+
+def merge_fields(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Processor: the bound log fields into the line; a field the line sets itself keeps the line's value."""
+    for key, value in _FIELDS.get().items():
+        event_dict.setdefault(key, value)
+    return event_dict
 
 
 def new_request_id() -> str:

@@ -20,6 +20,7 @@ import msgspec
 import structlog
 from structlog.typing import EventDict, Processor
 
+from service.observability.context import merge_fields
 from service.text import mask as mask  # re-exported: the layers that log identifiers mask them
 from service.text import scrub
 
@@ -168,7 +169,8 @@ def _drop_record(_: Any, __: str, event_dict: EventDict) -> EventDict:
 def processors() -> list[Processor]:
     """The chain shared by structlog's loggers and the stdlib's records, up to the renderer."""
     return [
-        structlog.contextvars.merge_contextvars,
+        merge_fields,  # the request's fields (service.observability.context.bind_fields)
+        structlog.contextvars.merge_contextvars,  # fields bound with structlog's own bind_contextvars
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from service.capillary.pipeline import CallReport
-from service.observability.context import REQUEST_ID_HEADER, assign_request_id
+from service.observability.context import REQUEST_ID_HEADER, assign_request_id, start_fields
 from service.observability.metrics import Metrics, RedisCollector, status_class
 from service.observability.tracing import exemplar
 from service.redis_pool import end_tally, start_tally
@@ -46,11 +46,10 @@ def observe_middleware(metrics: Metrics, redis: RedisCollector | None = None) ->
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         """Outermost: sees the status the error middleware mapped, times everything, writes one log line."""
         request_id, replaced = assign_request_id(request)
-        structlog.contextvars.clear_contextvars()
         if replaced:  # the caller's own is not logged: it is what could not be trusted
-            structlog.contextvars.bind_contextvars(request_id=request_id, request_id_replaced=True)
+            start_fields(request_id=request_id, request_id_replaced=True)
         else:
-            structlog.contextvars.bind_contextvars(request_id=request_id)
+            start_fields(request_id=request_id)
         upstream_ids: list[str] = []
         token = UPSTREAM_IDS.set(upstream_ids)
         started = time.perf_counter()

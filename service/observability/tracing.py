@@ -17,13 +17,12 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Final
 
-import structlog
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, web
 from aiohttp.typedefs import Handler, Middleware
 
 from service import __version__
 from service.access.keys import API_KEY
-from service.observability.context import REQUEST_ID
+from service.observability.context import REQUEST_ID, log_fields
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -165,7 +164,7 @@ class ClientSpans:
             "server.port": url.port or 0,
             "url.path": url.path,  # never the query: it carries customer identifiers
         }
-        request_id = structlog.contextvars.get_contextvars().get("request_id")
+        request_id = log_fields().get("request_id")
         if request_id:
             attributes["pos.request_id"] = request_id
         with self._tracer.start_as_current_span(

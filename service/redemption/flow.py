@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from service.redemption.catalog import CATALOG
 from service.redemption.checks import bill_failure
@@ -197,6 +197,12 @@ def conclude(outcomes: list[CodeOutcome], bill: Decimal, ref: str) -> Outcome:
     return Outcome(outcomes, failure=failure, total_discount=total, ref=ref)
 
 
+def _drop(task: asyncio.Future[Any]) -> None:
+    """Cancel a task whose result is no longer wanted; an exception it already ended with counts as seen."""
+    if not task.cancel() and not task.cancelled():
+        task.exception()
+
+
 class RedemptionFlow:
     def __init__(self, upstream: CouponUpstream, series: SeriesLookup) -> None:
         self._upstream = upstream
@@ -210,16 +216,19 @@ class RedemptionFlow:
         """The upstream check beside the series already known; with ``learn``, the series of passing codes not
         yet known are learnt after it. Then each code's verdict: Capillary's, then the bill against its series."""
         ahead = learn and not self.checks_name_series
+        # The lookup runs in a task beside the check, which runs in this one: a task fewer than a task group of
+        # both. The lookup never raises for an upstream or cache failure; a failed check cancels it.
+        lookup = self._series.for_codes if ahead else self._series.known
+        looking = asyncio.create_task(lookup(command.codes, limits=limits))
         try:
-            async with asyncio.TaskGroup() as group:
-                checking = group.create_task(
-                    self._upstream.check(command.customer, command.codes, store=command.store, limits=limits)
-                )
-                lookup = self._series.for_codes if ahead else self._series.known
-                looking = group.create_task(lookup(command.codes, limits=limits))
-        except* UpstreamFailure as failures:
-            raise failures.exceptions[0] from None
-        verdicts, known = checking.result(), looking.result()
+            verdicts = await self._upstream.check(command.customer, command.codes, store=command.store, limits=limits)
+        except UpstreamFailure as failure:
+            _drop(looking)
+            raise failure from None
+        except BaseException:
+            _drop(looking)
+            raise
+        known = await looking
         if any(v.series_id is not None for v in verdicts.values()):
             self.checks_name_series = True
         if learn and not ahead:

@@ -16,7 +16,6 @@ import math
 from dataclasses import dataclass
 from typing import Final, Literal
 
-import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
@@ -24,6 +23,7 @@ from service.access.keys import API_KEY, ApiKey, KeyRing
 from service.access.limits import Bulkheads, SharedBuckets, TokenBuckets
 from service.config import AccessSettings
 from service.deadline import time_left
+from service.observability.context import bind_fields
 from service.observability.metrics import Metrics
 from service.redemption.catalog import CATALOG
 from service.web.errors import ApiError
@@ -116,7 +116,7 @@ class Gate:
                 return await handler(request)
             key = gate.authenticate(request)
             request[API_KEY] = key
-            structlog.contextvars.bind_contextvars(key_name=key.name, till=key.till)  # for the request's log line
+            bind_fields(key_name=key.name, till=key.till)  # for the request's log line
             resource = request.match_info.route.resource
             if resource is None:  # 404 or 405: the handler raises it, after the key was checked
                 return await handler(request)

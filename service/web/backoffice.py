@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Final
 
 import msgspec
-import structlog
 from aiohttp import web
 from multidict import MultiMapping
 
@@ -24,6 +23,7 @@ from service.backoffice.models import Accepted, Coupon, JobView, Lookup, UploadO
 from service.backoffice.ports import CouponAdmin, SeriesReader
 from service.backoffice.preflight import MAX_UPLOAD_BYTES, Limits, Report
 from service.backoffice.uploads import Uploads
+from service.observability.context import bind_fields
 from service.redemption.catalog import CATALOG
 from service.redemption.flow import UpstreamFailure
 from service.redemption.models import CustomerRef
@@ -185,7 +185,7 @@ class BackOfficeHandlers:
         await uploads.ready(kind, series_id)  # before reading a byte of the file
         spool, options = await receive(request, uploads.limits.max_bytes, self.body_timeout)
         with contextlib.closing(spool):
-            structlog.contextvars.bind_contextvars(upload_kind=kind, series_id=series_id, upload_bytes=spool.size)
+            bind_fields(upload_kind=kind, series_id=series_id, upload_bytes=spool.size)
             if spool.too_large:
                 outcome: UploadOutcome = uploads.oversized(spool)
             else:

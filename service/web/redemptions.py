@@ -9,13 +9,13 @@ from datetime import UTC, datetime
 from typing import Final, Literal, TypeVar
 
 import msgspec
-import structlog
 from aiohttp import web
 
 from service.access.keys import API_KEY
 from service.idempotency.models import Answer, Entry, StoredResponse, natural_key
 from service.idempotency.service import ExactlyOnce, Refused, Reply
 from service.idempotency.store import StoreUnavailable
+from service.observability.context import bind_fields
 from service.observability.logging import mask
 from service.observability.metrics import Metrics
 from service.offline.service import Offline
@@ -167,7 +167,7 @@ def _refusal_status(outcome: Outcome) -> int:
 
 def _bind(command: RedemptionCommand) -> None:
     """The request's business fields, for its canonical log line (identifiers are masked by the logger)."""
-    structlog.contextvars.bind_contextvars(
+    bind_fields(
         transaction_number=command.transaction_number,
         customer={command.customer.kind: mask(command.customer.value)},
         codes=len(command.codes),
@@ -222,14 +222,14 @@ class RedemptionHandlers:
                 raise upstream_error(exc) from None
         except ApiError as exc:
             self._metrics.validated("error", exc.error.code)
-            structlog.contextvars.bind_contextvars(outcome="error", error_code=exc.error.code)
+            bind_fields(outcome="error", error_code=exc.error.code)
             raise
         if (offline := self._parts.offline) is not None and outcome.failure is None:
             await offline.note_validated(command, outcome)
         refused = outcome.failure or next((o.failure for o in outcome.codes if o.failure), None)
         result = validation_outcome(outcome)
         self._metrics.validated(result, refused.error.code if refused else None, outcome.codes)
-        structlog.contextvars.bind_contextvars(outcome=result, error_code=refused.error.code if refused else None)
+        bind_fields(outcome=result, error_code=refused.error.code if refused else None)
         request_id = request[REQUEST_ID]
         coupons = [
             ValidatedCoupon(
@@ -264,13 +264,13 @@ class RedemptionHandlers:
             if code in ("COUPON_IN_USE", "REQUEST_IN_PROGRESS"):
                 self._metrics.lock_conflicts.labels(code.lower()).inc()
             self._metrics.redeemed("error", code)
-            structlog.contextvars.bind_contextvars(outcome="error", error_code=code)
+            bind_fields(outcome="error", error_code=code)
             raise
         if reply.replayed:
             self._metrics.replays.inc()
         else:
             self._metrics.redeemed(reply.outcome, reply.error_code, reply.redeemed, reply.discount)
-        structlog.contextvars.bind_contextvars(
+        bind_fields(
             ref=reply.ref,
             outcome="replayed" if reply.replayed else reply.outcome,
             error_code=reply.error_code,

@@ -94,3 +94,17 @@ def test_quick_run_writes_every_figure(tmp_path: Path) -> None:
         for target in ("added_p50_ms", "added_p99_ms", "max_rate_ratio", "cpu_ratio"):
             assert (target, scenario) in verdicts
     assert ("rss_growth_mb", "redeem-1") in verdicts
+
+
+def test_the_comparison_of_trees_measures_each_gateway_and_the_baseline_in_turns(tmp_path: Path) -> None:
+    """``python -m bench.ab`` with this tree as the other one too: every target's CPU figure, round by round."""
+    out = tmp_path / "ab.json"
+    argv = [sys.executable, "-m", "bench.ab", str(ROOT), "--scenarios", "redeem-1", "--rate", "20", "--seconds"]
+    argv += ["0.5", "--rounds", "2", "--warmup", "4", "--json", str(out)]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    figures = results["cpu_seconds_per_1000"]["redeem-1"]
+    assert set(figures) == {"gateway", ROOT.name, "baseline"}
+    assert all(len(rounds) == 2 and all(_number(v) for v in rounds) for rounds in figures.values())
+    assert f"gateway / {ROOT.name}" in done.stdout

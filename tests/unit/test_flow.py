@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from decimal import Decimal as D
 
@@ -155,6 +156,32 @@ async def test_an_upstream_outage_is_raised_not_hidden() -> None:
 
     with pytest.raises(UpstreamFailure):
         await _flow(Down()).validate(_command("A"))
+
+
+async def test_a_failed_check_answers_at_once_and_cancels_the_series_lookup_beside_it() -> None:
+    """The lookup runs beside the check: a check that fails does not wait for it, and it is not left running."""
+    lookup_started, lookup_ended = asyncio.Event(), asyncio.Event()
+
+    class SlowSeries(FakeSeries):
+        async def known(self, codes: Sequence[str], *, limits: CallLimits = AMBIENT) -> dict[str, SeriesSummary]:
+            lookup_started.set()
+            try:
+                await asyncio.Event().wait()  # a lookup waiting on a series fetch that never ends
+            finally:
+                lookup_ended.set()
+            return {}
+
+    class Down(FakeUpstream):
+        async def check(
+            self, customer: CustomerRef, codes: Sequence[str], *, store: str | None, limits: CallLimits = AMBIENT
+        ) -> dict[str, Verdict]:
+            await lookup_started.wait()
+            raise UpstreamFailure(Failure(CATALOG["UPSTREAM_UNAVAILABLE"]))
+
+    with pytest.raises(UpstreamFailure) as raised:
+        await asyncio.wait_for(_flow(Down(), SlowSeries()).redeem(_command("A")), timeout=5)
+    assert raised.value.failure.error.code == "UPSTREAM_UNAVAILABLE"
+    await asyncio.wait_for(lookup_ended.wait(), timeout=5)  # cancelled, not left waiting
 
 
 async def test_series_learnt_from_the_redeem_answer_is_remembered() -> None:

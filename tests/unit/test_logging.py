@@ -3,6 +3,7 @@ the same stream through the same processors, identifiers masked and secrets remo
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 import structlog
 
+from service.observability.context import bind_fields, start_fields
 from service.observability.logging import configure_logging
 
 log = structlog.get_logger("service.test_logging")  # module level, as the service's loggers are
@@ -166,3 +168,35 @@ def test_the_log_line_benchmark_measures_both_configurations(capsys: pytest.Capt
     figures = [float(x.removesuffix("µs")) for row in rows[1:3] for x in row.split()[-2:]]
     assert all(f > 0 for f in figures)
     assert logging.getLogger().handlers == before  # its handlers on /dev/null do not stay behind
+
+
+async def test_request_fields_join_every_line_and_a_task_keeps_those_bound_when_it_started() -> None:
+    out = io.BytesIO()
+    configure_logging("info", console=False, stream=out)
+
+    async def request() -> None:
+        start_fields(request_id="r-3")
+        bind_fields(key_name="till-1")
+        started = asyncio.Event()
+        go_on = asyncio.Event()
+
+        async def beside() -> None:
+            started.set()
+            await go_on.wait()
+            log.info("in the task")
+
+        task = asyncio.create_task(beside())
+        await started.wait()
+        bind_fields(outcome="redeemed")  # after the task started: not its field
+        go_on.set()
+        await task
+        log.info("request", key_name="the line's own")
+
+    await asyncio.create_task(request())
+    log.info("after the request")
+    in_task, line, after = _lines(out)
+    assert (in_task["request_id"], in_task["key_name"]) == ("r-3", "till-1")
+    assert "outcome" not in in_task
+    assert (line["request_id"], line["outcome"]) == ("r-3", "redeemed")
+    assert line["key_name"] == "the line's own"  # a field the line sets itself wins
+    assert "request_id" not in after  # the request's fields ended with its task
