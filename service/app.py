@@ -553,6 +553,7 @@ def _state_collector(app: web.Application) -> StateCollector:
         reconciliations=lambda: dict(ledger.reconciliations),
         deferred_writes=lambda: dict(ledger.deferred_writes),
         unwritten=lambda: ledger.unwritten_count,
+        unreplicated=lambda: ledger.unreplicated_count,
         ledger_refusals=lambda: dict(store.refusals),
         upstream_warnings=lambda: dict(coupons.warnings),
     )

@@ -262,6 +262,7 @@ class StateCollector(Collector):
     reconciliations: Callable[[], dict[str, int]]
     deferred_writes: Callable[[], dict[str, int]] = dict
     unwritten: Callable[[], int] = int
+    unreplicated: Callable[[], int] = int
     ledger_refusals: Callable[[], dict[str, int]] = dict
     upstream_warnings: Callable[[], dict[str, int]] = dict
 
@@ -323,6 +324,12 @@ class StateCollector(Collector):
             f"{PREFIX}_ledger_unwritten_records",
             "Answers given to tills and not yet recorded in the ledger (its store is unavailable).",
             value=self.unwritten(),
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_ledger_unreplicated_records",
+            "Answers the ledger's primary took but REDIS_WAIT_REPLICAS replicas did not acknowledge: kept by this "
+            "process and written again until they do (a failover, or this pod's end, meanwhile may lose them).",
+            value=self.unreplicated(),
         )
         refusals = self.ledger_refusals()
         yield _by_label(

@@ -23,12 +23,16 @@ MULTI = "MULTI-ALICE-1"  # multi-use: a replay that ran again would be applied a
 PREFIX = "pos_coupon:"
 
 
-async def _unreplicated_total(gateway: GatewayClient) -> float:
+async def _metric(gateway: GatewayClient, name: str) -> float:
     text = await (await gateway.get("/metrics")).text()
     for line in text.splitlines():
-        if line.startswith("pos_coupon_ledger_unreplicated_total "):
+        if line.startswith(f"{name} "):
             return float(line.rsplit(" ", 1)[1])
-    raise AssertionError("no pos_coupon_ledger_unreplicated_total in /metrics")
+    raise AssertionError(f"no {name} in /metrics")
+
+
+async def _unreplicated_total(gateway: GatewayClient) -> float:
+    return await _metric(gateway, "pos_coupon_ledger_unreplicated_total")
 
 
 async def test_an_answer_its_replica_did_not_acknowledge_is_kept_and_written_again_never_run_again(
@@ -57,6 +61,7 @@ async def test_an_answer_its_replica_did_not_acknowledge_is_kept_and_written_aga
             ref = json.loads(first[1])["ref"]
             assert ledger.unreplicated_count == 1  # kept, to be written again
             assert await _unreplicated_total(gateway) == before + 1
+            assert await _metric(gateway, "pos_coupon_ledger_unreplicated_records") == 1  # what SREs see
 
             replay = await gateway.post(REDEEM, json=_body(MULTI), headers=headers)
             assert (replay.status, await replay.read()) == first  # the primary holds it: replayed from the ledger
@@ -87,6 +92,7 @@ async def test_an_answer_its_replica_did_not_acknowledge_is_kept_and_written_aga
         assert (replay.status, await replay.read()) == first
         assert replay.headers["Idempotent-Replayed"] == "true"
         assert await _unreplicated_total(gateway) == before + 1  # counted once per answer, not per write
+        assert await _metric(gateway, "pos_coupon_ledger_unreplicated_records") == 0
         assert len(upstream.sandbox.redemptions_of(MULTI)) == 1
 
 
