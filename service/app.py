@@ -232,7 +232,6 @@ def _middlewares(settings: Settings, metrics: Metrics, keys: KeyRing, shared: Sh
             metrics.registry,
             lambda: RoundTrips.total,
             lambda: dict(shared.unavailable) if shared else {},
-            lambda: RedisStore.unreplicated,
         )
         if settings.state.redis_url or settings.cache.url
         else None
@@ -554,6 +553,7 @@ def _state_collector(app: web.Application) -> StateCollector:
         deferred_writes=lambda: dict(ledger.deferred_writes),
         unwritten=lambda: ledger.unwritten_count,
         unreplicated=lambda: ledger.unreplicated_count,
+        unreplicated_total=lambda: RedisStore.unreplicated,
         ledger_refusals=lambda: dict(store.refusals),
         upstream_warnings=lambda: dict(coupons.warnings),
     )

@@ -263,6 +263,7 @@ class StateCollector(Collector):
     deferred_writes: Callable[[], dict[str, int]] = dict
     unwritten: Callable[[], int] = int
     unreplicated: Callable[[], int] = int
+    unreplicated_total: Callable[[], int] = int
     ledger_refusals: Callable[[], dict[str, int]] = dict
     upstream_warnings: Callable[[], dict[str, int]] = dict
 
@@ -324,6 +325,12 @@ class StateCollector(Collector):
             f"{PREFIX}_ledger_unwritten_records",
             "Answers given to tills and not yet recorded in the ledger (its store is unavailable).",
             value=self.unwritten(),
+        )
+        # Exported whatever the ledger's store (0 without Redis), so the alert on it always has its series.
+        yield CounterMetricFamily(
+            f"{PREFIX}_ledger_unreplicated",
+            "Final answers given before REDIS_WAIT_REPLICAS replicas acknowledged them (a failover may lose them).",
+            value=self.unreplicated_total(),
         )
         yield GaugeMetricFamily(
             f"{PREFIX}_ledger_unreplicated_records",
@@ -442,7 +449,6 @@ class RedisCollector(Collector):
         registry: CollectorRegistry,
         total: Callable[[], int],
         unavailable: Callable[[], dict[str, int]],
-        unreplicated: Callable[[], int] = lambda: 0,
     ) -> None:
         self.per_request = Histogram(
             f"{PREFIX}_redis_round_trips_per_request",
@@ -453,7 +459,6 @@ class RedisCollector(Collector):
         )
         self._total = total
         self._unavailable = unavailable
-        self._unreplicated = unreplicated
         registry.register(self)
 
     def collect(self) -> Iterable[Metric]:
@@ -470,9 +475,4 @@ class RedisCollector(Collector):
             "limit",
             SHARED_LIMITS,
             unavailable,
-        )
-        yield CounterMetricFamily(
-            f"{PREFIX}_ledger_unreplicated",
-            "Final answers given before REDIS_WAIT_REPLICAS replicas acknowledged them (a failover may lose them).",
-            value=self._unreplicated(),
         )
