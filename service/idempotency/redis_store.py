@@ -32,6 +32,7 @@ from typing import Any
 
 import redis.asyncio as redis
 import structlog
+from redis.asyncio.cluster import PipelineCommand
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
@@ -716,32 +717,44 @@ class _ClusterSteps:
         self, keys: list[str], args: list[str | bytes | int]
     ) -> tuple[Any, str | None, tuple[str | None, int]]:
         """The record's script and, with ``wait_replicas``, ``WAIT`` after it on the node that serves the record's
-        slot, in one pipeline: the cluster client sends one node's commands on one connection, so ``WAIT`` waits
-        for this very write. As :meth:`RedisStore._resolve_replicated`, with the node's name as the primary (a
-        failover puts another node in its place) and its connected replicas read at most once a second."""
+        slot: both written at once on one connection taken from that node's pool, so that ``WAIT`` waits for this
+        very write. Sent once, neither routed nor retried by the cluster client (its pipeline, sent again after a
+        connection error, routes a keyless ``WAIT`` to its default node, which then counts nothing of this
+        write). Any failure there: written the ordinary way (which follows the cluster and learns its slots
+        again), and the answer is reported unacknowledged, so it is kept and written again later, ``WAIT`` and
+        all. As :meth:`RedisStore._resolve_replicated`, with the node's name as the primary (a failover puts
+        another node in its place) and its connected replicas read at most once a second."""
         store = self._store
         if not store._wait:
             return await store._run(self._finish(keys=keys, args=args)), None, (None, 0)
         cluster: Any = self._redis
-        node = cluster.get_node_from_key(keys[1])  # the primary of the record's slot, as this client knows it
+        try:
+            node = cluster.get_node_from_key(keys[1])  # the primary of the record's slot, as this client knows it
+        except (RedisError, RedisClusterException):  # its slots not known (yet): the ordinary way finds them
+            return await store._run(self._finish(keys=keys, args=args)), UNACKNOWLEDGED, (None, 0)
         replicas = await self._replicas_of(node)
         reading = (str(node.name), replicas)
         if replicas < store._wait:
             return await store._run(self._finish(keys=keys, args=args)), SHORT_OF_REPLICAS, reading
         for _ in range(2):
-            async with cluster.pipeline() as pipe:  # both to ``node``, on one connection, not redirected
-                pipe.execute_command("EVALSHA", self._finish.sha, len(keys), *keys, *args, target_nodes=node)
-                pipe.execute_command("WAIT", store._wait, store._wait_ms, target_nodes=node)
-                found, acked = await store._run(pipe.execute(raise_on_error=False, allow_redirections=False))
+            script = PipelineCommand(0, "EVALSHA", self._finish.sha, len(keys), *keys, *args)
+            wait = PipelineCommand(1, "WAIT", store._wait, store._wait_ms)
+            found: Any
+            acked: Any
+            try:
+                await node.execute_pipeline([script, wait])
+                found, acked = script.result, wait.result
+            except (RedisError, RedisClusterException, OSError) as exc:  # not connected, or not all sent
+                found, acked = exc, None
             if isinstance(found, NoScriptError):
                 await store._run(cluster.script_load(_CLUSTER_FINISH))
                 continue
             if isinstance(found, Exception):
-                # Not that node's slot any more (MOVED, a failover): written the ordinary way, which follows the
-                # cluster and learns its slots again; WAIT there would count nothing of this write, so it is kept
-                # and written again later, WAIT and all.
-                found = await store._run(self._finish(keys=keys, args=args))
+                # Not that node's slot any more (MOVED, a failover), or that node not reached: written the
+                # ordinary way; WAIT there would count nothing of this write, so it is kept and written again
+                # later. (Landed after all, the script sent again finds this very answer recorded.)
                 self._read.pop(str(node.name), None)
+                found = await store._run(self._finish(keys=keys, args=args))
                 return found, UNACKNOWLEDGED, reading
             if isinstance(acked, Exception) or int(acked) < store._wait:
                 self._read.pop(str(node.name), None)  # a replica gone, or a failover: read this node again
