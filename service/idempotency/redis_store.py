@@ -96,10 +96,19 @@ return {0}
 """
 
 _FINAL = """
-local function final(record)
+local function state_of(record)
   if not record then return false end
-  local state = cjson.decode(record)['state']
+  return cjson.decode(record)['state']
+end
+local function final(record)
+  local state = state_of(record)
   return state == 'done' or state == 'failed'
+end
+-- Whether the final record ``current`` stands against a write in ``mode`` (see ``_RESOLVE``): always in modes 0
+-- and 2; in mode 3 unless it is ``failed`` (Capillary's own answer to this request says otherwise); never in 1.
+local function stands(current, mode)
+  if mode == '1' or not final(current) then return false end
+  return not (mode == '3' and state_of(current) == 'failed')
 end
 """
 
@@ -128,12 +137,13 @@ return false
 
 # KEYS: idempotency key, record, unresolved set, then n ``rid:`` keys, then the codes' lock keys.
 # ARGV: ref, entry, ttl (ms), state, mode, n. Mode 0: a final record wins, a taken id refuses; 1 (force): written
-# whatever is there; 2 (the same answer written again): a final record wins (and is itself written again, as it
-# is), the ids are bound whoever held them.
+# whatever is there, the ids bound whoever held them. Modes 2 and 3 (keep_final: an answer given already, written
+# again or late; 3 when forced): a final record wins and is itself written again, as it is, except that in mode 3
+# a ``failed`` one is overwritten; with none there, as modes 0 and 1 (2: a taken id refuses; 3: bound anyway).
 _RESOLVE = (
     _FINAL
     + """
-local ref, ttl, n = ARGV[1], ARGV[3], tonumber(ARGV[6])
+local ref, ttl, n, mode = ARGV[1], ARGV[3], tonumber(ARGV[6]), ARGV[5]
 local taken = {}
 for i = 1, n do
   local owner = redis.call('GET', KEYS[3 + i])
@@ -142,16 +152,14 @@ for i = 1, n do
     table.insert(taken, owner)
   end
 end
-if ARGV[5] ~= '1' then
-  local current = redis.call('GET', KEYS[2])
-  if final(current) then
-    -- Written again as it is (mode 2): a WAIT after this script then waits for this very record to reach the
-    -- replicas (after a script that wrote nothing, WAIT would count an earlier write of the connection's).
-    if ARGV[5] == '2' then redis.call('SET', KEYS[2], current, 'KEEPTTL') end
-    return {1, current}
-  end
-  if #taken > 0 and ARGV[5] == '0' then return {2, taken} end
+local current = redis.call('GET', KEYS[2])
+if stands(current, mode) then
+  -- Written again as it is (modes 2, 3): a WAIT after this script then waits for this very record to reach the
+  -- replicas (after a script that wrote nothing, WAIT would count an earlier write of the connection's).
+  if mode ~= '0' then redis.call('SET', KEYS[2], current, 'KEEPTTL') end
+  return {1, current}
 end
+if #taken > 0 and (mode == '0' or mode == '2') then return {2, taken} end
 for i = 1, n do redis.call('SET', KEYS[3 + i], ref, 'PX', ttl) end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
 redis.call('SREM', KEYS[3], ref)
@@ -229,18 +237,18 @@ return {1, taken, fresh}
 """
 
 # Cluster: the record's part of resolve. KEYS: idempotency key, record. ARGV: ref, entry, ttl, state, mode (as in
-# ``_RESOLVE``; the ids are bound before, slot by slot).
+# ``_RESOLVE``; the ids are bound before, slot by slot), 1 when an id is taken and the answer is not forced (mode
+# 2: refused, unless a final record stands). Returns the final record that stands, 0 when refused, else false.
 _CLUSTER_FINISH = (
     _FINAL
     + """
 local ref, ttl = ARGV[1], ARGV[3]
-if ARGV[5] ~= '1' then
-  local current = redis.call('GET', KEYS[2])
-  if final(current) then
-    if ARGV[5] == '2' then redis.call('SET', KEYS[2], current, 'KEEPTTL') end
-    return current
-  end
+local current = redis.call('GET', KEYS[2])
+if stands(current, ARGV[5]) then
+  if ARGV[5] ~= '0' then redis.call('SET', KEYS[2], current, 'KEEPTTL') end
+  return current
 end
+if ARGV[6] == '1' then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
 """
     + _KEEP_KEY
@@ -262,8 +270,8 @@ REPLICATION_READ_EVERY = 1.0
 
 
 def _mode(force: bool, keep_final: bool) -> str:
-    """The resolve scripts' mode (see ``_RESOLVE``)."""
-    return "2" if keep_final else "1" if force else "0"
+    """The resolve scripts' mode (see ``_RESOLVE``): 0 first answer wins, 1 forced, 2 keep_final, 3 both."""
+    return str(2 * keep_final + force)
 
 
 class RedisStore:
@@ -684,14 +692,16 @@ class _ClusterSteps:
     ) -> Resolution:
         digest = _digest(entry.key)
         record = self._prefix(digest) + entry.ref
-        bound, taken = await self._bind_ids(entry.ref, ids, ttl, force or keep_final)
-        if taken and not (force or keep_final):
+        bound, taken = await self._bind_ids(entry.ref, ids, ttl, force)
+        refused = bool(taken) and not force  # nothing bound
+        if refused and not keep_final:
             current = await self.load(entry.ref)
             if current is not None and current.state in ("done", "failed"):
                 return Resolution(False, current=current)
             return Resolution(False, taken=taken)
+        # keep_final and refused: a final record that stands is still written again (WAIT then covers it).
         args: list[str | bytes | int] = [entry.ref, entry_encoder.encode(entry), _ms(ttl), entry.state]
-        args.append(_mode(force, keep_final))
+        args += [_mode(force, keep_final), 1 if refused else 0]
         try:
             found, unreplicated, (primary, replicas) = await self._finish_replicated(
                 [self._store._key(entry.key), record], args
@@ -699,6 +709,8 @@ class _ClusterSteps:
         except StoreUnavailable:
             await self._release_ids(bound, entry.ref)
             raise
+        if isinstance(found, int):  # refused: no final record there, and an id is another ref's
+            return Resolution(False, taken=taken, unreplicated=unreplicated, primary=primary)
         self._store._note(entry, unreplicated, replicas, keep_final)
         if found is not None and not keep_final:  # another answer was recorded first: it wins, and the ids go back
             await self._release_ids(bound, entry.ref)  # (written again, the record found is this answer: kept)
