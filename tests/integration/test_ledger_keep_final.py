@@ -199,3 +199,19 @@ async def test_an_id_bound_to_another_ref_refuses_only_an_answer_not_forced(stor
     record = await store.load(entry.ref)
     assert record is not None
     assert record.state == ("done" if force else "in_flight")  # refused: as it was, reconciled later
+
+
+async def test_a_final_record_stands_before_an_id_is_found_taken(store: LedgerStore) -> None:
+    """Written again, an answer not forced whose id another ref holds now (its key lost in a failover, then
+    bound by another record) still finds its final record standing: returned (and written again), not refused."""
+    entry = await _claimed(store, "kf-stands-taken")
+    first = _answer(entry, "done", {"KF-A": 9_800}, body=b"recorded first")
+    assert (await store.resolve(first, TTL)).written
+    other = await _claimed(store, "kf-stands-other")
+    assert (await store.resolve(_answer(other, "done", {"KF-A": 9_800}), TTL, force=True)).taken == {9_800: entry.ref}
+
+    resolution = await store.resolve(_answer(entry, "done", {"KF-A": 9_800}), TTL, keep_final=True)
+
+    assert not resolution.written
+    assert resolution.current is not None
+    assert resolution.current.response == first.response
