@@ -32,6 +32,7 @@ from typing import Any
 
 import redis.asyncio as redis
 import structlog
+from redis.asyncio.cluster import PipelineCommand
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
@@ -95,10 +96,19 @@ return {0}
 """
 
 _FINAL = """
-local function final(record)
+local function state_of(record)
   if not record then return false end
-  local state = cjson.decode(record)['state']
+  return cjson.decode(record)['state']
+end
+local function final(record)
+  local state = state_of(record)
   return state == 'done' or state == 'failed'
+end
+-- Whether the final record ``current`` stands against a write in ``mode`` (see ``_RESOLVE``): always in modes 0
+-- and 2; in mode 3 unless it is ``failed`` (Capillary's own answer to this request says otherwise); never in 1.
+local function stands(current, mode)
+  if mode == '1' or not final(current) then return false end
+  return not (mode == '3' and state_of(current) == 'failed')
 end
 """
 
@@ -127,12 +137,13 @@ return false
 
 # KEYS: idempotency key, record, unresolved set, then n ``rid:`` keys, then the codes' lock keys.
 # ARGV: ref, entry, ttl (ms), state, mode, n. Mode 0: a final record wins, a taken id refuses; 1 (force): written
-# whatever is there; 2 (the same answer written again): a final record wins (and is itself written again, as it
-# is), the ids are bound whoever held them.
+# whatever is there, the ids bound whoever held them. Modes 2 and 3 (keep_final: an answer given already, written
+# again or late; 3 when forced): a final record wins and is itself written again, as it is, except that in mode 3
+# a ``failed`` one is overwritten; with none there, as modes 0 and 1 (2: a taken id refuses; 3: bound anyway).
 _RESOLVE = (
     _FINAL
     + """
-local ref, ttl, n = ARGV[1], ARGV[3], tonumber(ARGV[6])
+local ref, ttl, n, mode = ARGV[1], ARGV[3], tonumber(ARGV[6]), ARGV[5]
 local taken = {}
 for i = 1, n do
   local owner = redis.call('GET', KEYS[3 + i])
@@ -141,16 +152,14 @@ for i = 1, n do
     table.insert(taken, owner)
   end
 end
-if ARGV[5] ~= '1' then
-  local current = redis.call('GET', KEYS[2])
-  if final(current) then
-    -- Written again as it is (mode 2): a WAIT after this script then waits for this very record to reach the
-    -- replicas (after a script that wrote nothing, WAIT would count an earlier write of the connection's).
-    if ARGV[5] == '2' then redis.call('SET', KEYS[2], current, 'KEEPTTL') end
-    return {1, current}
-  end
-  if #taken > 0 and ARGV[5] == '0' then return {2, taken} end
+local current = redis.call('GET', KEYS[2])
+if stands(current, mode) then
+  -- Written again as it is (modes 2, 3): a WAIT after this script then waits for this very record to reach the
+  -- replicas (after a script that wrote nothing, WAIT would count an earlier write of the connection's).
+  if mode ~= '0' then redis.call('SET', KEYS[2], current, 'KEEPTTL') end
+  return {1, current}
 end
+if #taken > 0 and (mode == '0' or mode == '2') then return {2, taken} end
 for i = 1, n do redis.call('SET', KEYS[3 + i], ref, 'PX', ttl) end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
 redis.call('SREM', KEYS[3], ref)
@@ -228,18 +237,18 @@ return {1, taken, fresh}
 """
 
 # Cluster: the record's part of resolve. KEYS: idempotency key, record. ARGV: ref, entry, ttl, state, mode (as in
-# ``_RESOLVE``; the ids are bound before, slot by slot).
+# ``_RESOLVE``; the ids are bound before, slot by slot), 1 when an id is taken and the answer is not forced (mode
+# 2: refused, unless a final record stands). Returns the final record that stands, 0 when refused, else false.
 _CLUSTER_FINISH = (
     _FINAL
     + """
 local ref, ttl = ARGV[1], ARGV[3]
-if ARGV[5] ~= '1' then
-  local current = redis.call('GET', KEYS[2])
-  if final(current) then
-    if ARGV[5] == '2' then redis.call('SET', KEYS[2], current, 'KEEPTTL') end
-    return current
-  end
+local current = redis.call('GET', KEYS[2])
+if stands(current, ARGV[5]) then
+  if ARGV[5] ~= '0' then redis.call('SET', KEYS[2], current, 'KEEPTTL') end
+  return current
 end
+if ARGV[6] == '1' then return 0 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
 """
     + _KEEP_KEY
@@ -261,8 +270,8 @@ REPLICATION_READ_EVERY = 1.0
 
 
 def _mode(force: bool, keep_final: bool) -> str:
-    """The resolve scripts' mode (see ``_RESOLVE``)."""
-    return "2" if keep_final else "1" if force else "0"
+    """The resolve scripts' mode (see ``_RESOLVE``): 0 first answer wins, 1 forced, 2 keep_final, 3 both."""
+    return str(2 * keep_final + force)
 
 
 class RedisStore:
@@ -683,14 +692,16 @@ class _ClusterSteps:
     ) -> Resolution:
         digest = _digest(entry.key)
         record = self._prefix(digest) + entry.ref
-        bound, taken = await self._bind_ids(entry.ref, ids, ttl, force or keep_final)
-        if taken and not (force or keep_final):
+        bound, taken = await self._bind_ids(entry.ref, ids, ttl, force)
+        refused = bool(taken) and not force  # nothing bound
+        if refused and not keep_final:
             current = await self.load(entry.ref)
             if current is not None and current.state in ("done", "failed"):
                 return Resolution(False, current=current)
             return Resolution(False, taken=taken)
+        # keep_final and refused: a final record that stands is still written again (WAIT then covers it).
         args: list[str | bytes | int] = [entry.ref, entry_encoder.encode(entry), _ms(ttl), entry.state]
-        args.append(_mode(force, keep_final))
+        args += [_mode(force, keep_final), 1 if refused else 0]
         try:
             found, unreplicated, (primary, replicas) = await self._finish_replicated(
                 [self._store._key(entry.key), record], args
@@ -698,6 +709,8 @@ class _ClusterSteps:
         except StoreUnavailable:
             await self._release_ids(bound, entry.ref)
             raise
+        if isinstance(found, int):  # refused: no final record there, and an id is another ref's
+            return Resolution(False, taken=taken, unreplicated=unreplicated, primary=primary)
         self._store._note(entry, unreplicated, replicas, keep_final)
         if found is not None and not keep_final:  # another answer was recorded first: it wins, and the ids go back
             await self._release_ids(bound, entry.ref)  # (written again, the record found is this answer: kept)
@@ -716,32 +729,44 @@ class _ClusterSteps:
         self, keys: list[str], args: list[str | bytes | int]
     ) -> tuple[Any, str | None, tuple[str | None, int]]:
         """The record's script and, with ``wait_replicas``, ``WAIT`` after it on the node that serves the record's
-        slot, in one pipeline: the cluster client sends one node's commands on one connection, so ``WAIT`` waits
-        for this very write. As :meth:`RedisStore._resolve_replicated`, with the node's name as the primary (a
-        failover puts another node in its place) and its connected replicas read at most once a second."""
+        slot: both written at once on one connection taken from that node's pool, so that ``WAIT`` waits for this
+        very write. Sent once, neither routed nor retried by the cluster client (its pipeline, sent again after a
+        connection error, routes a keyless ``WAIT`` to its default node, which then counts nothing of this
+        write). Any failure there: written the ordinary way (which follows the cluster and learns its slots
+        again), and the answer is reported unacknowledged, so it is kept and written again later, ``WAIT`` and
+        all. As :meth:`RedisStore._resolve_replicated`, with the node's name as the primary (a failover puts
+        another node in its place) and its connected replicas read at most once a second."""
         store = self._store
         if not store._wait:
             return await store._run(self._finish(keys=keys, args=args)), None, (None, 0)
         cluster: Any = self._redis
-        node = cluster.get_node_from_key(keys[1])  # the primary of the record's slot, as this client knows it
+        try:
+            node = cluster.get_node_from_key(keys[1])  # the primary of the record's slot, as this client knows it
+        except (RedisError, RedisClusterException):  # its slots not known (yet): the ordinary way finds them
+            return await store._run(self._finish(keys=keys, args=args)), UNACKNOWLEDGED, (None, 0)
         replicas = await self._replicas_of(node)
         reading = (str(node.name), replicas)
         if replicas < store._wait:
             return await store._run(self._finish(keys=keys, args=args)), SHORT_OF_REPLICAS, reading
         for _ in range(2):
-            async with cluster.pipeline() as pipe:  # both to ``node``, on one connection, not redirected
-                pipe.execute_command("EVALSHA", self._finish.sha, len(keys), *keys, *args, target_nodes=node)
-                pipe.execute_command("WAIT", store._wait, store._wait_ms, target_nodes=node)
-                found, acked = await store._run(pipe.execute(raise_on_error=False, allow_redirections=False))
+            script = PipelineCommand(0, "EVALSHA", self._finish.sha, len(keys), *keys, *args)
+            wait = PipelineCommand(1, "WAIT", store._wait, store._wait_ms)
+            found: Any
+            acked: Any
+            try:
+                await node.execute_pipeline([script, wait])
+                found, acked = script.result, wait.result
+            except (RedisError, RedisClusterException, OSError) as exc:  # not connected, or not all sent
+                found, acked = exc, None
             if isinstance(found, NoScriptError):
                 await store._run(cluster.script_load(_CLUSTER_FINISH))
                 continue
             if isinstance(found, Exception):
-                # Not that node's slot any more (MOVED, a failover): written the ordinary way, which follows the
-                # cluster and learns its slots again; WAIT there would count nothing of this write, so it is kept
-                # and written again later, WAIT and all.
-                found = await store._run(self._finish(keys=keys, args=args))
+                # Not that node's slot any more (MOVED, a failover), or that node not reached: written the
+                # ordinary way; WAIT there would count nothing of this write, so it is kept and written again
+                # later. (Landed after all, the script sent again finds this very answer recorded.)
                 self._read.pop(str(node.name), None)
+                found = await store._run(self._finish(keys=keys, args=args))
                 return found, UNACKNOWLEDGED, reading
             if isinstance(acked, Exception) or int(acked) < store._wait:
                 self._read.pop(str(node.name), None)  # a replica gone, or a failover: read this node again

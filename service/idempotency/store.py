@@ -57,6 +57,14 @@ class Resolution:
     primary: str | None = None
 
 
+def _stands(current: Entry, *, force: bool, keep_final: bool) -> bool:
+    """Whether the record ``current`` stands against a new answer (see :meth:`LedgerStore.resolve`): a final one
+    does, unless the answer is forced and either not ``keep_final`` or the record is ``failed``."""
+    if current.state not in FINAL_STATES:
+        return False
+    return not force or (keep_final and current.state != "failed")
+
+
 class LedgerStore(Protocol):
     backend: str
     #: New redemptions refused by the store's own bounds, by reason (for metrics).
@@ -87,9 +95,12 @@ class LedgerStore(Protocol):
         """Record a final answer (``done`` or ``failed``), all at once:
 
         - unless ``force``, a record already final is left as it is and returned (the first answer wins), and a
-          redemption id already bound to another ref refuses the whole write (returned in ``taken``);
-        - ``keep_final``: the same answer written again (it was given, but its first write may have been lost): a
-          record already final is left as it is and returned, whatever ``force`` says; its ids are bound anyway;
+          redemption id already bound to another ref refuses the whole write (returned in ``taken``); ``force``
+          (Capillary's own answer to this request): written whatever is there, its ids bound whoever held them;
+        - ``keep_final``: an answer already given, written late or again (its first write may have been lost, or
+          not reached the replicas): a final record there stands, is left as it is (written again as it is, so
+          that a ``WAIT`` after it covers it) and returned, except a ``failed`` one when ``force`` (no reversal in
+          it: Capillary's answer overwrites it). With no final record there, as without ``keep_final``;
         - each redemption id of a ``done`` entry is bound to its ref (``redemption id -> ref``), so no other
           record can adopt it;
         - the idempotency key: ``failed`` frees it (the same request may run again); ``done`` keeps it for
@@ -366,10 +377,10 @@ class MemoryStore:
         taken = {i: owner for i in ids if (owner := self._bound.get(i)) is not None and owner != entry.ref}
         if not force or keep_final:
             current = await self.load(entry.ref)
-            if current is not None and current.state in FINAL_STATES:
+            if current is not None and _stands(current, force=force, keep_final=keep_final):
                 return Resolution(False, current=current)
-            if taken and not keep_final:
-                return Resolution(False, taken=taken)
+        if taken and not force:
+            return Resolution(False, taken=taken)
         until = self._clock() + ttl
         for i in ids:
             self._bound.put(i, entry.ref, until)
