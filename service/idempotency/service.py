@@ -20,9 +20,11 @@
   retried in the background (bounded), and until it lands a replay of the same key in this process is answered
   "in progress", never run again.
 - With ``REDIS_WAIT_REPLICAS``, an answer whose record the replicas did not acknowledge is kept too, and written
-  again (the same record; a final one already there is left as it is) until they do, or until it is found or
-  written on a primary a failover put in place; meanwhile a replay of its key is answered from the ledger's final
-  record, or "in progress" while the ledger lacks it, never run again.
+  again until they do, or until it is found or written on a primary a failover put in place; meanwhile a replay of
+  its key is answered from the ledger's final record, or "in progress" while the ledger lacks it, never run again.
+- An answer written late or again never replaces a final record already there (a reversal saved since, another
+  answer recorded first), but for a ``failed`` one, replaced by Capillary's own answer; the record found is what
+  is written again from then on.
 """
 
 from __future__ import annotations
@@ -642,20 +644,24 @@ class ExactlyOnce:
 
     async def _write(self, item: _Unwritten) -> bool:
         """One try at writing ``item``; True once nothing more is to be done for it. A final answer is written
-        as the same record again (``keep_final``: a final record already there, this one or another answer
-        recorded first, is left as it is). Done when the replicas acknowledge it, or when it is on a primary that
-        a failover put in place and that has no replica to acknowledge it (it holds the record now, and a
-        replica that joins it later copies the whole ledger)."""
+        with ``keep_final``: a final record already there (this one, or another answer recorded first) is left as
+        it is, written again and adopted, so that what is written from then on is what the ledger holds (a
+        reversal saved meanwhile included); only a ``failed`` one gives way, and only to a forced answer
+        (Capillary's own). Done when the replicas acknowledge it, or when it is on a primary that a failover put
+        in place and that has no replica to acknowledge it (it holds the record now, and a replica that joins it
+        later copies the whole ledger)."""
         entry = item.entry
         if not item.final:
             if await self.store.save_unresolved(entry, item.ttl) is None:
                 await self.store.lock(entry.command.codes, entry.ref, item.ttl)
             self._recorded_late(item)
             return True
-        resolution = await self.store.resolve(entry, item.ttl, force=item.force, keep_final=item.written)
+        resolution = await self.store.resolve(entry, item.ttl, force=item.force, keep_final=True)
         current = resolution.current
-        if current is not None and (current.state, current.response) != (entry.state, entry.response):
-            log.warning("ledger_holds_another_answer", ref=entry.ref, state=current.state)  # recorded first: it stands
+        if current is not None:
+            if (current.state, current.response) != (entry.state, entry.response):
+                log.warning("ledger_holds_another_answer", ref=entry.ref, state=current.state)  # it stands
+            item.entry, item.ttl = current, self._ttl(current)
         if not resolution.written and current is None:  # refused: its redemption ids are another record's
             self._recorded_late(item)
             return True

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
 from collections.abc import Sequence
 from decimal import Decimal as D
@@ -259,6 +260,50 @@ async def test_past_the_cap_an_unacknowledged_answer_is_not_kept_but_one_the_led
         assert (await store.load(missing)) is not None  # written; on the primary only, and past the cap: not kept
         assert dict(m.ledger.deferred_writes) == {"deferred": 1, "written": 1, "unreplicated_not_kept": 2}
         assert m.ledger.unreplicated_count == 2
+    finally:
+        await m.close()
+
+
+async def test_a_kept_answer_adopts_the_ledgers_record_so_a_reversal_survives_a_later_failover() -> None:
+    m, store, _ = _kept_machine()
+    try:
+        store.unacked = True
+        [ref] = await _answers(m, 1)
+        voided = await m.ledger.reverse(ref, None, "r-void")  # the cashier voids at once: saved on the primary
+        assert json.loads(voided.body)["status"] == "reversed"
+        finished = store.finished
+        await _until(lambda: store.finished > finished, "the kept answer was not written again")
+        store.lose(ref)  # a failover to a replica that lacks the record
+        finished = store.finished
+        await _until(lambda: store.finished > finished, "the kept answer was not written to the new primary")
+        store.unacked = False
+        await _until(lambda: m.ledger.unreplicated_count == 0, "the kept answer was not released")
+        record = await store.load(ref)
+        assert record is not None
+        assert record.reversal is not None
+        assert record.reversal.state == "done"  # written back with the reversal, never the pre-reversal copy
+        replay = await m.ledger.redeem(_command("C0", "T-0"), "key:S1:k-0", "r-again")
+        assert replay.error_code == "REDEMPTION_REVERSED"
+        assert m.upstream.redeems == 1
+    finally:
+        await m.close()
+
+
+async def test_every_deferred_or_kept_final_answer_is_written_keeping_a_final_record_with_its_force() -> None:
+    """The store's side (a final ``failed`` record gives way to a forced answer, any other stands) is the
+    store's tests'; here: the writer always asks for it, and says whether the answer is Capillary's own."""
+    m, store, _ = _kept_machine()
+    try:
+        store.down = True
+        [deferred] = await _answers(m, 1)
+        store.down, store.unacked = False, True
+        await _until(lambda: store.tries(deferred) >= 3, "the deferred answer was not written, then again")
+        store.unacked = False
+        await _until(lambda: m.ledger.unreplicated_count == 0, "the answer was not released")
+        by_writer = [options for ref, options in store.calls[1:] if ref == deferred]
+        assert by_writer
+        assert all(o == {"force": True, "keep_final": True} for o in by_writer)
+        assert dict(m.ledger.deferred_writes) == {"deferred": 1, "written": 1}  # once, though kept in between
     finally:
         await m.close()
 
