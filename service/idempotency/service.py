@@ -572,6 +572,7 @@ class ExactlyOnce:
                 await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 pulse.cancel()
                 writing = {task for task in writing if not task.done()}
+            self._queue.clear()  # nothing held: what it still lists was written, replaced or given up
         finally:
             for task in writing:
                 task.cancel()

@@ -6,17 +6,18 @@ The in-memory ledger with a store that fails on command, the scripted upstream o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from decimal import Decimal as D
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 from service.deadline import DEADLINE
+from service.idempotency import service
 from service.idempotency.models import Entry
 from service.idempotency.service import LOGGED_REFS, WRITE_PAUSE, WRITE_RESULTS, WRITERS, Refused
 from service.idempotency.store import UNACKNOWLEDGED, Resolution, StoreUnavailable
@@ -146,6 +147,29 @@ def _kept_machine() -> tuple[Machine, Replicas, Monotonic]:
     return m, store, mono
 
 
+class _Lines:
+    """The ledger's log lines, as events with their fields (whatever the process's logging is configured as)."""
+
+    def __init__(self) -> None:
+        self.lines: list[dict[str, Any]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        return lambda event, **fields: self.lines.append({"event": event, "level": level, **fields})
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.lines)
+
+
+@contextlib.contextmanager
+def _logs() -> Iterator[_Lines]:
+    lines, logger = _Lines(), service.log
+    service.log = lines  # type: ignore[assignment]
+    try:
+        yield lines
+    finally:
+        service.log = logger
+
+
 async def _until(condition: Any, what: str) -> None:
     """Wait for the background writer to make ``condition()`` true (a bound against hanging, not a timing)."""
     give_up = time.monotonic() + 10
@@ -209,7 +233,7 @@ async def test_an_answer_never_recorded_is_given_up_past_write_retry_without_ano
         reply = await m.ledger.redeem(_command("A", "T-1"), "key:S1:k-1", "r-1")
         assert reply.outcome == "redeemed"  # the till has Capillary's answer
         await _until(lambda: store.tries(reply.ref) >= 2, "the answer the store refused was not tried again")
-        with capture_logs() as logs:
+        with _logs() as logs:
             mono.now += TIMING.write_retry  # its time is up...
             tried = store.tries(reply.ref)
             store.down = False  # ...as the store comes back
@@ -227,7 +251,7 @@ async def test_a_kept_answer_is_released_past_write_retry_without_another_try_co
         store.unacked = True
         [ref] = await _answers(m, 1)
         await _until(lambda: store.tries(ref) >= 2, "the kept answer was not written again")
-        with capture_logs() as logs:
+        with _logs() as logs:
             mono.now += TIMING.write_retry
             tried = store.tries(ref)
             await _until(lambda: m.ledger.unreplicated_count == 0, "the kept answer past write_retry was kept on")
@@ -244,7 +268,7 @@ async def test_past_the_cap_an_unacknowledged_answer_is_not_kept_but_one_the_led
     m.ledger.kept_max = 2
     try:
         store.unacked = True
-        with capture_logs() as logs:
+        with _logs() as logs:
             kept = await _answers(m, 3)
         assert m.ledger.unreplicated_count == 2  # the third: counted, logged, not kept
         assert [e["ref"] for e in logs if e["event"] == "redemption_not_kept_unreplicated"] == [kept[2]]
@@ -371,7 +395,7 @@ async def test_shutdown_tries_every_kept_answer_once_then_counts_and_logs_them_i
     refs = await _answers(m, LOGGED_REFS + 5)
     await _until(lambda: all(store.tries(ref) >= 2 for ref in refs), "the kept answers were not written again")
     calls = {ref: store.tries(ref) for ref in refs}
-    with capture_logs() as logs:  # closing stops the writer at once: the tries from here are the shutdown's
+    with _logs() as logs:  # closing stops the writer at once: the tries from here are the shutdown's
         await m.close()
     assert all(store.tries(ref) > calls[ref] for ref in refs)  # each tried once more at shutdown
     assert m.ledger.unreplicated_count == 0
