@@ -20,9 +20,11 @@
   retried in the background (bounded), and until it lands a replay of the same key in this process is answered
   "in progress", never run again.
 - With ``REDIS_WAIT_REPLICAS``, an answer whose record the replicas did not acknowledge is kept too, and written
-  again (the same record; a final one already there is left as it is) until they do, or until it is found or
-  written on a primary a failover put in place; meanwhile a replay of its key is answered from the ledger's final
-  record, or "in progress" while the ledger lacks it, never run again.
+  again until they do, or until it is found or written on a primary a failover put in place; meanwhile a replay of
+  its key is answered from the ledger's final record, or "in progress" while the ledger lacks it, never run again.
+- An answer written late or again never replaces a final record already there (a reversal saved since, another
+  answer recorded first), but for a ``failed`` one, replaced by Capillary's own answer; the record found is what
+  is written again from then on.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ import asyncio
 import collections
 import contextlib
 import functools
+import heapq
+import itertools
 import math
 import time
 from collections.abc import AsyncIterator
@@ -191,6 +195,15 @@ async def _stop(task: asyncio.Task[None] | None) -> None:
 #: The writer's backoff, per answer: from this, doubled after each failure up to :data:`WRITE_PAUSE_MAX`.
 WRITE_PAUSE = 0.05
 WRITE_PAUSE_MAX = 2.0
+#: How many answers the writer writes at once: one slow write (a ``WAIT`` that runs its whole timeout, a Cluster
+#: node gone) holds one of them, not the answers behind it.
+WRITERS = 16
+#: At most this many answers the primary took but its replicas did not acknowledge are kept to be written again;
+#: past it, a new one is counted and logged, not kept (it stands on the primary). An answer the ledger does not hold
+#: at all is always kept, whatever the count.
+KEPT_MAX = 10_000
+#: At most this many refs in one log line (a shutdown's leftovers).
+LOGGED_REFS = 20
 
 
 @dataclass
@@ -207,9 +220,15 @@ class _Unwritten:
     primary: str | None = None  # written: the primary that took it last (its replication id)
     due: float = 0.0  # when it is tried next (time.monotonic: the backoff is real time)
     pause: float = WRITE_PAUSE
+    #: counted ``deferred`` (the store could not take it when given), and not yet ``written`` or ``gave_up``
+    counted: bool = False
 
 
-WRITE_RESULTS = ("deferred", "written", "gave_up")
+#: ``pos_coupon_ledger_deferred_writes_total{result}`` (the metrics' ``LEDGER_WRITE_RESULTS``): an answer the
+#: store could not take is counted ``deferred``, then once ``written`` (the store took it) or ``gave_up``; an answer
+#: kept for its replicas and released without their acknowledgement, ``unreplicated_gave_up``; one not kept at all
+#: (:data:`KEPT_MAX`), ``unreplicated_not_kept``.
+WRITE_RESULTS = ("deferred", "written", "gave_up", "unreplicated_gave_up", "unreplicated_not_kept")
 #: The sweeper's work answers no request: no deadline, each call bounded by its own timeout.
 BACKGROUND = CallLimits(math.inf)
 
@@ -230,9 +249,15 @@ class ExactlyOnce:
     _running_keys: dict[str, str] = field(default_factory=dict)  # idempotency key -> ref
     _unwritten: dict[str, _Unwritten] = field(default_factory=dict)  # by ref
     _unwritten_keys: dict[str, str] = field(default_factory=dict)  # idempotency key -> ref
+    _kept: set[str] = field(default_factory=set)  # refs of the written ones (kept for their replicas)
+    _queue: list[tuple[float, int, _Unwritten]] = field(default_factory=list)  # (due, seq, item): a heap
+    _seq: itertools.count[int] = field(default_factory=itertools.count)
+    _pulse: asyncio.Future[None] | None = None  # set to wake the writer: an answer was deferred
     _writer: asyncio.Task[None] | None = None
     _sweeper: asyncio.Task[None] | None = None
     _stopping: bool = False
+    _closed: bool = False
+    kept_max: int = KEPT_MAX
     offline: OfflineAcceptance | None = None
     # read by the metrics collector
     pending_count: int = 0
@@ -247,7 +272,7 @@ class ExactlyOnce:
     @property
     def unreplicated_count(self) -> int:
         """Answers in the ledger that its replicas have not acknowledged yet, kept to be written again."""
-        return sum(item.written for item in self._unwritten.values())
+        return len(self._kept)
 
     # ------------------------------------------------------------------------------------------ redeem
 
@@ -454,7 +479,7 @@ class ExactlyOnce:
             log.error("redemption_not_recorded_yet", ref=entry.ref, state=entry.state)
             self._defer(_Unwritten(entry, self._ttl(entry), final=True, force=force, since=self.monotonic()))
             return Resolution(False)
-        self._written(entry.ref)  # an older answer still waiting for the store is superseded
+        self._release(entry.ref)  # an older answer still waiting for the store is superseded
         if resolution.unreplicated == UNACKNOWLEDGED and (resolution.written or resolution.current is not None):
             # The answer given (ours, or the one recorded first) is on the primary only: a failover now loses it.
             answer = resolution.current or entry
@@ -476,86 +501,168 @@ class ExactlyOnce:
 
     def _defer(self, item: _Unwritten) -> None:
         item.entry = msgspec.structs.replace(item.entry)  # as it is now: the request goes on changing its own
-        previous = self._unwritten.get(item.entry.ref)
+        ref = item.entry.ref
+        previous = self._unwritten.get(ref)
         if previous is not None and previous.final and not item.final:
             return  # a final answer waiting already: a pending one adds nothing
         if previous is not None:
             item.since = previous.since
-        item.due = time.monotonic() + item.pause
-        self._unwritten[item.entry.ref] = item
-        self._unwritten_keys[item.entry.key] = item.entry.ref
-        if not item.written:
+            if previous.counted:  # the same answer's count goes on: deferred once
+                if item.written:  # and the store took it now
+                    self._release(ref)
+                    previous = None
+                else:
+                    item.counted = True
+        if item.written and previous is None and len(self._kept) >= self.kept_max:
+            # On the primary, not acknowledged; kept no more past the cap (memory): the next failover may lose it.
+            self.deferred_writes["unreplicated_not_kept"] += 1
+            log.warning("redemption_not_kept_unreplicated", ref=ref, kept=len(self._kept))
+            return
+        if not item.written and not item.counted:
+            item.counted = True
             self.deferred_writes["deferred"] += 1
+        if self._closed:  # shut down: no writer runs any more
+            self._give_up(item, why="closed")
+            return
+        self._unwritten[ref] = item
+        self._unwritten_keys[item.entry.key] = ref
+        if item.written:
+            self._kept.add(ref)
+        else:
+            self._kept.discard(ref)
+        self._schedule(item)
+        if self._stopping:
+            return  # the shutdown's last pass tries it
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_unwritten())
+        elif self._pulse is not None and not self._pulse.done():
+            self._pulse.set_result(None)
+
+    def _schedule(self, item: _Unwritten) -> None:
+        item.due = time.monotonic() + item.pause
+        heapq.heappush(self._queue, (item.due, next(self._seq), item))
 
     async def _write_unwritten(self) -> None:
-        """Write what the ledger missed, or its replicas do not hold yet, oldest first, each on a backoff of its
-        own and for at most ``write_retry``: one that keeps failing (a Redis Cluster node gone that serves its
-        slot) waits alone, and does not hold back the answers behind it."""
-        while self._unwritten:
-            now = time.monotonic()
-            for item in [i for i in self._unwritten.values() if i.due <= now]:
-                ref = item.entry.ref
-                if self._unwritten.get(ref) is not item:
-                    continue  # written, or replaced by a later answer, meanwhile
-                try:
-                    done = await self._write(item)
-                except StoreUnavailable:
-                    done = False
-                except Exception as exc:  # one answer's write must not end the writer for all the others
-                    log.error("ledger_write_failed", ref=ref, error=type(exc).__name__)
-                    done = False
-                if self._unwritten.get(ref) is not item:
-                    continue
-                if done:
-                    self._written(ref)
-                elif self.monotonic() - item.since >= self.timing.write_retry:
-                    self._give_up(item)
-                    self._written(ref)
-                else:
-                    item.pause = min(item.pause * 2, WRITE_PAUSE_MAX)
-                    item.due = time.monotonic() + item.pause
-            if self._unwritten:
-                wake = min(item.due for item in self._unwritten.values())
-                await asyncio.sleep(max(0.0, wake - time.monotonic()))
+        """Write what the ledger missed, or its replicas do not hold yet, oldest due first, up to :data:`WRITERS`
+        at once, each on a backoff of its own and for at most ``write_retry`` (checked before each try: one past
+        it is given up, not tried once more). One that keeps failing (a Redis Cluster node gone that serves its
+        slot) or is slow (a ``WAIT`` that runs its whole timeout) holds one place, not the answers behind it."""
+        writing: set[asyncio.Task[bool]] = set()
+        try:
+            while self._unwritten or writing:
+                now = time.monotonic()
+                while self._queue and len(writing) < WRITERS and self._queue[0][0] <= now:
+                    due, _, item = heapq.heappop(self._queue)
+                    if self._unwritten.get(item.entry.ref) is not item or item.due != due:
+                        continue  # written, replaced or scheduled again meanwhile
+                    if self.monotonic() - item.since >= self.timing.write_retry:
+                        self._give_up(item)
+                        continue
+                    writing.add(asyncio.create_task(self._try(item)))
+                if not self._queue and not writing:
+                    if not self._unwritten:
+                        break
+                    for item in self._unwritten.values():  # never left unscheduled
+                        self._schedule(item)
+                timeout = None
+                if self._queue and len(writing) < WRITERS:
+                    timeout = max(0.0, self._queue[0][0] - time.monotonic())
+                self._pulse = pulse = asyncio.get_running_loop().create_future()
+                waits: set[asyncio.Future[Any]] = {*writing, pulse}
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                pulse.cancel()
+                writing = {task for task in writing if not task.done()}
+            self._queue.clear()  # nothing held: what it still lists was written, replaced or given up
+        finally:
+            for task in writing:
+                task.cancel()
+            if writing:
+                await asyncio.wait(writing)
 
-    def _give_up(self, item: _Unwritten) -> None:
+    async def _try(self, item: _Unwritten) -> bool:
+        """One try at writing ``item`` under its ref's guard (so the request that answered it is not writing it
+        at the same moment); True when it is done with."""
+        ref = item.entry.ref
+        try:
+            async with self._guard(ref):
+                if self._unwritten.get(ref) is not item:
+                    return True  # written, or replaced by a later answer, meanwhile
+                done = await self._write(item)
+        except StoreUnavailable:
+            done = False
+        except Exception as exc:  # one answer's write must not end the writer for all the others
+            log.error("ledger_write_failed", ref=ref, error=type(exc).__name__)
+            done = False
+        if self._unwritten.get(ref) is not item:
+            return True
+        if done:
+            self._release(ref)
+        else:
+            item.pause = min(item.pause * 2, WRITE_PAUSE_MAX)
+            self._schedule(item)
+        return done
+
+    def _give_up(self, item: _Unwritten, *, why: str = "write_retry") -> None:
+        """Stop writing ``item``: counted and logged (at shutdown the kept ones are logged together, not each)."""
         entry = item.entry
+        if self._unwritten.get(entry.ref) is item:
+            self._pop(entry.ref)
         if item.written:  # recorded on the primary, which may still hold it: not lost, not replicated
-            log.warning("redemption_left_unreplicated", ref=entry.ref, after=self.timing.write_retry)
+            self.deferred_writes["unreplicated_gave_up"] += 1
+            if why != "shutdown":
+                log.warning("redemption_left_unreplicated", ref=entry.ref, after=self.timing.write_retry)
             return
         self.deferred_writes["gave_up"] += 1
+        item.counted = False
         log.error(
             "redemption_not_recorded",
             ref=entry.ref,
+            why=why,
             gave_up_after=self.timing.write_retry,
             state=entry.state,
             codes=list(entry.command.codes),
             redemption_ids=entry.redemption_ids,
         )
 
-    def _written(self, ref: str) -> None:
+    def _pop(self, ref: str) -> _Unwritten | None:
         item = self._unwritten.pop(ref, None)
+        self._kept.discard(ref)
         if item is not None and self._unwritten_keys.get(item.entry.key) == ref:
             del self._unwritten_keys[item.entry.key]
+        return item
+
+    def _release(self, ref: str) -> None:
+        """Done with ``ref``'s answer: the store holds it (or a later answer of the same ref)."""
+        item = self._pop(ref)
+        if item is not None:
+            self._landed(item)
+
+    def _landed(self, item: _Unwritten) -> None:
+        """The store took a deferred answer (or another answer of its ref): counted ``written``, once."""
+        if item.counted:
+            item.counted = False
+            self.deferred_writes["written"] += 1
 
     async def _write(self, item: _Unwritten) -> bool:
         """One try at writing ``item``; True once nothing more is to be done for it. A final answer is written
-        as the same record again (``keep_final``: a final record already there, this one or another answer
-        recorded first, is left as it is). Done when the replicas acknowledge it, or when it is on a primary that
-        a failover put in place and that has no replica to acknowledge it (it holds the record now, and a
-        replica that joins it later copies the whole ledger)."""
+        with ``keep_final``: a final record already there (this one, or another answer recorded first) is left as
+        it is, written again and adopted, so that what is written from then on is what the ledger holds (a
+        reversal saved meanwhile included); only a ``failed`` one gives way, and only to a forced answer
+        (Capillary's own). Done when the replicas acknowledge it, or when it is on a primary that a failover put
+        in place and that has no replica to acknowledge it (it holds the record now, and a replica that joins it
+        later copies the whole ledger)."""
         entry = item.entry
         if not item.final:
             if await self.store.save_unresolved(entry, item.ttl) is None:
                 await self.store.lock(entry.command.codes, entry.ref, item.ttl)
             self._recorded_late(item)
             return True
-        resolution = await self.store.resolve(entry, item.ttl, force=item.force, keep_final=item.written)
+        resolution = await self.store.resolve(entry, item.ttl, force=item.force, keep_final=True)
         current = resolution.current
-        if current is not None and (current.state, current.response) != (entry.state, entry.response):
-            log.warning("ledger_holds_another_answer", ref=entry.ref, state=current.state)  # recorded first: it stands
+        if current is not None:
+            if (current.state, current.response) != (entry.state, entry.response):
+                log.warning("ledger_holds_another_answer", ref=entry.ref, state=current.state)  # it stands
+            item.entry, item.ttl = current, self._ttl(current)
         if not resolution.written and current is None:  # refused: its redemption ids are another record's
             self._recorded_late(item)
             return True
@@ -563,7 +670,15 @@ class ExactlyOnce:
             self._recorded_late(item)
             return True
         if resolution.unreplicated == UNACKNOWLEDGED:  # on this primary only: written again until replicated
-            item.written, item.primary = True, resolution.primary
+            if not item.written:
+                self._recorded_late(item)
+                if len(self._kept) >= self.kept_max:
+                    self.deferred_writes["unreplicated_not_kept"] += 1
+                    log.warning("redemption_not_kept_unreplicated", ref=entry.ref, kept=len(self._kept))
+                    return True
+                item.written = True
+                self._kept.add(entry.ref)
+            item.primary = resolution.primary
             return False
         # A primary short of replicas: done if it took the record first, or if a failover put it in place.
         done = not item.written or resolution.primary != item.primary
@@ -574,8 +689,8 @@ class ExactlyOnce:
     def _recorded_late(self, item: _Unwritten) -> None:
         if item.written:
             log.info("redemption_replicated_late", ref=item.entry.ref)
-        else:
-            self.deferred_writes["written"] += 1
+        elif item.counted:
+            self._landed(item)
             log.info("redemption_recorded_late", ref=item.entry.ref)
 
     # -------------------------------------------------------------------------------- replay, reconcile
@@ -782,21 +897,39 @@ class ExactlyOnce:
 
     async def close(self) -> None:
         """Stop the sweeper; wait (bounded) for redeems still running: what is cut off stays pending for the
-        sweepers of the other replicas. Answers the ledger missed get a last chance to be written."""
+        sweepers of the other replicas. Answers the ledger missed, and those kept for its replicas, get a last
+        chance to be written: each tried once, up to :data:`WRITERS` at once, within ``lease_margin``."""
         self._stopping = True
         await _stop(self._sweeper)
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self.timing.deadline)
         for task in list(self._tasks):
             task.cancel()
-        writer = self._writer
-        if writer is not None and self._unwritten:
-            await asyncio.wait([writer], timeout=self.timing.lease_margin)
-        await _stop(writer)
-        if unwritten := sorted(r for r, i in self._unwritten.items() if not i.written):
-            log.error("shutdown_with_answers_not_recorded", count=len(unwritten), refs=unwritten)
-        if unreplicated := sorted(r for r, i in self._unwritten.items() if i.written):
-            log.warning("shutdown_with_answers_not_replicated", count=len(unreplicated), refs=unreplicated)
+        await _stop(self._writer)
+        await self._last_pass()
+        self._closed = True
+        left = list(self._unwritten.values())
+        for item in left:
+            self._give_up(item, why="shutdown")
+        if unwritten := sorted(i.entry.ref for i in left if not i.written):
+            log.error("shutdown_with_answers_not_recorded", count=len(unwritten), refs=unwritten[:LOGGED_REFS])
+        if kept := sorted(i.entry.ref for i in left if i.written):
+            log.warning("shutdown_with_answers_not_replicated", count=len(kept), refs=kept[:LOGGED_REFS])
+
+    async def _last_pass(self) -> None:
+        """Every answer held, tried once (due or not), at most :data:`WRITERS` at once, within ``lease_margin``."""
+        if not self._unwritten:
+            return
+        gate = asyncio.Semaphore(WRITERS)
+
+        async def once(item: _Unwritten) -> None:
+            async with gate:
+                await self._try(item)
+
+        tries = [asyncio.create_task(once(item)) for item in list(self._unwritten.values())]
+        await asyncio.wait(tries, timeout=self.timing.lease_margin)
+        for task in tries:
+            await _stop(task)
 
     # ------------------------------------------------------------------------------------------- reversal
 

@@ -46,7 +46,7 @@ UPSTREAM_OUTCOMES: Final = (
     "bad_response",
 )
 RECONCILE_RESULTS: Final = ("redeemed", "not_applied", "still_pending", "upstream_unavailable", "not_ours")
-LEDGER_WRITE_RESULTS: Final = ("deferred", "written", "gave_up")
+LEDGER_WRITE_RESULTS: Final = ("deferred", "written", "gave_up", "unreplicated_gave_up", "unreplicated_not_kept")
 LEDGER_REFUSAL_REASONS: Final = ("full", "store_quota")
 STATUS_CLASSES: Final = ("2xx", "3xx", "4xx", "5xx")
 NO_ERROR: Final = "none"
@@ -315,8 +315,9 @@ class StateCollector(Collector):
         )
         yield _by_label(
             f"{PREFIX}_ledger_deferred_writes",
-            "Ledger records the store could not take when the answer was given: deferred, then written when it was "
-            "back, or given up (LEDGER_WRITE_RETRY_SECONDS).",
+            "Ledger records the store could not take when the answer was given: deferred, then once written when it "
+            "was back, or given up (LEDGER_WRITE_RETRY_SECONDS, or shutdown); and answers kept for REDIS_WAIT_REPLICAS "
+            "released unacknowledged (unreplicated_gave_up) or not kept, past the cap (unreplicated_not_kept).",
             "result",
             LEDGER_WRITE_RESULTS,
             self.deferred_writes(),
