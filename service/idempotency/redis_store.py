@@ -398,11 +398,20 @@ class RedisStore:
         return None if found is None else entry_decoder.decode(found)
 
     async def resolve(
-        self, entry: Entry, ttl: float, *, force: bool = False, unlock: bool = True, keep_final: bool = False
+        self,
+        entry: Entry,
+        ttl: float,
+        *,
+        force: bool = False,
+        unlock: bool = True,
+        keep_final: bool = False,
+        again: bool = False,
     ) -> Resolution:
         ids = [i for i in entry.redemption_ids.values() if i > 0] if entry.state == "done" else []
         if self._cluster is not None:
-            return await self._cluster.resolve(entry, ids, ttl, force=force, unlock=unlock, keep_final=keep_final)
+            return await self._cluster.resolve(
+                entry, ids, ttl, force=force, unlock=unlock, keep_final=keep_final, again=again
+            )
         keys = [self._key(entry.key), self._record(entry.ref), self._unresolved_set]
         keys += [self._bound(i) for i in ids]
         if unlock:
@@ -416,16 +425,16 @@ class RedisStore:
             len(ids),
         ]
         (status, detail), unreplicated, (primary, replicas) = await self._run(self._resolve_replicated(keys, args))
-        self._note(entry, unreplicated, replicas, keep_final)
+        self._note(entry, unreplicated, replicas, again)
         if int(status) == 1:
             return Resolution(False, entry_decoder.decode(detail), unreplicated=unreplicated, primary=primary)
         pairs = list(detail or [])
         taken = {ids[int(pairs[i]) - 1]: pairs[i + 1].decode() for i in range(0, len(pairs), 2)}
         return Resolution(int(status) == 0, taken=taken, unreplicated=unreplicated, primary=primary)
 
-    def _note(self, entry: Entry, unreplicated: str | None, replicas: int, keep_final: bool) -> None:
+    def _note(self, entry: Entry, unreplicated: str | None, replicas: int, again: bool) -> None:
         """Count (once per answer, not per writing it again) and log an answer the replicas do not hold."""
-        if unreplicated is not None and not keep_final:
+        if unreplicated is not None and not again:
             RedisStore.unreplicated += 1
             if unreplicated == UNACKNOWLEDGED:
                 log.warning("ledger_answer_unreplicated", ref=entry.ref, replicas=replicas, wait_ms=self._wait_ms)
@@ -688,7 +697,15 @@ class _ClusterSteps:
         return None
 
     async def resolve(
-        self, entry: Entry, ids: list[int], ttl: float, *, force: bool, unlock: bool, keep_final: bool
+        self,
+        entry: Entry,
+        ids: list[int],
+        ttl: float,
+        *,
+        force: bool,
+        unlock: bool,
+        keep_final: bool,
+        again: bool = False,
     ) -> Resolution:
         digest = _digest(entry.key)
         record = self._prefix(digest) + entry.ref
@@ -711,7 +728,7 @@ class _ClusterSteps:
             raise
         if isinstance(found, int):  # refused: no final record there, and an id is another ref's
             return Resolution(False, taken=taken, unreplicated=unreplicated, primary=primary)
-        self._store._note(entry, unreplicated, replicas, keep_final)
+        self._store._note(entry, unreplicated, replicas, again)
         if found is not None and not keep_final:  # another answer was recorded first: it wins, and the ids go back
             await self._release_ids(bound, entry.ref)  # (written again, the record found is this answer: kept)
         # Also after an answer recorded first: its own resolve may have stopped before these steps.

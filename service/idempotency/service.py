@@ -657,7 +657,7 @@ class ExactlyOnce:
                 await self.store.lock(entry.command.codes, entry.ref, item.ttl)
             self._recorded_late(item)
             return True
-        resolution = await self.store.resolve(entry, item.ttl, force=item.force, keep_final=True)
+        resolution = await self.store.resolve(entry, item.ttl, force=item.force, keep_final=True, again=item.written)
         current = resolution.current
         if current is not None:
             if (current.state, current.response) != (entry.state, entry.response):

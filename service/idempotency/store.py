@@ -90,7 +90,14 @@ class LedgerStore(Protocol):
         """Store an in-flight or pending ``entry`` unless its record is already final: then return that."""
 
     async def resolve(
-        self, entry: Entry, ttl: float, *, force: bool = False, unlock: bool = True, keep_final: bool = False
+        self,
+        entry: Entry,
+        ttl: float,
+        *,
+        force: bool = False,
+        unlock: bool = True,
+        keep_final: bool = False,
+        again: bool = False,
     ) -> Resolution:
         """Record a final answer (``done`` or ``failed``), all at once:
 
@@ -101,6 +108,8 @@ class LedgerStore(Protocol):
           not reached the replicas): a final record there stands, is left as it is (written again as it is, so
           that a ``WAIT`` after it covers it) and returned, except a ``failed`` one when ``force`` (no reversal in
           it: Capillary's answer overwrites it). With no final record there, as without ``keep_final``;
+        - ``again``: this answer was written before (its replicas did not acknowledge it): not counted again as
+          an answer the replicas do not hold;
         - each redemption id of a ``done`` entry is bound to its ref (``redemption id -> ref``), so no other
           record can adopt it;
         - the idempotency key: ``failed`` frees it (the same request may run again); ``done`` keeps it for
@@ -371,7 +380,14 @@ class MemoryStore:
         return None
 
     async def resolve(
-        self, entry: Entry, ttl: float, *, force: bool = False, unlock: bool = True, keep_final: bool = False
+        self,
+        entry: Entry,
+        ttl: float,
+        *,
+        force: bool = False,
+        unlock: bool = True,
+        keep_final: bool = False,
+        again: bool = False,
     ) -> Resolution:
         ids = [i for i in entry.redemption_ids.values() if i > 0] if entry.state == "done" else []
         taken = {i: owner for i in ids if (owner := self._bound.get(i)) is not None and owner != entry.ref}

@@ -215,3 +215,23 @@ async def test_a_final_record_stands_before_an_id_is_found_taken(store: LedgerSt
     assert not resolution.written
     assert resolution.current is not None
     assert resolution.current.response == first.response
+
+
+async def test_an_answer_written_late_is_counted_unreplicated_once_and_not_when_written_again() -> None:
+    """The background writer's first write of a deferred answer goes with ``keep_final``; if the replicas do not
+    hold it (here: a primary with no replica, asked for one), it is counted once, as the request path's own write
+    is; writing it again (``again``) is not counted a second time."""
+    async with clean_redis() as url:
+        ledger = RedisStore(client=connect(url, timeout=2.0), wait_replicas=1)
+        try:
+            entry = _entry("kf-count")
+            before = RedisStore.unreplicated
+            written = await ledger.resolve(_answer(entry, "done", {"KF-A": 91}), TTL, keep_final=True)
+            assert written.written
+            assert written.unreplicated is not None
+            assert RedisStore.unreplicated == before + 1
+            again = await ledger.resolve(_answer(entry, "done", {"KF-A": 91}), TTL, keep_final=True, again=True)
+            assert again.unreplicated is not None
+            assert RedisStore.unreplicated == before + 1  # once per answer
+        finally:
+            await ledger.close()
