@@ -78,6 +78,14 @@ async def test_an_answer_its_replica_did_not_acknowledge_is_kept_and_written_aga
             else:  # or already written back: the same answer
                 assert answer == first
             assert upstream.sandbox.call_count("redeem") == 1  # never run again
+            # Written back on the primary before the replica comes back: a rewrite sent before the deletion above
+            # (still in its WAIT) would otherwise be acknowledged with the deletion after it in the replication
+            # stream, a deletion no failover makes (it stands for the record a promoted replica never had).
+            give_up = time.monotonic() + 20
+            with primary.client() as client:
+                while client.get(record) is None:
+                    assert time.monotonic() < give_up, "the kept answer was not written back to the primary"
+                    await asyncio.sleep(0.05)  # the gateway's writer runs on this loop
         finally:
             replica.resume()
 
