@@ -307,8 +307,10 @@ async def test_retries_stop_after_the_configured_attempts(make_gateway: Any, ups
 async def test_writes_are_never_sent_twice(
     make_gateway: Any, upstream: Upstream, fault: Fault, codes: tuple[str, ...]
 ) -> None:
-    state = StateSettings(redeem_deadline=1.0, lease_margin=0.2, reconcile_interval=0.1)
-    gateway = await make_gateway(timeout=0.5, state=state)
+    # Room for the check before the write (a 0.5 s call timeout inside a 1 s deadline once left none on a busy
+    # CI run: the write was never sent); the answers are the same: the write's fault is what decides them.
+    state = StateSettings(redeem_deadline=3.0, lease_margin=0.2, reconcile_interval=0.1)
+    gateway = await make_gateway(timeout=2.0, state=state)
     upstream.sandbox.add_fault(fault)
     response = await gateway.post(REDEEM, json=_body(*codes))
     assert response.status in (202, 409, 503)  # pending, or refused: never redeemed by a second send
