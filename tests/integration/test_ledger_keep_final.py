@@ -9,26 +9,23 @@ every write of a final answer), on each ledger: in memory, one Redis, and a Redi
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import AsyncIterator, Iterator
-from decimal import Decimal
 from typing import Any
 
 import msgspec
 import pytest
 
-from service.idempotency.models import Entry, Reversal, StoredCommand, StoredResponse
+from service.idempotency.models import Entry, Reversal, StoredResponse
 from service.idempotency.redis_store import RedisStore
 from service.idempotency.store import LedgerStore, MemoryStore
 from service.redis_pool import connect
 from tests.conftest import clean_redis
 from tests.integration.redis_servers import servers
+from tests.integration.test_redis_cluster import _entry as entry_of
 
 TTL = 3600.0
 PREFIX = "pos_coupon:"
-
-_refs = itertools.count()
 
 
 @pytest.fixture(scope="module")
@@ -55,22 +52,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[LedgerStore]:
 
 
 def _entry(key: str, state: Any = "in_flight", codes: tuple[str, ...] = ("KF-A", "KF-B")) -> Entry:
-    command = StoredCommand(
-        customer_kind="mobile",
-        customer="919900000001",
-        codes=codes,
-        bill_amount=Decimal(100),
-        transaction_number=f"T-{key}",
-    )
-    return Entry(
-        ref=f"rdm_{next(_refs):032x}",
-        key=key,
-        fingerprint="f",
-        state=state,
-        command=command,
-        request_id="r",
-        created_at=0.0,
-    )
+    return entry_of(key, codes, state)
 
 
 def _answer(entry: Entry, state: Any, ids: dict[str, int] | None = None, body: bytes = b"ours") -> Entry:
